@@ -58,6 +58,8 @@ def _make_engine(url: str, connect_args: dict[str, Any] | None = None) -> Engine
     elif connect_args:
         kwargs["connect_args"] = connect_args
     engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite") and engine.url.database not in (None, "", ":memory:"):
+        Path(engine.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite"):
 
         @event.listens_for(engine, "connect")
