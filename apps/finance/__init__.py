@@ -1,0 +1,1 @@
+"""trillium.finance: one vertical on the shared core (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""trillium.manufacturing: one vertical on the shared core (see DESIGN.md)."""

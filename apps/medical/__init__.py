@@ -1,0 +1,1 @@
+"""trillium.medical: one vertical on the shared core (see DESIGN.md)."""

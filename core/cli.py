@@ -1,0 +1,210 @@
+"""The ``trillium`` command: core commands plus one sub-command group per domain."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trillium.core.errors import TrilliumError
+from trillium.finance.cli import app as finance_app
+from trillium.manufacturing.cli import app as manufacturing_app
+from trillium.medical.cli import app as medical_app
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    help="Trillium: applied machine learning for finance, medicine and manufacturing on one measured core.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks that write JSON reports (speed and accuracy).", no_args_is_help=True)
+db_app = typer.Typer(help="The database: migrations and status.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: versions, aliases, integrity.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.add_typer(finance_app, name="finance")
+app.add_typer(medical_app, name="medical")
+app.add_typer(manufacturing_app, name="manufacturing")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def fail(exc: Exception) -> None:
+    """Print a Trillium error as one clear line and exit 2 (no traceback for expected errors)."""
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+# ------------------------------------------------------------------ demo / dashboard
+@app.command()
+def demo(
+    home: Optional[Path] = typer.Option(None, help="Data directory (default: TRILLIUM_HOME or ./.trillium)."),
+) -> None:
+    """Run the end-to-end demo: data, models, scores, all stored in the embedded database."""
+    if home:
+        os.environ["TRILLIUM_HOME"] = str(home)
+    from trillium.core.demo import run_demo
+
+    try:
+        run_demo(console)
+    except TrilliumError as exc:
+        fail(exc)
+
+
+@app.command()
+def dashboard(
+    port: int = typer.Option(8501, help="Port to serve on."),
+    headless: bool = typer.Option(True, help="Do not open a browser."),
+) -> None:
+    """Start the Streamlit dashboard on the configured database."""
+    import trillium.dashboards as dashboards
+
+    script = Path(dashboards.__file__).parent / "app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+           "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false"]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+# ------------------------------------------------------------------ bench
+@bench_app.command("core")
+def bench_core_cmd(
+    json_path: Path = typer.Option(Path("benchmarks/results/core.json"), "--json", help="Where to write the report."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batcher: bool = typer.Option(True, help="Include the dynamic-batcher benchmark."),
+) -> None:
+    """Eager fp32 against the autotuned runtime for a reference MLP and CNN, and the batcher."""
+    from trillium.core.bench import bench_core
+
+    with console.status("benchmarking") as status:
+        report = bench_core(device=device, progress=lambda m: status.update(f"benchmarking: {m}"), include_batcher=batcher)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2))
+    table = Table(title=f"trillium bench core ({report['device']}, peak {report['matmul_peak_gflops']:.0f} GFLOP/s)")
+    for col in ("model", "eager p50 ms", "best p50 ms", "speedup", "backend", "batch ratio", "roofline", "max |diff|"):
+        table.add_column(col)
+    for key in ("mlp", "cnn"):
+        r = report[key]
+        table.add_row(key, f"{r['eager_p50_ms']:.3f}", f"{r['best_p50_ms']:.3f}", f"{r['speedup_p50']:.2f}x",
+                      r["best_backend"], f"{r['throughput_ratio']:.2f}x", f"{r['roofline_fraction']:.1%}",
+                      f"{r['max_abs_diff']:.1e}")
+    out.print(table)
+    if "batcher" in report:
+        b = report["batcher"]
+        out.print(f"batcher: {b['throughput_ratio']:.1f}x throughput, p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms "
+                  f"(max_delay {b['max_delay_ms']} ms)")
+    for goal, ok in report["goals"].items():
+        out.print(f"  {'[green]met[/]' if ok else '[red]missed[/]'}  {goal}")
+    out.print(f"report written to {json_path}")
+
+
+# ------------------------------------------------------------------ db
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all migrations to the configured database."""
+    from trillium.core import db
+
+    try:
+        d = db.connect(upgrade=False)
+        d.upgrade()
+        out.print(f"{d.safe_url} at revision {db.current_revision(d.engine)}")
+    except TrilliumError as exc:
+        fail(exc)
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the database URL, its revision and the row count of each table."""
+    from sqlalchemy import func, select
+
+    from trillium.core import db
+
+    try:
+        d = db.connect()
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    out.print(f"url: {d.safe_url}\nrevision: {db.current_revision(d.engine)} (head {db.head_revision()})")
+    table = Table("table", "rows")
+    with d.session() as s:
+        for model in (db.ModelVersion, db.ModelAlias, db.Job, db.JobChunk, db.Prediction, db.Feedback, db.AuditEvent):
+            table.add_row(model.__tablename__, str(s.scalar(select(func.count()).select_from(model))))
+    out.print(table)
+
+
+# ------------------------------------------------------------------ models
+@models_app.command("list")
+def models_list(name: Optional[str] = typer.Argument(None, help="Only this model.")) -> None:
+    """List registered model versions with aliases and metrics."""
+    from trillium.core.registry import ModelRegistry
+
+    table = Table("name", "version", "kind", "aliases", "metrics", "backend (1 row / batch)")
+    for r in ModelRegistry().list(name):
+        choice = r.autotune.get("choice", {})
+        sizes = sorted(choice, key=int)
+        backend = f"{choice[sizes[0]]} / {choice[sizes[-1]]}" if sizes else "-"
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.metrics.items())
+        table.add_row(r.name, str(r.version), r.kind, ",".join(r.aliases), metrics, backend)
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(name: str, ref: str = typer.Argument("latest", help="Version number, alias or 'latest'.")) -> None:
+    """Print one version's metadata as JSON (autotune table included)."""
+    from dataclasses import asdict
+
+    from trillium.core.registry import ModelRegistry
+
+    try:
+        rec = ModelRegistry().get(name, ref)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    data = asdict(rec)
+    data["directory"] = str(rec.directory)
+    out.print_json(json.dumps(data, default=str))
+
+
+@models_app.command("alias")
+def models_alias(name: str, alias: str, version: int) -> None:
+    """Point ALIAS (e.g. production) of model NAME at VERSION."""
+    from trillium.core.registry import ModelRegistry
+
+    try:
+        rec = ModelRegistry().set_alias(name, alias, version)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    out.print(f"{name}:{alias} -> v{rec.version}")
+
+
+@models_app.command("verify")
+def models_verify(name: str, ref: str = typer.Argument("latest")) -> None:
+    """Check the sha256 of every file of a version; exit 2 on a mismatch."""
+    from trillium.core.registry import ModelRegistry
+
+    reg = ModelRegistry()
+    try:
+        rec = reg.get(name, ref)
+        reg.verify(rec)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    out.print(f"{name} v{rec.version}: {len(rec.files)} files verified")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
