@@ -65,19 +65,26 @@ class InferenceRuntime:
         self._onnx: dict[str, bytes] = {}
         self._backends: dict[str, Backend] = {}
         eager = CandidateSpec("eager", "fp32", device)
-        self._routes: list[tuple[int, str]] = [(1, eager.name)]
+        self._set_routes([(1, eager.name)])
         self._backends[eager.name] = build_backend(eager, self.model, self.example, self._onnx)
         self.report: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- calling
     def __call__(self, *inputs: torch.Tensor) -> Any:
         """Run the model; same arguments and outputs as ``model(*inputs)`` (float32, CPU)."""
-        xs = tuple(torch.as_tensor(x) for x in inputs)
-        if not xs:
+        if not inputs:
             raise RuntimeBackendError("InferenceRuntime needs at least one input tensor")
-        if xs[0].dim() == 0:
+        first = inputs[0]
+        if not isinstance(first, torch.Tensor) or any(not isinstance(x, torch.Tensor) for x in inputs[1:]):
+            inputs = tuple(torch.as_tensor(x) for x in inputs)
+            first = inputs[0]
+        if first.dim() == 0:
             raise RuntimeBackendError("inputs need a batch dimension first")
-        outs = self._backends[self._route(xs[0].shape[0])](xs)
+        n = first.shape[0]
+        name = self._route_cache.get(n)
+        if name is None:
+            name = self._route_cache[n] = self._route(n)
+        outs = self._backends[name](inputs)
         return outs[0] if self._single_output else outs
 
     def backend_for(self, batch_size: int) -> str:
@@ -89,6 +96,10 @@ class InferenceRuntime:
             return self._routes[0][1]
         ln = math.log(max(n, 1))
         return min(self._routes, key=lambda r: abs(math.log(r[0]) - ln))[1]
+
+    def _set_routes(self, routes: list[tuple[int, str]]) -> None:
+        self._routes = routes
+        self._route_cache: dict[int, str] = {}
 
     @property
     def onnx_bytes(self) -> bytes | None:
@@ -144,7 +155,7 @@ class InferenceRuntime:
             raise RuntimeBackendError("no backend passed the accuracy check, not even eager: is the model deterministic?")
         choice = {n: min(accepted, key=lambda r: r.by_size[n]["p50_ms"]).spec.name for n in sizes}
         self._backends = {name: built[name] for name in set(choice.values())}
-        self._routes = [(n, choice[n]) for n in sizes]
+        self._set_routes([(n, choice[n]) for n in sizes])
         self.report = {
             "hardware": detect().as_dict(),
             "device": self.device,
@@ -180,6 +191,6 @@ class InferenceRuntime:
                     name = CandidateSpec("eager", "fp32", rt.device).name
             routes.append((size, name))
         if routes:
-            rt._routes = routes
+            rt._set_routes(routes)
         rt.report = report
         return rt
