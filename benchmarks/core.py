@@ -20,12 +20,14 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/core.json"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-batcher", action="store_true")
+    parser.add_argument("--rtol", type=float, default=1e-3, help="accuracy gate against fp32 eager")
+    parser.add_argument("--atol", type=float, default=1e-4)
     args = parser.parse_args()
 
     from trillium.core.bench import bench_core
 
     t0 = time.perf_counter()
-    report = bench_core(device=args.device, include_batcher=not args.no_batcher,
+    report = bench_core(device=args.device, include_batcher=not args.no_batcher, rtol=args.rtol, atol=args.atol,
                         progress=lambda m: print(f"[{time.perf_counter() - t0:6.1f}s] {m}", file=sys.stderr))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

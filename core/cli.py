@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -52,7 +51,7 @@ def fail(exc: Exception) -> None:
 # ------------------------------------------------------------------ demo / dashboard
 @app.command()
 def demo(
-    home: Optional[Path] = typer.Option(None, help="Data directory (default: TRILLIUM_HOME or ./.trillium)."),
+    home: Path | None = typer.Option(None, help="Data directory (default: TRILLIUM_HOME or ./.trillium)."),
 ) -> None:
     """Run the end-to-end demo: data, models, scores, all stored in the embedded database."""
     if home:
@@ -71,7 +70,7 @@ def dashboard(
     headless: bool = typer.Option(True, help="Do not open a browser."),
 ) -> None:
     """Start the Streamlit dashboard on the configured database."""
-    import trillium.dashboards as dashboards
+    from trillium import dashboards
 
     script = Path(dashboards.__file__).parent / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
@@ -147,7 +146,7 @@ def db_status() -> None:
 
 # ------------------------------------------------------------------ models
 @models_app.command("list")
-def models_list(name: Optional[str] = typer.Argument(None, help="Only this model.")) -> None:
+def models_list(name: str | None = typer.Argument(None, help="Only this model.")) -> None:
     """List registered model versions with aliases and metrics."""
     from trillium.core.registry import ModelRegistry
 

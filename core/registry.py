@@ -132,7 +132,7 @@ class ModelRecord:
     directory: Path
 
     @classmethod
-    def _from_row(cls, row: ModelVersion, root: Path) -> "ModelRecord":
+    def _from_row(cls, row: ModelVersion, root: Path) -> ModelRecord:
         return cls(
             id=row.id, name=row.name, version=row.version, kind=row.kind, architecture=row.architecture,
             init_kwargs=dict(row.init_kwargs or {}), files=dict(row.files or {}), metrics=dict(row.metrics or {}),

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from streamlit.testing.v1 import AppTest
 
-import trillium.dashboards as dashboards
+from trillium import dashboards
 from trillium.core.models.reference import TabularMLP
 from trillium.core.registry import ModelRegistry
 

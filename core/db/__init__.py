@@ -48,7 +48,7 @@ __all__ = [
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 _lock = threading.Lock()
-_databases: dict[tuple[str, str], "Database"] = {}
+_databases: dict[tuple[str, str], Database] = {}
 
 
 def _make_engine(url: str, connect_args: dict[str, Any] | None = None) -> Engine:

@@ -8,7 +8,7 @@ Schema changes go through Alembic migrations (``trillium db upgrade``), never ``
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -36,7 +36,7 @@ NAMING = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -65,7 +65,7 @@ class ModelVersion(Base):
     autotune: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
-    aliases: Mapped[list["ModelAlias"]] = relationship(back_populates="model_version")
+    aliases: Mapped[list[ModelAlias]] = relationship(back_populates="model_version")
 
 
 class ModelAlias(Base):
@@ -103,7 +103,7 @@ class Job(Base):
     chunks_done: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
-    chunks: Mapped[list["JobChunk"]] = relationship(back_populates="job", cascade="all, delete-orphan")
+    chunks: Mapped[list[JobChunk]] = relationship(back_populates="job", cascade="all, delete-orphan")
 
 
 class JobChunk(Base):

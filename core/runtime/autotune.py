@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from trillium.core.runtime.backends import Backend, CandidateSpec, Inputs, Outputs
 from trillium.core.runtime.hardware import detect, native_precisions

@@ -12,7 +12,6 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +48,7 @@ class CandidateSpec:
         return "/".join(parts)
 
     @classmethod
-    def parse(cls, name: str) -> "CandidateSpec":
+    def parse(cls, name: str) -> CandidateSpec:
         parts = name.split("/")
         backend, precision = parts[0], parts[1]
         device, threads = "cpu", None
@@ -151,7 +150,7 @@ def export_onnx(model: nn.Module, example: Inputs) -> bytes:
                 m, ex, buf, input_names=in_names, output_names=out_names,
                 dynamic_axes=axes, opset_version=17, dynamo=False,
             )
-        except Exception as exc:  # noqa: BLE001 - any exporter failure means "no ONNX backend"
+        except Exception as exc:
             raise RuntimeBackendError(f"ONNX export failed for {type(model).__name__}: {exc}") from exc
     return buf.getvalue()
 

@@ -173,7 +173,7 @@ class InferenceRuntime:
         example_input: torch.Tensor | Sequence[torch.Tensor],
         report: dict[str, Any],
         device: str = "auto",
-    ) -> "InferenceRuntime":
+    ) -> InferenceRuntime:
         """Rebuild the backends an earlier autotune chose, without measuring again.
 
         A choice that cannot be built here (a CUDA backend on a CPU host, say) falls back to

@@ -1,0 +1,59 @@
+"""The CLI end to end: the demo stores a model, a finished job and alerts; the model commands
+read them back; a tampered artifact makes ``models verify`` fail with a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from trillium.core.db import Job, Prediction, connect
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TRILLIUM_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "trillium.core.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=300)
+
+
+def test_help_lists_every_command_group(trillium_home: Path) -> None:
+    res = _cli("--help", home=trillium_home)
+    assert res.returncode == 0
+    for name in ("demo", "dashboard", "bench", "db", "models", "finance", "medical", "manufacturing"):
+        assert name in res.stdout
+
+
+def test_demo_then_models_commands(trillium_home: Path) -> None:
+    res = _cli("demo", home=trillium_home)
+    assert res.returncode == 0, res.stderr[-3000:]
+    db = connect()
+    with db.session() as s:
+        job = s.scalars(select(Job)).one()
+        alerts = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.decision == "alert"))
+    assert job.status == "done" and job.rows_in == 100_000 and job.rows_quarantined == 4
+    assert job.rows_out == 99_996
+    assert 500 < alerts < 2_000  # about 1 % of the scored rows
+
+    listed = _cli("models", "list", home=trillium_home)
+    assert listed.returncode == 0 and "reference-mlp" in listed.stdout and "production" in listed.stdout
+    shown = _cli("models", "show", "reference-mlp", "production", home=trillium_home)
+    meta = json.loads(shown.stdout)
+    assert meta["version"] == 1 and meta["autotune"]["choice"]["1"]
+    assert _cli("models", "verify", "reference-mlp", home=trillium_home).returncode == 0
+
+    weights = Path(meta["directory"]) / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    bad = _cli("models", "verify", "reference-mlp", home=trillium_home)
+    assert bad.returncode == 2
+    assert "modified after registration" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_db_status_and_missing_model_error(trillium_home: Path) -> None:
+    st = _cli("db", "status", home=trillium_home)
+    assert st.returncode == 0 and "model_versions" in st.stdout and "0001" in st.stdout
+    missing = _cli("models", "show", "nope", home=trillium_home)
+    assert missing.returncode == 2 and "no model 'nope'" in missing.stderr
