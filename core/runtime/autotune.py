@@ -69,14 +69,16 @@ def candidate_specs(device: str, settings: TuneSettings) -> tuple[list[Candidate
     import onnxruntime as ort
 
     info = detect()
-    wanted = set(settings.backends or ("eager", "torchscript", "onnxruntime", "compile"))
+    wanted = set(settings.backends or ("eager", "torchscript", "onnxruntime", "compile", "cudagraph"))
+    if not device.startswith("cuda"):
+        wanted.discard("cudagraph")
     if not settings.include_compile:
         wanted.discard("compile")
     specs: list[CandidateSpec] = []
     skipped: list[CandidateResult] = []
     native = native_precisions(device)
     for precision in ("fp32", "fp16", "bf16"):
-        for backend in ("eager", "torchscript", "compile"):
+        for backend in ("eager", "torchscript", "compile", "cudagraph"):
             if backend not in wanted:
                 continue
             spec = CandidateSpec(backend, precision, device)
