@@ -89,18 +89,25 @@ class Backend:
         raise NotImplementedError
 
 
-class EagerBackend(Backend):
-    def __init__(self, model: nn.Module, spec: CandidateSpec) -> None:
-        self.spec = spec
-        self.dtype = DTYPES[spec.precision]
-        self.model = copy.deepcopy(model).eval().to(spec.device, self.dtype)
+class _ModuleBackend(Backend):
+    """A torch-callable module on a device and precision: cast in, fp32 CPU out."""
+
+    module: Any
+    dtype: torch.dtype
 
     def __call__(self, xs: Inputs) -> Outputs:
         with torch.inference_mode():
-            return _to_host_fp32(_as_tuple(self.model(*_cast_inputs(xs, self.spec.device, self.dtype))))
+            return _to_host_fp32(_as_tuple(self.module(*_cast_inputs(xs, self.spec.device, self.dtype))))
 
 
-class TorchScriptBackend(Backend):
+class EagerBackend(_ModuleBackend):
+    def __init__(self, model: nn.Module, spec: CandidateSpec) -> None:
+        self.spec = spec
+        self.dtype = DTYPES[spec.precision]
+        self.module = copy.deepcopy(model).eval().to(spec.device, self.dtype)
+
+
+class TorchScriptBackend(_ModuleBackend):
     """Traced, frozen and inference-optimized: constant folding and fused conv/bn/linear ops."""
 
     def __init__(self, model: nn.Module, spec: CandidateSpec, example: Inputs) -> None:
@@ -114,12 +121,8 @@ class TorchScriptBackend(Backend):
             frozen = torch.jit.freeze(traced)
             self.module = torch.jit.optimize_for_inference(frozen) if spec.device == "cpu" else frozen
 
-    def __call__(self, xs: Inputs) -> Outputs:
-        with torch.inference_mode():
-            return _to_host_fp32(_as_tuple(self.module(*_cast_inputs(xs, self.spec.device, self.dtype))))
 
-
-class CompileBackend(Backend):
+class CompileBackend(_ModuleBackend):
     """torch.compile (Inductor); dynamic batch dimension so every batch size reuses one graph."""
 
     def __init__(self, model: nn.Module, spec: CandidateSpec, example: Inputs) -> None:
@@ -128,10 +131,6 @@ class CompileBackend(Backend):
         m = copy.deepcopy(model).eval().to(spec.device, self.dtype)
         self.module = torch.compile(m, dynamic=True)
         self(example)  # compile now, so that build time is not mistaken for run time
-
-    def __call__(self, xs: Inputs) -> Outputs:
-        with torch.inference_mode():
-            return _to_host_fp32(_as_tuple(self.module(*_cast_inputs(xs, self.spec.device, self.dtype))))
 
 
 class CudaGraphBackend(Backend):
