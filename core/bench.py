@@ -7,31 +7,21 @@ latency, eager batch throughput, the fp32 GEMM peak), so they mean the same on a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from trillium.core.models.reference import SmallCNN, TabularMLP, count_parameters
 from trillium.core.runtime import InferenceRuntime, TuneSettings, detect, matmul_peak_gflops
+from trillium.core.runtime.autotune import measure_latency
 
 
 def latency_ms(fn: Callable[[], Any], *, warmup: int = 20, repeats: int = 1000, budget_s: float = 3.0) -> dict[str, float]:
     """p50/p99 of ``fn()`` in milliseconds over up to ``repeats`` calls or ``budget_s`` seconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < repeats and (len(times) < 20 or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    arr = np.asarray(times) * 1e3
-    return {"p50_ms": float(np.median(arr)), "p99_ms": float(np.percentile(arr, 99)), "repeats": len(arr)}
+    return measure_latency(fn, warmup=warmup, min_repeats=20, max_repeats=repeats, budget_s=budget_s)
 
 
 def flops_per_row(model: nn.Module, one_row: torch.Tensor) -> float:

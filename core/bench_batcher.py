@@ -39,6 +39,7 @@ import torch
 from trillium.core.batching import DynamicBatcher
 from trillium.core.models.reference import TabularMLP
 from trillium.core.runtime import InferenceRuntime, TuneSettings
+from trillium.core.runtime.autotune import measure_latency
 
 
 def closed_loop(
@@ -101,24 +102,7 @@ def closed_loop(
 
 
 def median_call_ms(fn: Callable[[], Any], *, warmup: int = 20, repeats: int = 300, budget_s: float = 1.0) -> float:
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < repeats and (len(times) < 20 or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
-def build_runtime(n_features: int = 32, max_batch_size: int = 32, seed: int = 0) -> InferenceRuntime:
-    """The reference MLP on an ``InferenceRuntime`` autotuned for 1 and ``max_batch_size`` rows."""
-    torch.manual_seed(seed)
-    model = TabularMLP(n_features=n_features)
-    rt = InferenceRuntime(model, torch.randn(256, n_features))
-    rt.autotune(TuneSettings(sizes=(1, max_batch_size), include_compile=False))
-    return rt
+    return measure_latency(fn, warmup=warmup, min_repeats=20, max_repeats=repeats, budget_s=budget_s)["p50_ms"]
 
 
 class EagerMLP:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,21 +124,27 @@ def within_tolerance(candidate: Outputs, reference: Outputs, rtol: float, atol: 
     return diff <= atol + rtol * scale, diff
 
 
+def measure_latency(
+    fn: Callable[[], Any], *, warmup: int = 10, min_repeats: int = 15, max_repeats: int = 2000, budget_s: float = 0.4
+) -> dict[str, float]:
+    """p50/p99 (ms) of ``fn()`` after ``warmup`` calls: at least ``min_repeats`` timed calls,
+    then more until ``budget_s`` is spent or ``max_repeats`` reached. The one timing loop of
+    the autotuner and the benchmarks, so their figures are measured the same way."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    t_end = time.perf_counter() + budget_s
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    arr = np.asarray(times) * 1e3
+    return {"p50_ms": float(np.median(arr)), "p99_ms": float(np.percentile(arr, 99)), "repeats": len(times)}
+
+
 def time_call(backend: Backend, xs: Inputs, settings: TuneSettings) -> dict[str, float]:
     """Median and p99 latency of ``backend(xs)`` after warm-up, and the rows/s that implies."""
-    for _ in range(settings.warmup):
-        backend(xs)
-    times: list[float] = []
-    t_end = time.perf_counter() + settings.budget_s
-    while len(times) < settings.max_repeats and (len(times) < settings.min_repeats or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        backend(xs)
-        times.append(time.perf_counter() - t0)
-    arr = np.asarray(times)
-    p50 = float(np.median(arr))
-    return {
-        "p50_ms": p50 * 1e3,
-        "p99_ms": float(np.percentile(arr, 99)) * 1e3,
-        "rows_per_s": xs[0].shape[0] / p50,
-        "repeats": len(times),
-    }
+    out = measure_latency(lambda: backend(xs), warmup=settings.warmup, min_repeats=settings.min_repeats,
+                          max_repeats=settings.max_repeats, budget_s=settings.budget_s)
+    out["rows_per_s"] = xs[0].shape[0] / (out["p50_ms"] / 1e3)
+    return out
