@@ -150,8 +150,13 @@ def models_list(name: str | None = typer.Argument(None, help="Only this model.")
     """List registered model versions with aliases and metrics."""
     from trillium.core.registry import ModelRegistry
 
+    try:
+        records = ModelRegistry().list(name)
+    except TrilliumError as exc:
+        fail(exc)
+        return
     table = Table("name", "version", "kind", "aliases", "metrics", "backend (1 row / batch)")
-    for r in ModelRegistry().list(name):
+    for r in records:
         choice = r.autotune.get("choice", {})
         sizes = sorted(choice, key=int)
         backend = f"{choice[sizes[0]]} / {choice[sizes[-1]]}" if sizes else "-"
@@ -195,8 +200,8 @@ def models_verify(name: str, ref: str = typer.Argument("latest")) -> None:
     """Check the sha256 of every file of a version; exit 2 on a mismatch."""
     from trillium.core.registry import ModelRegistry
 
-    reg = ModelRegistry()
     try:
+        reg = ModelRegistry()
         rec = reg.get(name, ref)
         reg.verify(rec)
     except TrilliumError as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trillium.core.config import database_url
@@ -29,7 +29,7 @@ from trillium.core.db.models import (
     ModelVersion,
     Prediction,
 )
-from trillium.core.errors import DatabaseError
+from trillium.core.errors import ConfigError, DatabaseError
 
 __all__ = [
     "AuditEvent",
@@ -113,7 +113,13 @@ class Database:
 
     def __init__(self, url: str, connect_args: dict[str, Any] | None = None) -> None:
         self.url = url
-        self.engine = _make_engine(url, connect_args)
+        try:
+            self.engine = _make_engine(url, connect_args)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise ConfigError(
+                f"cannot use database URL {url.split('@')[-1]!r} (from TRILLIUM_DB_URL or the caller): {exc}. "
+                "Expected an SQLAlchemy URL such as postgresql+psycopg://user@host/db or sqlite:///path.db"
+            ) from exc
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def upgrade(self) -> None:

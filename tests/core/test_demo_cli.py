@@ -57,3 +57,17 @@ def test_db_status_and_missing_model_error(trillium_home: Path) -> None:
     assert st.returncode == 0 and "model_versions" in st.stdout and "0001" in st.stdout
     missing = _cli("models", "show", "nope", home=trillium_home)
     assert missing.returncode == 2 and "no model 'nope'" in missing.stderr
+
+
+def test_unreachable_or_malformed_database_gives_one_clear_line(trillium_home: Path) -> None:
+    env_cases = {
+        "postgresql+psycopg://nobody@127.0.0.1:1/none": "cannot reach or migrate the database",
+        "notadb://x": "cannot use database URL",
+    }
+    for url, message in env_cases.items():
+        for args in (("models", "list"), ("db", "status"), ("models", "verify", "m")):
+            env = {**os.environ, "TRILLIUM_HOME": str(trillium_home), "TRILLIUM_DB_URL": url}
+            res = subprocess.run([sys.executable, "-m", "trillium.core.cli", *args], env=env, text=True,
+                                 capture_output=True, timeout=120)
+            assert res.returncode == 2, (args, res.stderr[-1500:])
+            assert message in " ".join(res.stderr.split()) and "Traceback" not in res.stderr
