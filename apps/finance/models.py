@@ -1,0 +1,74 @@
+"""Pure torch modules for fraud scoring: exportable to ONNX, no training code inside.
+
+Both take the raw feature vector (as ``trillium.finance.features`` computes it) and do their
+own normalization in the graph: a signed log for heavy-tailed amounts and counts, then a
+standardization whose statistics are buffers set by the trainer. So the runtime, ONNX export
+and captum all see the same function of the raw features, and attributions are per raw
+feature. They return logits; calibration to probabilities is kept outside (a fitted Platt
+scaling), so the same module can be recalibrated without retraining.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Normalize(nn.Module):
+    """x -> (sign(x) * log1p(|x|) - mean) / std, with mean and std as buffers."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.sign(x) * torch.log1p(torch.abs(x))
+        return (z - self.mean) / self.std
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        z = torch.sign(x) * torch.log1p(torch.abs(x))
+        self.mean.copy_(z.mean(0))
+        self.std.copy_(z.std(0).clamp_min(1e-3))
+
+
+class FraudMLP(nn.Module):
+    """A feed-forward network over one transaction's features; returns (B, 1) logits."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...] | list[int] = (128, 64), dropout: float = 0.2) -> None:
+        super().__init__()
+        self.norm = _Normalize(n_features)
+        layers: list[nn.Module] = []
+        width = n_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(x))
+
+
+class FraudSequenceModel(nn.Module):
+    """A GRU over the card's previous transactions, joined with the current one.
+
+    Inputs: ``x`` (B, F) the current features and ``seq`` (B, L, F + 1) the previous
+    transactions' features, oldest first, with a presence flag last (zeros when absent).
+    Returns (B, 1) logits.
+    """
+
+    def __init__(self, n_features: int, hidden: int = 32, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.norm = _Normalize(n_features)
+        self.gru = nn.GRU(n_features + 1, hidden, batch_first=True)
+        self.head = nn.Sequential(
+            nn.Linear(n_features + hidden, 64), nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, 1)
+        )
+
+    def forward(self, x: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        present = seq[..., -1:]
+        past = self.norm(seq[..., :-1]) * present  # absent steps stay exactly zero
+        _, h = self.gru(torch.cat([past, present], dim=-1))
+        return self.head(torch.cat([self.norm(x), h[-1]], dim=-1))

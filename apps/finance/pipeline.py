@@ -1,0 +1,271 @@
+"""``FraudScorer``: the public scoring API, real time and batch.
+
+``score(tx)`` updates the online state with one transaction and returns its probability, the
+decision and the top reasons; ``score_batch(frame)`` does the same for a whole frame with the
+vectorized features (the card history is the frame's own, optionally after ``history``).
+
+Decisions: ``threshold`` (alert when p >= threshold) or a daily alert budget
+(``alerts_per_day``): the threshold is read off the model's out-of-sample score distribution
+so that about that many transactions a day exceed it, and online at most that many alerts are
+raised per calendar day (the rest above the threshold are marked ``over_budget``, so nothing
+is hidden). Reasons come from TreeSHAP when the model has a tree member, else from captum
+Integrated Gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import delete, select
+
+from trillium.core.db import Database, Feedback, Prediction, connect
+from trillium.core.errors import InputValidationError
+from trillium.core.registry import ModelRegistry
+from trillium.finance.features import OnlineFeatures, batch_features, previous_indices, sequence_tensor
+from trillium.finance.fraud_model import FraudModel
+from trillium.finance.reasons import Reason, top_reasons
+from trillium.finance.records import (
+    AMOUNT,
+    CUSTOMER_ID,
+    FRAUD,
+    GENUINE,
+    TERMINAL_ID,
+    TIMESTAMP,
+    TRANSACTION_ID,
+)
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "finance"
+ALERT, PASS, OVER_BUDGET = "alert", "pass", "over_budget"
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    transaction_id: Any
+    probability: float
+    decision: str
+    threshold: float
+    reasons: list[Reason] = field(default_factory=list)
+    model: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"transaction_id": self.transaction_id, "probability": self.probability, "decision": self.decision,
+                "threshold": self.threshold, "reasons": [r.as_dict() for r in self.reasons], "model": self.model}
+
+
+class FraudScorer:
+    """Score transactions with a trained ``FraudModel``.
+
+    Args:
+        model: the trained model (``FraudScorer.from_registry`` loads the production one).
+        threshold: alert when the probability reaches it; overrides ``alerts_per_day``.
+        alerts_per_day: the daily alert budget (default 100, the handbook's CP@100 budget).
+        state: the online feature store (in-process by default; ``RedisState`` to share).
+        n_reasons: how many reasons to give per scored transaction.
+        model_label: a name for the model in results ("fraud:v3").
+    """
+
+    def __init__(self, model: FraudModel, *, threshold: float | None = None, alerts_per_day: int | None = 100,
+                 state: Any = None, n_reasons: int = 3, model_label: str = "", model_version_id: int | None = None
+                 ) -> None:
+        if threshold is None and not alerts_per_day:
+            raise InputValidationError("give a threshold or a daily alert budget (alerts_per_day > 0)")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise InputValidationError(f"threshold must be a probability in [0, 1], got {threshold}")
+        self.model = model
+        self.alerts_per_day = None if threshold is not None else int(alerts_per_day or 0)
+        self.threshold = float(threshold) if threshold is not None else model.budget_threshold(self.alerts_per_day)
+        self.features = OnlineFeatures(model.spec, state)
+        self.n_reasons = n_reasons
+        self.model_label = model_label or f"fraud ({model.kind})"
+        self.model_version_id = model_version_id
+        self._alerts_by_day: dict[Any, int] = {}
+        self._horizon_days = model.spec.horizon_seconds / 86_400
+
+    @classmethod
+    def from_registry(cls, name: str = "fraud", ref: int | str = "production", *,
+                      registry: ModelRegistry | None = None, **kwargs: Any) -> FraudScorer:
+        registry = registry or ModelRegistry()
+        model, record = FraudModel.load(registry, name, ref)
+        kwargs.setdefault("model_label", f"{name}:v{record.version}")
+        kwargs.setdefault("model_version_id", record.id)
+        return cls(model, **kwargs)
+
+    # ----------------------------------------------------------------- real time
+    def score(self, tx: Mapping[str, Any], *, explain: bool = True) -> ScoreResult:
+        """Score one transaction (updating the card's and terminal's state)."""
+        vector, seq = self.features.update(tx)
+        x = vector[None, :]
+        p = float(self.model.predict_proba(x, seq[None] if self.model.needs_sequence else None)[0])
+        decision = PASS
+        if p >= self.threshold:
+            decision = ALERT
+            if self.alerts_per_day is not None:
+                day = pd.Timestamp(tx[TIMESTAMP]).date()
+                used = self._alerts_by_day.get(day, 0)
+                if used >= self.alerts_per_day:
+                    decision = OVER_BUDGET
+                else:
+                    if len(self._alerts_by_day) > 60:
+                        self._alerts_by_day = {day: used}
+                    self._alerts_by_day[day] = used + 1
+        reasons: list[Reason] = []
+        if explain and self.n_reasons:
+            contrib, _ = self.model.contributions(x, seq[None] if self.model.needs_sequence else None)
+            reasons = top_reasons(self.model.spec.names, vector, contrib[0], self.n_reasons, self._horizon_days)
+        return ScoreResult(tx[TRANSACTION_ID], p, decision, self.threshold, reasons, self.model_label)
+
+    def label(self, transaction_id: Any, fraud: bool) -> bool:
+        """Tell the online state a transaction's true label (from an analyst)."""
+        return self.features.label(transaction_id, fraud)
+
+    # ----------------------------------------------------------------- batch
+    def features_for(self, frame: pd.DataFrame, history: pd.DataFrame | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features (and sequences) of ``frame``'s rows, with ``history`` rows before them as
+        context (scored nowhere)."""
+        full = frame if history is None or history.empty else pd.concat([history, frame], ignore_index=True)
+        x = batch_features(full, self.model.spec)
+        seq = None
+        if self.model.needs_sequence:
+            seq = sequence_tensor(x.astype(np.float32), previous_indices(full, self.model.spec.seq_len))
+        skip = len(full) - len(frame)
+        return x[skip:], (seq[skip:] if seq is not None else None)
+
+    def score_features(self, frame: pd.DataFrame, x: np.ndarray, seq: np.ndarray | None,
+                       reasons: str = "alerts") -> pd.DataFrame:
+        """Score precomputed features; ``reasons``: "alerts" (default), "all" or "none"."""
+        p = self.model.predict_proba(x, seq)
+        decision = np.where(p >= self.threshold, ALERT, PASS)
+        out = pd.DataFrame({
+            TRANSACTION_ID: frame[TRANSACTION_ID].to_numpy(),
+            TIMESTAMP: frame[TIMESTAMP].to_numpy(),
+            CUSTOMER_ID: frame[CUSTOMER_ID].to_numpy() if CUSTOMER_ID in frame else None,
+            TERMINAL_ID: frame[TERMINAL_ID].to_numpy() if TERMINAL_ID in frame else None,
+            AMOUNT: frame[AMOUNT].to_numpy(),
+            "probability": p,
+            "decision": decision,
+        })
+        texts = np.full(len(out), "", dtype=object)
+        which = np.arange(len(out)) if reasons == "all" else (
+            np.flatnonzero(decision == ALERT) if reasons == "alerts" else np.zeros(0, np.int64))
+        if len(which):
+            contrib, _ = self.model.contributions(x[which], None if seq is None else seq[which])
+            names = self.model.spec.names
+            for row, i in enumerate(which):
+                rs = top_reasons(names, x[i], contrib[row], self.n_reasons, self._horizon_days)
+                texts[i] = json.dumps([r.as_dict() for r in rs])
+        out["reasons"] = texts
+        out["model"] = self.model_label
+        return out
+
+    def score_batch(self, frame: pd.DataFrame, *, history: pd.DataFrame | None = None,
+                    reasons: str = "alerts") -> pd.DataFrame:
+        """Score every row of a canonical frame (vectorized); one output row per input row."""
+        x, seq = self.features_for(frame, history)
+        return self.score_features(frame, x, seq, reasons)
+
+
+# ----------------------------------------------------------------------- alerts and feedback
+def store_alerts(scored: pd.DataFrame, *, db: Database | None = None, job_id: int | None = None,
+                 model_version_id: int | None = None) -> int:
+    """Write the alerts of a scored frame to the predictions table; idempotent per job
+    (a job's earlier alerts are replaced). Returns the number stored."""
+    db = db or connect()
+    alerts = scored[scored["decision"] == ALERT]
+    with db.session() as s:
+        if job_id is not None:
+            s.execute(delete(Prediction).where(Prediction.domain == DOMAIN, Prediction.job_id == job_id))
+        s.add_all(
+            Prediction(
+                domain=DOMAIN, entity_id=str(r[TRANSACTION_ID]), model_version_id=model_version_id, job_id=job_id,
+                score=float(r["probability"]), decision=ALERT,
+                details={
+                    "customer_id": str(r[CUSTOMER_ID]), "terminal_id": str(r[TERMINAL_ID]),
+                    "amount": float(r[AMOUNT]), "timestamp": pd.Timestamp(r[TIMESTAMP]).isoformat(),
+                    "reasons": json.loads(r["reasons"]) if r.get("reasons") else [],
+                    "model": r.get("model", ""),
+                },
+            )
+            for r in alerts.to_dict("records")
+        )
+    return len(alerts)
+
+
+def alert_queue(*, db: Database | None = None, day: str | None = None, budget: int = 100,
+                include_labelled: bool = False) -> pd.DataFrame:
+    """The analyst's queue: alerts ordered by score, at most ``budget`` per day (the most
+    suspicious first), already-labelled ones left out unless asked for."""
+    db = db or connect()
+    with db.session() as s:
+        rows = s.execute(
+            select(Prediction.id, Prediction.entity_id, Prediction.score, Prediction.details, Prediction.created_at)
+            .where(Prediction.domain == DOMAIN, Prediction.decision == ALERT)
+        ).all()
+        labelled = dict(s.execute(select(Feedback.entity_id, Feedback.label).where(Feedback.domain == DOMAIN)).all())
+    if not rows:
+        return pd.DataFrame(columns=["prediction_id", TRANSACTION_ID, "score", "day", CUSTOMER_ID, AMOUNT, "label"])
+    frame = pd.DataFrame([{
+        "prediction_id": r.id, TRANSACTION_ID: r.entity_id, "score": r.score,
+        TIMESTAMP: r.details.get("timestamp"), CUSTOMER_ID: r.details.get("customer_id"),
+        TERMINAL_ID: r.details.get("terminal_id"), AMOUNT: r.details.get("amount"),
+        "reasons": "; ".join(x["text"] for x in r.details.get("reasons", [])),
+        "label": labelled.get(r.entity_id),
+    } for r in rows])
+    frame["day"] = pd.to_datetime(frame[TIMESTAMP]).dt.date.astype(str)
+    if day:
+        frame = frame[frame["day"] == day]
+    if not include_labelled:
+        frame = frame[frame["label"].isna()]
+    frame = frame.sort_values(["day", "score"], ascending=[True, False], kind="stable")
+    return frame.groupby("day", sort=True).head(budget).reset_index(drop=True)
+
+
+def record_feedback(transaction_id: Any, label: str, *, db: Database | None = None, analyst: str = "",
+                    comment: str = "", scorer: FraudScorer | None = None) -> int:
+    """Store an analyst's label (fraud / genuine) for a transaction; returns the feedback id.
+
+    A newer label for the same transaction supersedes the older (both are kept for audit).
+    If a live ``scorer`` is given, its online state learns the label too.
+    """
+    if label not in (FRAUD, GENUINE):
+        raise InputValidationError(f"label must be {FRAUD!r} or {GENUINE!r}, got {label!r}")
+    db = db or connect()
+    entity = str(transaction_id)
+    with db.session() as s:
+        pred = s.scalar(select(Prediction.id).where(Prediction.domain == DOMAIN, Prediction.entity_id == entity)
+                        .order_by(Prediction.id.desc()).limit(1))
+        fb = Feedback(domain=DOMAIN, entity_id=entity, prediction_id=pred, label=label, analyst=analyst,
+                      comment=comment)
+        s.add(fb)
+        s.flush()
+        fid = fb.id
+    db.audit("finance.feedback", target=entity, actor=analyst or None, label=label)
+    if scorer is not None:
+        scorer.label(transaction_id, label == FRAUD)
+    return fid
+
+
+def feedback_labels(db: Database | None = None) -> pd.Series:
+    """The latest analyst label per transaction id (str) as 1 fraud / 0 genuine."""
+    db = db or connect()
+    with db.session() as s:
+        rows = s.execute(select(Feedback.entity_id, Feedback.label).where(Feedback.domain == DOMAIN)
+                         .order_by(Feedback.id)).all()
+    latest: dict[str, int] = {}
+    for entity, label in rows:
+        latest[entity] = 1 if label == FRAUD else 0
+    return pd.Series(latest, dtype="int64", name="label")
+
+
+def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    return fn(*args, **kwargs), time.perf_counter() - t0
