@@ -163,8 +163,14 @@ def core_demo(console: Console) -> dict[str, Any]:
     return {"model_version": rec.version, "job": result, "alerts": len(alerts), "metrics": metrics}
 
 
+def _finance(console: Console) -> Any:
+    from trillium.finance.demo import finance_demo
+
+    return finance_demo(console)
+
+
 # Each domain appends its demo step here as it lands: (name, callable(console)).
-DEMOS: list[tuple[str, Callable[[Console], Any]]] = [("core", core_demo)]
+DEMOS: list[tuple[str, Callable[[Console], Any]]] = [("core", core_demo), ("finance", _finance)]
 
 
 def run_demo(console: Console | None = None) -> dict[str, Any]:

@@ -75,10 +75,7 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     if history is not None:
         hist, _ = read_transactions(history, "auto")
         hist = hist[hist["timestamp"] < valid["timestamp"].min()] if len(valid) else hist
-    if len(valid):
-        x, seq = scorer.features_for(valid, hist)
-    else:
-        x, seq = np.zeros((0, len(scorer.model.spec.names))), None
+    table = scorer.feature_table(valid, hist)
     feature_seconds = time.perf_counter() - t0
     position = pd.Series(np.arange(len(valid)), index=valid.index)  # input row number -> feature row
     reasons_by_row = quarantined["reason"] if len(quarantined) else pd.Series(dtype=object)
@@ -89,7 +86,8 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
         rejected = chunk.loc[bad].assign(reason=reasons_by_row.loc[bad].to_numpy())
         good = rows.difference(bad, sort=False)
         pos = position.loc[good].to_numpy()
-        scored = scorer.score_features(valid.iloc[pos], x[pos], None if seq is None else seq[pos], reasons)
+        x, seq = table.rows(pos)
+        scored = scorer.score_features(valid.iloc[pos], x, seq, reasons)
         for col in ("transaction_id", "customer_id", "terminal_id"):
             scored[col] = scored[col].astype(str)  # one schema for every part, whatever the id types
         return ProcessResult(scored, rejected)

@@ -358,7 +358,8 @@ def online_vector(spec: FeatureSpec, sec: int, amount: float, cents: int, card: 
         values += [float(count), (sum(tfr[lo:hi]) / count) if count else 0.0]
     lo = bisect_right(ctimes, sec - spec.velocity_seconds)
     values.append(float(n_all - lo + 1))
-    gap = sec - ctimes[-1] if ctimes and sec - ctimes[-1] < horizon else horizon
+    # a late-arriving transaction (older than the card's last) counts as simultaneous
+    gap = max(sec - ctimes[-1], 0) if ctimes and sec - ctimes[-1] < horizon else horizon
     values.append(float(np.log1p(np.float64(gap))))
     lo = bisect_right(ctimes, sec - spec.history_days * DAY)
     prev = ccents[lo:]
@@ -401,6 +402,7 @@ class InMemoryState:
         self.cards: dict[Any, dict[str, deque[Any]]] = {}
         self.terminals: dict[Any, dict[str, deque[Any]]] = {}
         self.labels: dict[Any, list[int]] = {}
+        self._gc_at = 100_000
 
     def load(self, card_id: Any, terminal_id: Any, cutoff: int) -> tuple[CardHistory, TerminalHistory]:
         card = self.cards.get(card_id)
@@ -433,13 +435,16 @@ class InMemoryState:
             card["seq"].popleft()
         term["times"].append(sec)
         term["boxes"].append(box)
-        self.labels[tx_id] = box
-        if len(self.labels) > 8 * (len(self.cards) + len(self.terminals)) + 100_000:
+        self.labels[str(tx_id)] = box  # ids as text, as they come back from a CLI or a database
+        if len(self.labels) > self._gc_at:
+            # forget labels of expired transactions; the next clean-up waits until the map has
+            # doubled, so the cost stays linear overall
             live = {id(b) for c in self.cards.values() for b in c["boxes"]}
             self.labels = {k: b for k, b in self.labels.items() if id(b) in live}
+            self._gc_at = max(2 * len(self.labels), 100_000)
 
     def set_label(self, tx_id: Any, fraud: bool) -> bool:
-        box = self.labels.get(tx_id)
+        box = self.labels.get(str(tx_id))
         if box is None:
             return False
         box[0] = 1 if fraud else 0
@@ -497,5 +502,7 @@ class OnlineFeatures:
         return vector, seq
 
     def label(self, transaction_id: Any, fraud: bool) -> bool:
-        """Record an analyst's label; False if the transaction is unknown or past the horizon."""
+        """Record an analyst's label. The in-process state returns False for a transaction it
+        does not hold (unknown, or past the horizon); Redis stores the label whatever, so a
+        label may arrive before its transaction reaches this worker, and returns True."""
         return self.state.set_label(transaction_id, fraud)

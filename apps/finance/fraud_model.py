@@ -108,6 +108,7 @@ class FraudModel:
         if name == "gbt":
             params = {"seed": self.seed, **self.gbt_params}
             return Member(name, gbt=GradientBoostedModel(**params).fit(x, y, self.spec.names))
+        torch.manual_seed(self.torch_settings.seed)  # initial weights too: same seed, same model
         module: torch.nn.Module = FraudMLP(n_features) if name == "mlp" else FraudSequenceModel(n_features)
         inputs = (x,) if name == "mlp" else (x, seq)
         return Member(name, module=fit_torch(module, inputs, y, self.torch_settings))
@@ -234,7 +235,7 @@ class FraudModel:
             else:
                 m.runtime = InferenceRuntime(m.module, example, device="cpu")
                 if autotune:
-                    m.runtime.autotune(TuneSettings(sizes=(1, 1024)))
+                    m.runtime.autotune(TuneSettings(sizes=(1, 1024, 32_768)))
             out[name] = m.runtime.report
         return out
 

@@ -61,12 +61,12 @@ def _windows(frame: pd.DataFrame, train_days: int, holdout_days: int, delay_days
     return train, hold
 
 
-def _measure(model: FraudModel, x: np.ndarray, seq: np.ndarray | None, frame: pd.DataFrame,
+def _measure(model: FraudModel, x: np.ndarray, seq_of: Any, frame: pd.DataFrame,
              idx: np.ndarray) -> dict[str, Any]:
     y = frame[LABEL].to_numpy()[idx].astype(int)
     if len(np.unique(y)) < 2:
         return {"holdout_rows": len(idx), "note": "held-out window has one class only; no metrics"}
-    p = model.predict_proba(x[idx], None if seq is None else seq[idx])
+    p = model.predict_proba(x[idx], seq_of(idx) if model.needs_sequence else None)
     rep = scores_report(y, p)
     day = frame[TIMESTAMP].to_numpy()[idx].astype("datetime64[D]")
     rep["card_precision_at_100"], _ = card_precision_at_k(day, frame[CUSTOMER_ID].to_numpy()[idx], y, p)
@@ -78,7 +78,8 @@ def _measure(model: FraudModel, x: np.ndarray, seq: np.ndarray | None, frame: pd
 def train_model(frame: pd.DataFrame, *, kind: str = "gbt+seq", train_days: int = 21, holdout_days: int = 7,
                 registry: ModelRegistry | None = None, name: str = "fraud", autotune: bool = True,
                 promote: bool | None = True, seed: int = 0, description: str = "",
-                compare_with_production: bool = False) -> TrainResult:
+                compare_with_production: bool = False, extra_metrics: dict[str, Any] | None = None
+                ) -> TrainResult:
     """Fit, measure on the held-out window, register; see the module docstring."""
     if LABEL not in frame.columns:
         raise InputValidationError("training needs a 'label' column (1 fraud, 0 genuine)")
@@ -87,13 +88,19 @@ def train_model(frame: pd.DataFrame, *, kind: str = "gbt+seq", train_days: int =
     spec = FeatureSpec()
     x = batch_features(frame, spec)
     model = FraudModel(kind=kind, spec=spec, seed=seed)
-    seq = sequence_tensor(x.astype(np.float32), previous_indices(frame, spec.seq_len)) if model.needs_sequence else None
+    prev = previous_indices(frame, spec.seq_len)
+    x32 = x.astype(np.float32)
+
+    def seq_of(idx: np.ndarray) -> np.ndarray:  # built per slice: a long history never holds them all
+        return sequence_tensor(x32, prev[idx])
+
     train, hold = _windows(frame, train_days, holdout_days, spec.delay_days)
-    model.fit(x[train], frame[LABEL].to_numpy()[train], None if seq is None else seq[train],
+    model.fit(x[train], frame[LABEL].to_numpy()[train], seq_of(train) if model.needs_sequence else None,
               order=frame[TIMESTAMP].to_numpy()[train])
     if autotune:
         model.build_runtimes(autotune=True)
-    metrics = _measure(model, x, seq, frame, hold)
+    metrics = _measure(model, x, seq_of, frame, hold)
+    metrics.update(extra_metrics or {})
     metrics.update(train_rows=len(train), train_frauds=int(frame[LABEL].to_numpy()[train].sum()),
                    train_from=str(frame[TIMESTAMP].iloc[train[0]].date()),
                    train_to=str(frame[TIMESTAMP].iloc[train[-1]].date()))
@@ -102,7 +109,7 @@ def train_model(frame: pd.DataFrame, *, kind: str = "gbt+seq", train_days: int =
     if compare_with_production:
         try:
             current, rec = FraudModel.load(registry, name, "production", runtime=False)
-            compared = {"version": rec.version, **_measure(current, x, seq, frame, hold)}
+            compared = {"version": rec.version, **_measure(current, x, seq_of, frame, hold)}
         except RegistryError:
             compared = None
     if promote is None:  # decide by the comparison
@@ -134,14 +141,13 @@ def retrain(frame: pd.DataFrame, *, db: Database | None = None, registry: ModelR
     merged, applied = merge_feedback(frame, db)
     if kind is None:
         try:
-            kind = registry.get(name, "production").input_signature and \
-                FraudModel.load(registry, name, "production", runtime=False)[0].kind
+            kind = FraudModel.load(registry, name, "production", runtime=False)[0].kind
         except RegistryError:
             kind = "gbt+seq"
     result = train_model(merged, kind=kind or "gbt+seq", registry=registry, name=name,
                          promote=True if force_promote else None, compare_with_production=True,
-                         description=f"retrained with {applied} analyst labels", **kwargs)
-    result.metrics["feedback_labels_applied"] = applied
+                         description=f"retrained with {applied} analyst labels",
+                         extra_metrics={"feedback_labels_applied": applied}, **kwargs)
     db.audit("finance.retrain", target=f"{name}:v{result.record.version}", promoted=result.promoted,
              feedback_labels=applied)
     return result, applied

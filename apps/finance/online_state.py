@@ -8,8 +8,8 @@ Layout (``prefix`` default ``trillium:fin``), every key expiring after the horiz
 * ``{p}:c:{card}``: list of ``"sec:cents:tx_id"``, oldest first (the card's history);
 * ``{p}:t:{terminal}``: list of ``"sec:tx_id"`` (the terminal's history);
 * ``{p}:s:{card}``: list of the card's last ``seq_len`` feature vectors (float32 bytes);
-* ``{p}:lbl``: hash tx_id -> "1" for transactions known to be fraud (labels are rare, so
-  only frauds are stored; a "genuine" label deletes the field).
+* ``{p}:lbl:{tx_id}``: "1" for a transaction known to be fraud (labels are rare, so only
+  frauds are stored; a "genuine" label deletes the key); it expires with the horizon too.
 
 One transaction costs two round trips: read the three lists; then read the labels of the
 transactions inside the delayed windows and, in the same pipeline, append and trim.
@@ -65,7 +65,7 @@ class RedisState:
         ids = list({*self._pending["c_ids"], *self._pending["t_ids"]})
         frauds: set[bytes] = set()
         if ids:
-            hits = self.client.hmget(self._k("lbl", "all"), ids)
+            hits = self.client.mget([self._k("lbl", i.decode()) for i in ids])
             frauds = {i for i, h in zip(ids, hits, strict=True) if h == b"1"}
         card = CardHistory(
             times=[int(e[0]) for e in c_entries], cents=[int(e[1]) for e in c_entries],
@@ -91,18 +91,19 @@ class RedisState:
         pipe.rpush(p["sk"], vector.astype(np.float32).tobytes())
         pipe.ltrim(p["sk"], -seq_len, -1)
         if fraud:
-            pipe.hset(self._k("lbl", "all"), str(tx_id), "1")
+            pipe.set(self._k("lbl", tx_id), "1", ex=self.horizon)
         for key in (p["ck"], p["tk"], p["sk"]):
             pipe.expire(key, self.horizon)
         pipe.execute()
         self._pending = {}
 
     def set_label(self, tx_id: Any, fraud: bool) -> bool:
-        key = self._k("lbl", "all")
+        """Store the label (even for a transaction not seen yet); always True."""
+        key = self._k("lbl", tx_id)
         if fraud:
-            self.client.hset(key, str(tx_id), "1")
+            self.client.set(key, "1", ex=self.horizon)
         else:
-            self.client.hdel(key, str(tx_id))
+            self.client.delete(key)
         return True
 
     def clear(self) -> int:

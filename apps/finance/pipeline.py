@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from trillium.core.db import Database, Feedback, Prediction, connect
 from trillium.core.errors import InputValidationError
@@ -61,6 +61,21 @@ class ScoreResult:
                 "threshold": self.threshold, "reasons": [r.as_dict() for r in self.reasons], "model": self.model}
 
 
+class FeatureTable:
+    """Features of a frame (after ``skip`` history rows) and, for sequence models, the
+    positions of each row's previous transactions of the card."""
+
+    def __init__(self, x: np.ndarray, prev: np.ndarray | None, skip: int) -> None:
+        self.x, self.prev, self.skip = x, prev, skip
+        self._x32 = x.astype(np.float32) if prev is not None else None
+
+    def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(features, sequences) of the frame rows at ``positions``."""
+        at = np.asarray(positions) + self.skip
+        seq = sequence_tensor(self._x32, self.prev[at]) if self.prev is not None else None
+        return self.x[at], seq
+
+
 class FraudScorer:
     """Score transactions with a trained ``FraudModel``.
 
@@ -76,8 +91,8 @@ class FraudScorer:
     def __init__(self, model: FraudModel, *, threshold: float | None = None, alerts_per_day: int | None = 100,
                  state: Any = None, n_reasons: int = 3, model_label: str = "", model_version_id: int | None = None
                  ) -> None:
-        if threshold is None and not alerts_per_day:
-            raise InputValidationError("give a threshold or a daily alert budget (alerts_per_day > 0)")
+        if threshold is None and (alerts_per_day is None or alerts_per_day < 1):
+            raise InputValidationError(f"give a threshold or a daily alert budget >= 1 (alerts_per_day={alerts_per_day})")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise InputValidationError(f"threshold must be a probability in [0, 1], got {threshold}")
         self.model = model
@@ -100,8 +115,13 @@ class FraudScorer:
         return cls(model, **kwargs)
 
     # ----------------------------------------------------------------- real time
-    def score(self, tx: Mapping[str, Any], *, explain: bool = True) -> ScoreResult:
-        """Score one transaction (updating the card's and terminal's state)."""
+    def score(self, tx: Mapping[str, Any], *, explain: bool | str = "alerts") -> ScoreResult:
+        """Score one transaction (updating the card's and terminal's state).
+
+        ``explain``: "alerts" (default) gives reasons for alerts and over-budget ones, the
+        transactions an analyst reviews (TreeSHAP costs about 1 ms a row here, which every
+        transaction need not pay); True for every transaction; False for none.
+        """
         vector, seq = self.features.update(tx)
         x = vector[None, :]
         p = float(self.model.predict_proba(x, seq[None] if self.model.needs_sequence else None)[0])
@@ -118,7 +138,7 @@ class FraudScorer:
                         self._alerts_by_day = {day: used}
                     self._alerts_by_day[day] = used + 1
         reasons: list[Reason] = []
-        if explain and self.n_reasons:
+        if self.n_reasons and (explain is True or (explain == "alerts" and decision != PASS)):
             contrib, _ = self.model.contributions(x, seq[None] if self.model.needs_sequence else None)
             reasons = top_reasons(self.model.spec.names, vector, contrib[0], self.n_reasons, self._horizon_days)
         return ScoreResult(tx[TRANSACTION_ID], p, decision, self.threshold, reasons, self.model_label)
@@ -128,21 +148,25 @@ class FraudScorer:
         return self.features.label(transaction_id, fraud)
 
     # ----------------------------------------------------------------- batch
-    def features_for(self, frame: pd.DataFrame, history: pd.DataFrame | None = None
-                     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Features (and sequences) of ``frame``'s rows, with ``history`` rows before them as
-        context (scored nowhere)."""
+    def feature_table(self, frame: pd.DataFrame, history: pd.DataFrame | None = None) -> FeatureTable:
+        """Features of ``frame``'s rows with ``history`` rows before them as context (scored
+        nowhere); sequences are built on demand per slice, so a big batch never holds them all."""
         full = frame if history is None or history.empty else pd.concat([history, frame], ignore_index=True)
         x = batch_features(full, self.model.spec)
-        seq = None
-        if self.model.needs_sequence:
-            seq = sequence_tensor(x.astype(np.float32), previous_indices(full, self.model.spec.seq_len))
-        skip = len(full) - len(frame)
-        return x[skip:], (seq[skip:] if seq is not None else None)
+        prev = previous_indices(full, self.model.spec.seq_len) if self.model.needs_sequence else None
+        return FeatureTable(x, prev, len(full) - len(frame))
+
+    def features_for(self, frame: pd.DataFrame, history: pd.DataFrame | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features (and sequences) of all of ``frame``'s rows (see ``feature_table``)."""
+        table = self.feature_table(frame, history)
+        return table.rows(np.arange(len(frame)))
 
     def score_features(self, frame: pd.DataFrame, x: np.ndarray, seq: np.ndarray | None,
                        reasons: str = "alerts") -> pd.DataFrame:
         """Score precomputed features; ``reasons``: "alerts" (default), "all" or "none"."""
+        if reasons not in ("alerts", "all", "none"):
+            raise InputValidationError(f"reasons must be 'alerts', 'all' or 'none', got {reasons!r}")
         p = self.model.predict_proba(x, seq)
         decision = np.where(p >= self.threshold, ALERT, PASS)
         out = pd.DataFrame({
@@ -177,13 +201,17 @@ class FraudScorer:
 # ----------------------------------------------------------------------- alerts and feedback
 def store_alerts(scored: pd.DataFrame, *, db: Database | None = None, job_id: int | None = None,
                  model_version_id: int | None = None) -> int:
-    """Write the alerts of a scored frame to the predictions table; idempotent per job
-    (a job's earlier alerts are replaced). Returns the number stored."""
+    """Write the alerts of a scored frame to the predictions table. Idempotent per job: an
+    alert the job already stored is left as it is (with any feedback linked to it), so
+    running a finished or resumed job again stores only what is missing. Returns the number
+    newly stored."""
     db = db or connect()
     alerts = scored[scored["decision"] == ALERT]
     with db.session() as s:
         if job_id is not None:
-            s.execute(delete(Prediction).where(Prediction.domain == DOMAIN, Prediction.job_id == job_id))
+            have = set(s.scalars(select(Prediction.entity_id).where(Prediction.domain == DOMAIN,
+                                                                    Prediction.job_id == job_id)).all())
+            alerts = alerts[~alerts[TRANSACTION_ID].astype(str).isin(have)]
         s.add_all(
             Prediction(
                 domain=DOMAIN, entity_id=str(r[TRANSACTION_ID]), model_version_id=model_version_id, job_id=job_id,
@@ -203,14 +231,18 @@ def store_alerts(scored: pd.DataFrame, *, db: Database | None = None, job_id: in
 def alert_queue(*, db: Database | None = None, day: str | None = None, budget: int = 100,
                 include_labelled: bool = False) -> pd.DataFrame:
     """The analyst's queue: alerts ordered by score, at most ``budget`` per day (the most
-    suspicious first), already-labelled ones left out unless asked for."""
+    suspicious first), already-labelled ones left out unless asked for. A transaction
+    alerted by several jobs appears once (its latest alert)."""
+    if budget < 1:
+        raise InputValidationError(f"the alert budget must be >= 1 per day, got {budget}")
     db = db or connect()
     with db.session() as s:
         rows = s.execute(
             select(Prediction.id, Prediction.entity_id, Prediction.score, Prediction.details, Prediction.created_at)
             .where(Prediction.domain == DOMAIN, Prediction.decision == ALERT)
         ).all()
-        labelled = dict(s.execute(select(Feedback.entity_id, Feedback.label).where(Feedback.domain == DOMAIN)).all())
+        labelled = dict(s.execute(select(Feedback.entity_id, Feedback.label).where(Feedback.domain == DOMAIN)
+                                  .order_by(Feedback.id)).all())  # the latest label wins
     if not rows:
         return pd.DataFrame(columns=["prediction_id", TRANSACTION_ID, "score", "day", CUSTOMER_ID, AMOUNT, "label"])
     frame = pd.DataFrame([{
@@ -220,6 +252,7 @@ def alert_queue(*, db: Database | None = None, day: str | None = None, budget: i
         "reasons": "; ".join(x["text"] for x in r.details.get("reasons", [])),
         "label": labelled.get(r.entity_id),
     } for r in rows])
+    frame = frame.sort_values("prediction_id").drop_duplicates(TRANSACTION_ID, keep="last")
     frame["day"] = pd.to_datetime(frame[TIMESTAMP]).dt.date.astype(str)
     if day:
         frame = frame[frame["day"] == day]
