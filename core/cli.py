@@ -155,12 +155,20 @@ def models_list(name: str | None = typer.Argument(None, help="Only this model.")
     except TrilliumError as exc:
         fail(exc)
         return
-    table = Table("name", "version", "kind", "aliases", "metrics", "backend (1 row / batch)")
+    table = Table()
+    table.add_column("name", no_wrap=True)
+    for col in ("version", "kind", "aliases", "metrics", "backend (1 row / batch)"):
+        table.add_column(col)
+    headline = {"auc_roc": "AUC", "average_precision": "AP", "card_precision_at_100": "CP@100",
+                "image_auroc": "image AUROC", "auc": "AUC", "acc": "ACC"}
     for r in records:
         choice = r.autotune.get("choice", {})
+        if not choice:  # a model of several members keeps one autotune report per torch member
+            choice = next((v.get("choice", {}) for v in r.autotune.values() if isinstance(v, dict)), {})
         sizes = sorted(choice, key=int)
         backend = f"{choice[sizes[0]]} / {choice[sizes[-1]]}" if sizes else "-"
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.metrics.items())
+        shown = {headline[k]: v for k, v in r.metrics.items() if k in headline} or dict(list(r.metrics.items())[:3])
+        metrics = " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         table.add_row(r.name, str(r.version), r.kind, ",".join(r.aliases), metrics, backend)
     out.print(table)
 

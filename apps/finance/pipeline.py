@@ -203,10 +203,11 @@ def store_alerts(scored: pd.DataFrame, *, db: Database | None = None, job_id: in
                  model_version_id: int | None = None) -> int:
     """Write the alerts of a scored frame to the predictions table. Idempotent per job: an
     alert the job already stored is left as it is (with any feedback linked to it), so
-    running a finished or resumed job again stores only what is missing. Returns the number
-    newly stored."""
+    running a finished or resumed job again stores only what is missing. Returns the number of
+    the frame's alerts now in the database (stored before or now)."""
     db = db or connect()
     alerts = scored[scored["decision"] == ALERT]
+    total = len(alerts)
     with db.session() as s:
         if job_id is not None:
             have = set(s.scalars(select(Prediction.entity_id).where(Prediction.domain == DOMAIN,
@@ -225,7 +226,7 @@ def store_alerts(scored: pd.DataFrame, *, db: Database | None = None, job_id: in
             )
             for r in alerts.to_dict("records")
         )
-    return len(alerts)
+    return total
 
 
 def alert_queue(*, db: Database | None = None, day: str | None = None, budget: int = 100,

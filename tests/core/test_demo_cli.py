@@ -32,11 +32,20 @@ def test_demo_then_models_commands(trillium_home: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     db = connect()
     with db.session() as s:
-        job = s.scalars(select(Job)).one()
-        alerts = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.decision == "alert"))
+        job = s.scalars(select(Job).where(Job.name.like("demo-score-%"))).one()
+        alerts = s.scalar(select(func.count()).select_from(Prediction)
+                          .where(Prediction.decision == "alert", Prediction.domain == "core-demo"))
+        fin_job = s.scalars(select(Job).where(Job.name.like("finance-score:%"))).one()
+        fin_alerts = s.scalar(select(func.count()).select_from(Prediction)
+                              .where(Prediction.decision == "alert", Prediction.domain == "finance"))
     assert job.status == "done" and job.rows_in == 100_000 and job.rows_quarantined == 4
     assert job.rows_out == 99_996
     assert 500 < alerts < 2_000  # about 1 % of the scored rows
+    # finance: 14 days scored with two broken records quarantined, alerts under 100 a day
+    assert fin_job.status == "done" and fin_job.rows_quarantined == 2
+    assert fin_job.rows_out == fin_job.rows_in - 2 > 100_000
+    assert 0 < fin_alerts <= 14 * 100
+    assert "fraud" in _cli("models", "list", "fraud", home=trillium_home).stdout
 
     listed = _cli("models", "list", home=trillium_home)
     assert listed.returncode == 0 and "reference-mlp" in listed.stdout and "production" in listed.stdout
