@@ -95,7 +95,7 @@ def prepare(frame: pd.DataFrame, spec: FeatureSpec | None = None, with_sequences
     x = batch_features(frame, spec)
     seq = None
     if with_sequences and spec.card_history:
-        seq = sequence_tensor(x.astype(np.float32), previous_indices(frame, spec.seq_len))
+        seq = sequence_tensor(x.astype(np.float32), previous_indices(frame, spec.seq_len), spec.seq_indices)
     return Prepared(
         frame=frame, x=x, seq=seq, y=frame[LABEL].to_numpy().astype(np.int64),
         day=frame[TIMESTAMP].to_numpy().astype("datetime64[D]"),

@@ -26,8 +26,8 @@ The features (handbook baseline first, then ours):
   terminal, and since the last at the card; the horizon when none): compromises last a while,
   so an episode's age says whether it is likely still running.
 
-Sequence features for the sequence model are the feature vectors of the card's previous
-``seq_len`` transactions (zeros and a mask where the card has fewer).
+Sequence features for the sequence model are a few features (``seq_features``) of each of
+the card's previous ``seq_len`` transactions (zeros and a mask where the card has fewer).
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ class FeatureSpec:
     history_days: int = 30
     velocity_seconds: int = HOUR
     seq_len: int = 8
+    seq_features: tuple[str, ...] = (
+        "amount", "log_seconds_since_last_tx", "amount_to_avg_30d", "tx_during_night",
+        "terminal_risk_7d", "terminal_risk_30d",
+    )
     card_history: bool = True
     passthrough: tuple[str, ...] = ()
 
@@ -91,6 +95,18 @@ class FeatureSpec:
             "customer_days_since_last_known_fraud",
         ]
         return names + list(self.passthrough)
+
+    @property
+    def seq_indices(self) -> list[int]:
+        """Positions (in ``names``) of the features each previous transaction contributes to
+        the sequence: a few telling ones, not all, because the sequence is written for every
+        scored row (measured: 6 instead of 23 columns made the batch path 2x faster)."""
+        names = self.names
+        chosen = self.seq_features or tuple(names)
+        missing = [c for c in chosen if c not in names]
+        if missing:
+            raise ValueError(f"seq_features {missing} are not features of this spec")
+        return [names.index(c) for c in chosen]
 
     @property
     def horizon_seconds(self) -> int:
@@ -310,17 +326,19 @@ def previous_indices(frame: pd.DataFrame, seq_len: int) -> np.ndarray:
     return out
 
 
-def sequence_tensor(features: np.ndarray, prev: np.ndarray) -> np.ndarray:
-    """(n, seq_len, F + 1): the previous feature vectors and a presence flag, zeros when absent."""
-    n, length = prev.shape
-    seq = np.zeros((n, length, features.shape[1] + 1), dtype=np.float32)
+def sequence_tensor(features: np.ndarray, prev: np.ndarray, columns: list[int] | None = None) -> np.ndarray:
+    """(n, seq_len, C + 1): the previous transactions' features (``columns`` of them, all by
+    default) and a presence flag; zeros where the card has fewer previous transactions."""
+    cols = np.asarray(columns if columns is not None else np.arange(features.shape[1]))
+    table = np.zeros((len(features) + 1, len(cols)), dtype=np.float32)  # last row: the absent step
+    table[:-1] = features[:, cols]
     present = prev >= 0
-    seq[..., :-1][present] = features[prev[present]]
+    seq = np.empty((*prev.shape, len(cols) + 1), dtype=np.float32)
+    seq[..., :-1] = table[np.where(present, prev, len(features))]
     seq[..., -1] = present
     return seq
 
 
-# ----------------------------------------------------------------------- online path
 @dataclass
 class CardHistory:
     """What the state remembers of one card, oldest first, within the horizon."""
@@ -328,7 +346,7 @@ class CardHistory:
     times: list[int]
     cents: list[int]
     frauds: list[int]
-    seq: list[np.ndarray]  # the last seq_len feature vectors (float32)
+    seq: list[np.ndarray]  # the sequence features of the last seq_len transactions (float32)
 
 
 @dataclass
@@ -378,7 +396,7 @@ def online_vector(spec: FeatureSpec, sec: int, amount: float, cents: int, card: 
     hits = [ctimes[i] for i in range(lo, hi) if cfr[i]]
     values.append((sec - hits[-1]) / DAY if hits else horizon / DAY)
     vector = np.array(values + extra, dtype=np.float64)
-    seq = np.zeros((spec.seq_len, len(vector) + 1), dtype=np.float32)
+    seq = np.zeros((spec.seq_len, len(spec.seq_indices) + 1), dtype=np.float32)
     past = card.seq[-spec.seq_len:]
     if past:
         seq[spec.seq_len - len(past):, :-1] = np.stack(past)
@@ -467,6 +485,7 @@ class OnlineFeatures:
     def __init__(self, spec: FeatureSpec | None = None, state: Any = None) -> None:
         self.spec = spec or FeatureSpec()
         self.state = state if state is not None else InMemoryState()
+        self._seq_idx = np.asarray(self.spec.seq_indices)
 
     @property
     def names(self) -> list[str]:
@@ -493,12 +512,12 @@ class OnlineFeatures:
         if not spec.card_history:
             weekend, night = _calendar(np.array([sec]))
             vector = np.array([amount, float(weekend[0]), float(night[0]), *extra], dtype=np.float64)
-            return vector, np.zeros((spec.seq_len, len(vector) + 1), dtype=np.float32)
+            return vector, np.zeros((spec.seq_len, len(spec.seq_indices) + 1), dtype=np.float32)
         label = tx.get(LABEL)
         fraud = 1 if label is not None and not pd.isna(label) and int(label) == 1 else 0
         card, term = self.state.load(card_id, term_id, sec - spec.horizon_seconds)
         vector, seq = online_vector(spec, sec, amount, cents, card, term, extra)
-        self.state.append(card_id, term_id, tx_id, sec, cents, fraud, vector, spec.seq_len)
+        self.state.append(card_id, term_id, tx_id, sec, cents, fraud, vector[self._seq_idx], spec.seq_len)
         return vector, seq
 
     def label(self, transaction_id: Any, fraud: bool) -> bool:

@@ -48,6 +48,7 @@ from trillium.finance.train import (
 log = logging.getLogger(__name__)
 
 MEMBERS = ("gbt", "mlp", "seq")
+RUNTIME_BLOCK = 32_768  # the largest batch size the torch members are autotuned at
 KIND = "finance-fraud-model"
 
 
@@ -72,8 +73,13 @@ class Member:
             return self.gbt.decision_function(x)
         inputs = (x,) if self.name == "mlp" else (x, seq)
         if self.runtime is not None:
+            # blocks of the largest size the autotuner measured, so its choice applies
             ts = tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in inputs)
-            return self.runtime(*ts).reshape(-1).numpy().astype(np.float64)
+            n, block = len(ts[0]), RUNTIME_BLOCK
+            if n <= block:
+                return self.runtime(*ts).reshape(-1).numpy().astype(np.float64)
+            return np.concatenate([self.runtime(*(t[i:i + block] for t in ts)).reshape(-1).numpy()
+                                   for i in range(0, n, block)]).astype(np.float64)
         return torch_logits(self.module, inputs).astype(np.float64)
 
 
@@ -89,6 +95,7 @@ class FraudModel:
         calib_fraction: float = 0.25,
         calibrate: bool = True,
         seed: int = 0,
+        seq_hidden: int = 16,
     ) -> None:
         self.kind = kind
         self.spec = spec or FeatureSpec()
@@ -97,6 +104,12 @@ class FraudModel:
         self.calib_fraction = calib_fraction
         self.calibrate = calibrate
         self.seed = seed
+        self.seq_hidden = seq_hidden
+
+    def _module(self, name: str, n_features: int) -> torch.nn.Module:
+        if name == "mlp":
+            return FraudMLP(n_features)
+        return FraudSequenceModel(n_features, len(self.spec.seq_indices), hidden=self.seq_hidden)
 
     @property
     def needs_sequence(self) -> bool:
@@ -109,7 +122,7 @@ class FraudModel:
             params = {"seed": self.seed, **self.gbt_params}
             return Member(name, gbt=GradientBoostedModel(**params).fit(x, y, self.spec.names))
         torch.manual_seed(self.torch_settings.seed)  # initial weights too: same seed, same model
-        module: torch.nn.Module = FraudMLP(n_features) if name == "mlp" else FraudSequenceModel(n_features)
+        module = self._module(name, n_features)
         inputs = (x,) if name == "mlp" else (x, seq)
         return Member(name, module=fit_torch(module, inputs, y, self.torch_settings))
 
@@ -229,13 +242,13 @@ class FraudModel:
             n = self.n_features_in_
             example: tuple[torch.Tensor, ...] = (torch.randn(8, n).abs(),)
             if name == "seq":
-                example = (example[0], torch.rand(8, self.spec.seq_len, n + 1).round())
+                example = (example[0], torch.rand(8, self.spec.seq_len, len(self.spec.seq_indices) + 1).round())
             if reports and name in reports:
                 m.runtime = InferenceRuntime.from_report(m.module, example, reports[name], device="cpu")
             else:
                 m.runtime = InferenceRuntime(m.module, example, device="cpu")
                 if autotune:
-                    m.runtime.autotune(TuneSettings(sizes=(1, 1024, 32_768)))
+                    m.runtime.autotune(TuneSettings(sizes=(1, 1024, RUNTIME_BLOCK)))
             out[name] = m.runtime.report
         return out
 
@@ -244,6 +257,7 @@ class FraudModel:
         return {
             "kind": self.kind, "spec": self.spec.as_dict(), "gbt_params": self.gbt_params,
             "calib_fraction": self.calib_fraction, "seed": self.seed, "n_features": self.n_features_in_,
+            "seq_hidden": self.seq_hidden,
             "feature_names": self.spec.names,
             "calibration": {n: m.calibrator.as_dict() for n, m in self.members_.items() if m.calibrator},
             "reference_scores": [round(v, 6) for v in getattr(self, "reference_scores_", [])[:20_000]],
@@ -284,7 +298,7 @@ class FraudModel:
             raise RegistryError(f"{name} v{record.version} is a {record.kind!r} artifact, not a fraud model")
         cfg = json.loads(registry.read_file(record, "config.json"))
         model = cls(kind=cfg["kind"], spec=FeatureSpec.from_dict(cfg["spec"]), gbt_params=cfg["gbt_params"],
-                    calib_fraction=cfg["calib_fraction"], seed=cfg["seed"])
+                    calib_fraction=cfg["calib_fraction"], seed=cfg["seed"], seq_hidden=cfg.get("seq_hidden", 16))
         model.n_features_in_ = cfg["n_features"]
         model.train_rows_ = record.extra.get("train_rows", 0)
         model.train_frauds_ = record.extra.get("train_frauds", 0)
@@ -300,8 +314,7 @@ class FraudModel:
                 text = registry.read_file(record, f"{mname}.lgb.txt").decode()
                 member = Member(mname, gbt=GradientBoostedModel.from_text(text, model.gbt_params or None))
             else:
-                n = model.n_features_in_
-                module = FraudMLP(n) if mname == "mlp" else FraudSequenceModel(n)
+                module = model._module(mname, model.n_features_in_)
                 module.load_state_dict(st_load(registry.read_file(record, f"{mname}.safetensors")))
                 member = Member(mname, module=module.eval())
             member.calibrator = calibrator

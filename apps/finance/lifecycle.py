@@ -92,7 +92,7 @@ def train_model(frame: pd.DataFrame, *, kind: str = "gbt+seq", train_days: int =
     x32 = x.astype(np.float32)
 
     def seq_of(idx: np.ndarray) -> np.ndarray:  # built per slice: a long history never holds them all
-        return sequence_tensor(x32, prev[idx])
+        return sequence_tensor(x32, prev[idx], spec.seq_indices)
 
     train, hold = _windows(frame, train_days, holdout_days, spec.delay_days)
     model.fit(x[train], frame[LABEL].to_numpy()[train], seq_of(train) if model.needs_sequence else None,

@@ -54,21 +54,24 @@ class FraudMLP(nn.Module):
 class FraudSequenceModel(nn.Module):
     """A GRU over the card's previous transactions, joined with the current one.
 
-    Inputs: ``x`` (B, F) the current features and ``seq`` (B, L, F + 1) the previous
-    transactions' features, oldest first, with a presence flag last (zeros when absent).
-    Returns (B, 1) logits.
+    Inputs: ``x`` (B, F) the current features and ``seq`` (B, L, S + 1) the previous
+    transactions' sequence features, oldest first, with a presence flag last (zeros when
+    absent). Returns (B, 1) logits.
     """
 
-    def __init__(self, n_features: int, hidden: int = 32, dropout: float = 0.2) -> None:
+    def __init__(self, n_features: int, n_step_features: int | None = None, hidden: int = 16,
+                 dropout: float = 0.2) -> None:
         super().__init__()
+        n_step = n_features if n_step_features is None else n_step_features
         self.norm = _Normalize(n_features)
-        self.gru = nn.GRU(n_features + 1, hidden, batch_first=True)
+        self.step_norm = _Normalize(n_step)
+        self.gru = nn.GRU(n_step + 1, hidden, batch_first=True)
         self.head = nn.Sequential(
             nn.Linear(n_features + hidden, 64), nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, 1)
         )
 
     def forward(self, x: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         present = seq[..., -1:]
-        past = self.norm(seq[..., :-1]) * present  # absent steps stay exactly zero
+        past = self.step_norm(seq[..., :-1]) * present  # absent steps stay exactly zero
         _, h = self.gru(torch.cat([past, present], dim=-1))
         return self.head(torch.cat([self.norm(x), h[-1]], dim=-1))

@@ -65,14 +65,14 @@ class FeatureTable:
     """Features of a frame (after ``skip`` history rows) and, for sequence models, the
     positions of each row's previous transactions of the card."""
 
-    def __init__(self, x: np.ndarray, prev: np.ndarray | None, skip: int) -> None:
-        self.x, self.prev, self.skip = x, prev, skip
+    def __init__(self, x: np.ndarray, prev: np.ndarray | None, skip: int, columns: list[int] | None = None) -> None:
+        self.x, self.prev, self.skip, self.columns = x, prev, skip, columns
         self._x32 = x.astype(np.float32) if prev is not None else None
 
     def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(features, sequences) of the frame rows at ``positions``."""
         at = np.asarray(positions) + self.skip
-        seq = sequence_tensor(self._x32, self.prev[at]) if self.prev is not None else None
+        seq = sequence_tensor(self._x32, self.prev[at], self.columns) if self.prev is not None else None
         return self.x[at], seq
 
 
@@ -154,7 +154,7 @@ class FraudScorer:
         full = frame if history is None or history.empty else pd.concat([history, frame], ignore_index=True)
         x = batch_features(full, self.model.spec)
         prev = previous_indices(full, self.model.spec.seq_len) if self.model.needs_sequence else None
-        return FeatureTable(x, prev, len(full) - len(frame))
+        return FeatureTable(x, prev, len(full) - len(frame), self.model.spec.seq_indices)
 
     def features_for(self, frame: pd.DataFrame, history: pd.DataFrame | None = None
                      ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -62,13 +62,15 @@ class GradientBoostedModel:
     """LightGBM trees over the feature vector; logits out, TreeSHAP contributions for reasons.
 
     Defaults were chosen on the handbook's validation folds (protocol B, training starts
-    2018-06-20 to 07-11), never on the test folds; see ``trillium finance evaluate --select``.
+    2018-06-20 to 07-11), never on the test folds: 150 trees at rate 0.1 matched 300 at 0.05
+    there (AP 0.716 vs 0.719 in gbt+seq) and predict and explain 2.3x faster; 100 trees at 0.15
+    fell to AP 0.565.
     """
 
     def __init__(
         self,
-        n_estimators: int = 300,
-        learning_rate: float = 0.05,
+        n_estimators: int = 150,
+        learning_rate: float = 0.1,
         num_leaves: int = 31,
         min_child_samples: int = 20,
         subsample: float = 0.8,
@@ -164,6 +166,9 @@ def fit_torch(model: nn.Module, inputs: tuple[np.ndarray, ...], y: np.ndarray,
     xs = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in inputs]
     yt = torch.from_numpy(np.asarray(y, np.float32))
     model.norm.fit(xs[0])
+    if hasattr(model, "step_norm") and len(xs) > 1:
+        steps = xs[1][..., :-1][xs[1][..., -1] > 0]
+        model.step_norm.fit(steps if len(steps) > 1 else xs[1][..., :-1].reshape(-1, xs[1].shape[-1] - 1))
     pos = float(yt.sum())
     pos_weight = torch.tensor(max((len(yt) - pos) / max(pos, 1.0), 1.0) ** 0.5)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)

@@ -97,7 +97,7 @@ def _online(frame: pd.DataFrame, features: OnlineFeatures) -> tuple[np.ndarray, 
 
 def _batch(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
     x = batch_features(frame, spec)
-    return x, sequence_tensor(x.astype(np.float32), previous_indices(frame, spec.seq_len))
+    return x, sequence_tensor(x.astype(np.float32), previous_indices(frame, spec.seq_len), spec.seq_indices)
 
 
 def _tx(tx_id: object, when: str, card: int, terminal: int, amount: float = 20.0, label: object = 0) -> dict:

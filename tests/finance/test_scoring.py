@@ -89,7 +89,7 @@ def history() -> pd.DataFrame:
 def model(history: pd.DataFrame) -> FraudModel:
     spec = FeatureSpec()
     x = batch_features(history, spec)
-    seq = sequence_tensor(x.astype(np.float32), previous_indices(history, spec.seq_len))
+    seq = sequence_tensor(x.astype(np.float32), previous_indices(history, spec.seq_len), spec.seq_indices)
     train = _day(history) >= TRAIN_FROM_DAY
     y = history["label"].to_numpy(dtype=int)
     torch.manual_seed(0)
@@ -202,7 +202,7 @@ def test_the_same_seed_and_data_give_the_same_model(history: pd.DataFrame) -> No
     spec = FeatureSpec()
     part = history.head(3000)
     x = batch_features(part, spec)
-    seq = sequence_tensor(x.astype(np.float32), previous_indices(part, spec.seq_len))
+    seq = sequence_tensor(x.astype(np.float32), previous_indices(part, spec.seq_len), spec.seq_indices)
     y = part["label"].to_numpy(dtype=int)
     a, b = (FraudModel(kind="seq", spec=spec, seed=1, torch_settings=TorchTrainSettings(epochs=1, seed=1))
             .fit(x, y, seq) for _ in range(2))
