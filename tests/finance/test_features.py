@@ -111,7 +111,7 @@ def test_batch_equals_online_in_memory(sim: pd.DataFrame) -> None:
     x_batch, seq_batch = _batch(sim, spec)
     x_online, seq_online = _online(sim, OnlineFeatures(spec))
     assert x_batch.shape == (len(sim), len(spec.names))
-    assert seq_batch.shape == (len(sim), spec.seq_len, len(spec.names) + 1)
+    assert seq_batch.shape == (len(sim), spec.seq_len, len(spec.seq_indices) + 1)
     assert np.array_equal(x_batch, x_online)
     assert np.array_equal(seq_batch, seq_online)
     # the comparison covers the delayed label features, not only zeros
