@@ -276,6 +276,19 @@ class ParquetSource(_FileSource):
             yield pa.Table.from_batches(pending).to_pandas()
 
 
+def _open_text(path: Path, encoding: str) -> Any:
+    """A text handle on a CSV file, through its decompressor for .gz / .bz2 / .xz (as pandas
+    reads it), so a scan of the raw records sees the same records pandas parses."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(Path(path).suffix.lower())
+    if opener is None:
+        return open(path, newline="", encoding=encoding, errors="replace")
+    return opener(path, "rt", newline="", encoding=encoding, errors="replace")
+
+
 class CsvSource(_FileSource):
     """A CSV file read in chunks by pandas; every value is kept as the string it is by default.
 
@@ -315,7 +328,7 @@ class CsvSource(_FileSource):
         if not isinstance(sep, str) or len(sep) != 1:
             return []
         encoding = kwargs.get("encoding") or "utf-8"
-        with open(self.path, newline="", encoding=encoding, errors="replace") as fh:
+        with _open_text(self.path, encoding) as fh:
             reader = csv.reader(fh, delimiter=sep, quotechar=kwargs.get("quotechar", '"'))
             header = next(reader, None)
             if not header:

@@ -19,11 +19,7 @@ string so one bad value cannot fail a chunk); ``normalize`` accepts both.
 
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
 import logging
-import lzma
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -578,40 +574,8 @@ def _final_dtypes(valid: pd.DataFrame) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sources and readers
 
 
-_CSV_SUFFIXES = {".csv": None, ".csv.gz": gzip.open, ".csv.bz2": bz2.open, ".csv.xz": lzma.open}
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
-class _CompressedCsvSource(CsvSource):
-    """``CsvSource`` for .csv.gz / .bz2 / .xz.
-
-    The core's scan for over-wide leading records opens the file as plain text; on a compressed
-    file it reads the compressed bytes, so it can take good rows for bad ones and skip them
-    (seen on about one .csv.gz in four). This reads the same records through the decompressor.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], chunk_rows: int, opener: Any, **kwargs: Any) -> None:
-        super().__init__(path, chunk_rows, **kwargs)
-        self._opener = opener
-
-    def _wide_leading_records(self, kwargs: dict[str, Any]) -> list[list[str]]:
-        sep = kwargs.get("sep", kwargs.get("delimiter", ","))
-        if any(k in kwargs for k in ("header", "names", "skiprows", "comment", "index_col")):
-            return []
-        if not isinstance(sep, str) or len(sep) != 1:
-            return []
-        encoding = kwargs.get("encoding") or "utf-8"
-        with self._opener(self.path, "rt", newline="", encoding=encoding, errors="replace") as fh:
-            reader = csv.reader(fh, delimiter=sep, quotechar=kwargs.get("quotechar", '"'))
-            header = next(reader, None)
-            if not header:
-                return []
-            wide: list[list[str]] = []
-            for record in reader:
-                if len(record) <= len(header):
-                    break
-                wide.append(record)
-        return wide
 
 
 def _is_sql(target: Target) -> bool:
@@ -708,8 +672,7 @@ def transaction_source(
         raise InputValidationError(f"transaction file not found: {path}")
     if kind == "parquet":
         return ParquetSource(path, chunk_rows)
-    opener = _CSV_SUFFIXES[kind]
-    return CsvSource(path, chunk_rows) if opener is None else _CompressedCsvSource(path, chunk_rows, opener)
+    return CsvSource(path, chunk_rows)  # the core source decompresses .gz / .bz2 / .xz itself
 
 
 def _empty_input(source: Source) -> pd.DataFrame:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ import pandas as pd
 import pytest
 import torch
 from sqlalchemy import func, select
-from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from trillium.core import cli as core_cli
@@ -62,22 +60,6 @@ def _day(frame: pd.DataFrame) -> np.ndarray:
     """Day number of each row since the frame's first day."""
     ts = frame["timestamp"]
     return ((ts - ts.min().normalize()) // pd.Timedelta(days=1)).to_numpy()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One OpenMP / torch thread while these tests fit and score models: the machine's 2 cores
-    are shared, and LightGBM's spinning OpenMP barriers on a busy core turn a 1 s fit into
-    minutes. Results do not depend on it; the limits are restored afterwards."""
-    import lightgbm  # noqa: F401  (load its OpenMP runtime so that the limit reaches it)
-
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="openmp"):
-            yield
-    finally:
-        torch.set_num_threads(torch_threads)
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +309,7 @@ def test_score_file_killed_mid_way_resumes_without_loss_or_duplicates(model: Fra
     cfg = {"db_url": db.url, "model": "fraud", "input": str(src), "output": str(output), "chunk_rows": chunk_rows,
            "threshold": threshold, "sleep": 0.3}
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see _one_thread
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see conftest.one_thread
     proc = subprocess.Popen([sys.executable, str(WORKER), json.dumps(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 240
