@@ -104,10 +104,11 @@ def train_cmd(
         fail(exc)
         return
     m = result.metrics
-    typer.echo(f"{name} v{result.record.version} ({kind}) trained on {m['train_rows']:,} rows "
+    typer.echo(f"{name} v{result.record.version} ({result.model.kind}) trained on {m['train_rows']:,} rows "
                f"({m['train_from']} to {m['train_to']}); held out: AUC {m.get('auc_roc', float('nan')):.4f} "
-               f"AP {m.get('average_precision', float('nan')):.4f} CP@100 {m.get('card_precision_at_100', float('nan')):.4f}"
-               f"{' -> production' if result.promoted else ''}")
+               f"AP {m.get('average_precision', float('nan')):.4f}"
+               + (f" CP@100 {m['card_precision_at_100']:.4f}" if "card_precision_at_100" in m else "")
+               + (" -> production" if result.promoted else ""))
 
 
 @app.command("evaluate")
@@ -191,6 +192,7 @@ def alerts_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Write the whole queue as JSON."),
 ) -> None:
     """The analysts' alert queue (unlabelled alerts by score under the daily budget)."""
+    import pandas as pd
     from rich.table import Table
 
     from trillium.core.cli import fail
@@ -206,7 +208,8 @@ def alerts_cmd(
         json_out.write_text(queue.to_json(orient="records", date_format="iso", indent=1))
     table = Table("day", "transaction", "card", "amount", "score", "reasons", title=f"{len(queue)} alerts in queue")
     for r in queue.head(limit).itertuples():
-        table.add_row(r.day, r.transaction_id, str(r.customer_id), f"{r.amount:,.2f}", f"{r.score:.3f}", r.reasons)
+        card = "-" if r.customer_id is None or pd.isna(r.customer_id) else str(r.customer_id)
+        table.add_row(r.day, r.transaction_id, card, f"{r.amount:,.2f}", f"{r.score:.3f}", r.reasons)
     _out().print(table)
 
 

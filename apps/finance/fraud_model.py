@@ -138,6 +138,8 @@ class FraudModel:
         if len(np.unique(y)) < 2:
             raise TrilliumError(f"training needs both frauds and genuine transactions; got {int(y.sum())} frauds "
                                 f"in {len(y)} rows")
+        if "seq" in names and not self.spec.card_history:
+            raise TrilliumError("the seq member needs card ids (a card's previous transactions); use gbt or gbt+mlp")
         if "seq" in names and seq is None:
             raise TrilliumError("the seq member needs the card sequences (features.sequence_tensor)")
         self.members_: dict[str, Member] = {}

@@ -26,9 +26,9 @@ from trillium.core.errors import InputValidationError, RegistryError
 from trillium.core.registry import ModelRecord, ModelRegistry
 from trillium.finance.evaluate import card_precision_at_k, scores_report
 from trillium.finance.features import FeatureSpec, batch_features, previous_indices, sequence_tensor
-from trillium.finance.fraud_model import FraudModel
+from trillium.finance.fraud_model import FraudModel, parse_kind
 from trillium.finance.pipeline import feedback_labels
-from trillium.finance.records import CUSTOMER_ID, LABEL, TIMESTAMP, TRANSACTION_ID
+from trillium.finance.records import CANONICAL, CUSTOMER_ID, LABEL, TERMINAL_ID, TIMESTAMP, TRANSACTION_ID
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,10 @@ def _windows(frame: pd.DataFrame, train_days: int, holdout_days: int, delay_days
             f"need at least {train_days + delay_days + holdout_days} days of history to train on {train_days}, "
             f"leave {delay_days} of delay and hold out {holdout_days}; the data covers {day.min()} to {day.max()}"
         )
-    y = frame[LABEL].to_numpy()
-    known = set(frame[CUSTOMER_ID].to_numpy()[np.flatnonzero((day < hold_start) & (y == 1))].tolist())
-    hold = hold[~np.isin(frame[CUSTOMER_ID].to_numpy()[hold], list(known))]
+    if CUSTOMER_ID in frame.columns:  # cards known compromised before the held-out days leave it
+        y = frame[LABEL].to_numpy()
+        known = set(frame[CUSTOMER_ID].to_numpy()[np.flatnonzero((day < hold_start) & (y == 1))].tolist())
+        hold = hold[~np.isin(frame[CUSTOMER_ID].to_numpy()[hold], list(known))]
     return train, hold
 
 
@@ -68,11 +69,22 @@ def _measure(model: FraudModel, x: np.ndarray, seq_of: Any, frame: pd.DataFrame,
         return {"holdout_rows": len(idx), "note": "held-out window has one class only; no metrics"}
     p = model.predict_proba(x[idx], seq_of(idx) if model.needs_sequence else None)
     rep = scores_report(y, p)
-    day = frame[TIMESTAMP].to_numpy()[idx].astype("datetime64[D]")
-    rep["card_precision_at_100"], _ = card_precision_at_k(day, frame[CUSTOMER_ID].to_numpy()[idx], y, p)
-    return {"auc_roc": rep["auc_roc"], "average_precision": rep["average_precision"],
-            "card_precision_at_100": rep["card_precision_at_100"], "holdout_rows": len(idx),
-            "holdout_frauds": int(y.sum())}
+    out = {"auc_roc": rep["auc_roc"], "average_precision": rep["average_precision"],
+           "holdout_rows": len(idx), "holdout_frauds": int(y.sum())}
+    if CUSTOMER_ID in frame.columns:
+        day = frame[TIMESTAMP].to_numpy()[idx].astype("datetime64[D]")
+        out["card_precision_at_100"], _ = card_precision_at_k(day, frame[CUSTOMER_ID].to_numpy()[idx], y, p)
+    return out
+
+
+def feature_spec_for(frame: pd.DataFrame) -> FeatureSpec:
+    """Card history features when the data has cards and terminals; else (ULB-like data) the
+    frame's own numeric columns passed through, beside amount and time of day."""
+    if CUSTOMER_ID in frame.columns and TERMINAL_ID in frame.columns:
+        return FeatureSpec()
+    passthrough = tuple(c for c in frame.columns
+                        if c not in CANONICAL and c != "fraud_scenario" and pd.api.types.is_numeric_dtype(frame[c]))
+    return FeatureSpec(card_history=False, passthrough=passthrough)
 
 
 def train_model(frame: pd.DataFrame, *, kind: str = "gbt+seq", train_days: int = 21, holdout_days: int = 7,
@@ -85,16 +97,20 @@ def train_model(frame: pd.DataFrame, *, kind: str = "gbt+seq", train_days: int =
         raise InputValidationError("training needs a 'label' column (1 fraud, 0 genuine)")
     frame = frame.sort_values(TIMESTAMP, kind="stable").reset_index(drop=True)
     frame[LABEL] = pd.to_numeric(frame[LABEL], errors="coerce").fillna(0).astype("int8")
-    spec = FeatureSpec()
+    spec = feature_spec_for(frame)
+    if not spec.card_history and "seq" in parse_kind(kind):
+        log.warning("no card ids in the data: training gbt+mlp instead of %s (a card sequence needs cards)", kind)
+        kind = "gbt+mlp"
     x = batch_features(frame, spec)
     model = FraudModel(kind=kind, spec=spec, seed=seed)
-    prev = previous_indices(frame, spec.seq_len)
+    prev = previous_indices(frame, spec.seq_len) if spec.card_history else None
     x32 = x.astype(np.float32)
 
     def seq_of(idx: np.ndarray) -> np.ndarray:  # built per slice: a long history never holds them all
         return sequence_tensor(x32, prev[idx], spec.seq_indices)
 
-    train, hold = _windows(frame, train_days, holdout_days, spec.delay_days)
+    # the label delay only matters to card and terminal history features
+    train, hold = _windows(frame, train_days, holdout_days, spec.delay_days if spec.card_history else 0)
     model.fit(x[train], frame[LABEL].to_numpy()[train], seq_of(train) if model.needs_sequence else None,
               order=frame[TIMESTAMP].to_numpy()[train])
     if autotune:

@@ -30,7 +30,10 @@ class _Normalize(nn.Module):
     def fit(self, x: torch.Tensor) -> None:
         z = torch.sign(x) * torch.log1p(torch.abs(x))
         self.mean.copy_(z.mean(0))
-        self.std.copy_(z.std(0).clamp_min(1e-3))
+        std = z.std(0)
+        # a feature constant in training (all weekend days, say) keeps scale 1: dividing by a
+        # tiny std would blow up the first value that differs (seen: logits of -2000)
+        self.std.copy_(torch.where(std < 1e-3, torch.ones_like(std), std))
 
 
 class FraudMLP(nn.Module):

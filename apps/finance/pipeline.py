@@ -218,7 +218,7 @@ def store_alerts(scored: pd.DataFrame, *, db: Database | None = None, job_id: in
                 domain=DOMAIN, entity_id=str(r[TRANSACTION_ID]), model_version_id=model_version_id, job_id=job_id,
                 score=float(r["probability"]), decision=ALERT,
                 details={
-                    "customer_id": str(r[CUSTOMER_ID]), "terminal_id": str(r[TERMINAL_ID]),
+                    "customer_id": _text(r.get(CUSTOMER_ID)), "terminal_id": _text(r.get(TERMINAL_ID)),
                     "amount": float(r[AMOUNT]), "timestamp": pd.Timestamp(r[TIMESTAMP]).isoformat(),
                     "reasons": json.loads(r["reasons"]) if r.get("reasons") else [],
                     "model": r.get("model", ""),
@@ -227,6 +227,11 @@ def store_alerts(scored: pd.DataFrame, *, db: Database | None = None, job_id: in
             for r in alerts.to_dict("records")
         )
     return total
+
+
+def _text(value: Any) -> str | None:
+    """An id as text; None when the data has no such id (card-less data such as ULB)."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
 def alert_queue(*, db: Database | None = None, day: str | None = None, budget: int = 100,
