@@ -32,7 +32,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from trillium.core.errors import InputValidationError
-from trillium.finance.features import FeatureSpec, batch_features, previous_indices, sequence_tensor
+from trillium.finance.features import FeatureSpec, FeatureTable
 from trillium.finance.fraud_model import FraudModel
 from trillium.finance.records import CUSTOMER_ID, LABEL, TIMESTAMP
 from trillium.finance.train import GradientBoostedModel
@@ -79,7 +79,7 @@ class Prepared:
 
     frame: pd.DataFrame
     x: np.ndarray
-    seq: np.ndarray | None
+    table: FeatureTable
     y: np.ndarray
     day: np.ndarray  # calendar day as datetime64[D]
     cards: np.ndarray
@@ -92,12 +92,9 @@ def prepare(frame: pd.DataFrame, spec: FeatureSpec | None = None, with_sequences
     if LABEL not in frame.columns or frame[LABEL].isna().any():
         raise InputValidationError("evaluation needs a label on every transaction (column 'label', 0 or 1)")
     t0 = time.perf_counter()
-    x = batch_features(frame, spec)
-    seq = None
-    if with_sequences and spec.card_history:
-        seq = sequence_tensor(x.astype(np.float32), previous_indices(frame, spec.seq_len), spec.seq_indices)
+    table = FeatureTable.compute(frame, spec, sequences=with_sequences)
     return Prepared(
-        frame=frame, x=x, seq=seq, y=frame[LABEL].to_numpy().astype(np.int64),
+        frame=frame, x=table.x, table=table, y=frame[LABEL].to_numpy().astype(np.int64),
         day=frame[TIMESTAMP].to_numpy().astype("datetime64[D]"),
         cards=frame[CUSTOMER_ID].to_numpy() if CUSTOMER_ID in frame.columns else np.arange(len(frame)),
         spec=spec, seconds=time.perf_counter() - t0,
@@ -128,11 +125,11 @@ def handbook_split(data: Prepared, train_start: str, delta_train: int = 7, delta
 
 def _fit_predict(data: Prepared, kind: str, train: np.ndarray, test: np.ndarray, seed: int,
                  gbt_params: dict[str, Any] | None) -> np.ndarray:
-    seq = data.seq
     model = FraudModel(kind=kind, spec=data.spec, gbt_params=gbt_params, seed=seed)
-    model.fit(data.x[train], data.y[train], None if seq is None else seq[train],
-              order=data.frame[TIMESTAMP].to_numpy()[train])
-    return model.predict_proba(data.x[test], None if seq is None else seq[test])
+    x_train, seq_train = data.table.rows(train, model.needs_sequence)
+    model.fit(x_train, data.y[train], seq_train, order=data.frame[TIMESTAMP].to_numpy()[train])
+    x_test, seq_test = data.table.rows(test, model.needs_sequence)
+    return model.predict_proba(x_test, seq_test)
 
 
 def evaluate_folds(data: Prepared, kind: str, starts: Sequence[str], *, seed: int = 0,

@@ -341,6 +341,34 @@ def sequence_tensor(features: np.ndarray, prev: np.ndarray, columns: list[int] |
     return seq
 
 
+class FeatureTable:
+    """The features of a frame and, for sequence models, the positions of each row's previous
+    card transactions. Sequences are built per slice (``rows``), so a long history never
+    holds them all at once (1.75 M rows x 8 steps would be hundreds of MB). ``skip`` leading
+    rows are context only (a history before the frame of interest)."""
+
+    def __init__(self, x: np.ndarray, prev: np.ndarray | None, skip: int = 0,
+                 columns: list[int] | None = None) -> None:
+        self.x, self.prev, self.skip, self.columns = x, prev, skip, columns
+        self._x32 = x.astype(np.float32) if prev is not None else None
+
+    @classmethod
+    def compute(cls, frame: pd.DataFrame, spec: FeatureSpec, *, sequences: bool,
+                history: pd.DataFrame | None = None) -> FeatureTable:
+        full = frame if history is None or history.empty else pd.concat([history, frame], ignore_index=True)
+        x = batch_features(full, spec)
+        prev = previous_indices(full, spec.seq_len) if sequences and spec.card_history else None
+        return cls(x, prev, len(full) - len(frame), spec.seq_indices)
+
+    def rows(self, positions: np.ndarray, sequences: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(features, sequences or None) of the rows at ``positions`` (after the skipped ones);
+        ``sequences=False`` skips building them for a model that has no sequence member."""
+        at = np.asarray(positions) + self.skip
+        build = sequences and self.prev is not None
+        seq = sequence_tensor(self._x32, self.prev[at], self.columns) if build else None
+        return self.x[at], seq
+
+
 @dataclass
 class CardHistory:
     """What the state remembers of one card, oldest first, within the horizon."""

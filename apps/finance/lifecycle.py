@@ -25,7 +25,7 @@ from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, RegistryError
 from trillium.core.registry import ModelRecord, ModelRegistry
 from trillium.finance.evaluate import card_precision_at_k, scores_report
-from trillium.finance.features import FeatureSpec, batch_features, previous_indices, sequence_tensor
+from trillium.finance.features import FeatureSpec, FeatureTable
 from trillium.finance.fraud_model import FraudModel, parse_kind
 from trillium.finance.pipeline import feedback_labels
 from trillium.finance.records import CANONICAL, CUSTOMER_ID, LABEL, TERMINAL_ID, TIMESTAMP, TRANSACTION_ID
@@ -62,12 +62,12 @@ def _windows(frame: pd.DataFrame, train_days: int, holdout_days: int, delay_days
     return train, hold
 
 
-def _measure(model: FraudModel, x: np.ndarray, seq_of: Any, frame: pd.DataFrame,
-             idx: np.ndarray) -> dict[str, Any]:
+def _measure(model: FraudModel, table: FeatureTable, frame: pd.DataFrame, idx: np.ndarray) -> dict[str, Any]:
     y = frame[LABEL].to_numpy()[idx].astype(int)
     if len(np.unique(y)) < 2:
         return {"holdout_rows": len(idx), "note": "held-out window has one class only; no metrics"}
-    p = model.predict_proba(x[idx], seq_of(idx) if model.needs_sequence else None)
+    x, seq = table.rows(idx, model.needs_sequence)
+    p = model.predict_proba(x, seq)
     rep = scores_report(y, p)
     out = {"auc_roc": rep["auc_roc"], "average_precision": rep["average_precision"],
            "holdout_rows": len(idx), "holdout_frauds": int(y.sum())}
@@ -101,21 +101,15 @@ def train_model(frame: pd.DataFrame, *, kind: str = "gbt+seq", train_days: int =
     if not spec.card_history and "seq" in parse_kind(kind):
         log.warning("no card ids in the data: training gbt+mlp instead of %s (a card sequence needs cards)", kind)
         kind = "gbt+mlp"
-    x = batch_features(frame, spec)
     model = FraudModel(kind=kind, spec=spec, seed=seed)
-    prev = previous_indices(frame, spec.seq_len) if spec.card_history else None
-    x32 = x.astype(np.float32)
-
-    def seq_of(idx: np.ndarray) -> np.ndarray:  # built per slice: a long history never holds them all
-        return sequence_tensor(x32, prev[idx], spec.seq_indices)
-
-    # the label delay only matters to card and terminal history features
+    table = FeatureTable.compute(frame, spec, sequences=spec.card_history)
     train, hold = _windows(frame, train_days, holdout_days, spec.delay_days if spec.card_history else 0)
-    model.fit(x[train], frame[LABEL].to_numpy()[train], seq_of(train) if model.needs_sequence else None,
+    x_train, seq_train = table.rows(train, model.needs_sequence)
+    model.fit(x_train, frame[LABEL].to_numpy()[train], seq_train,
               order=frame[TIMESTAMP].to_numpy()[train])
     if autotune:
         model.build_runtimes(autotune=True)
-    metrics = _measure(model, x, seq_of, frame, hold)
+    metrics = _measure(model, table, frame, hold)
     metrics.update(extra_metrics or {})
     metrics.update(train_rows=len(train), train_frauds=int(frame[LABEL].to_numpy()[train].sum()),
                    train_from=str(frame[TIMESTAMP].iloc[train[0]].date()),
@@ -125,7 +119,7 @@ def train_model(frame: pd.DataFrame, *, kind: str = "gbt+seq", train_days: int =
     if compare_with_production:
         try:
             current, rec = FraudModel.load(registry, name, "production", runtime=False)
-            compared = {"version": rec.version, **_measure(current, x, seq_of, frame, hold)}
+            compared = {"version": rec.version, **_measure(current, table, frame, hold)}
         except RegistryError:
             compared = None
     if promote is None:  # decide by the comparison

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ from sqlalchemy import select
 from trillium.core.db import Database, Feedback, Prediction, connect
 from trillium.core.errors import InputValidationError
 from trillium.core.registry import ModelRegistry
-from trillium.finance.features import OnlineFeatures, batch_features, previous_indices, sequence_tensor
+from trillium.finance.features import FeatureTable, OnlineFeatures
 from trillium.finance.fraud_model import FraudModel
 from trillium.finance.reasons import Reason, top_reasons
 from trillium.finance.records import (
@@ -59,21 +58,6 @@ class ScoreResult:
     def as_dict(self) -> dict[str, Any]:
         return {"transaction_id": self.transaction_id, "probability": self.probability, "decision": self.decision,
                 "threshold": self.threshold, "reasons": [r.as_dict() for r in self.reasons], "model": self.model}
-
-
-class FeatureTable:
-    """Features of a frame (after ``skip`` history rows) and, for sequence models, the
-    positions of each row's previous transactions of the card."""
-
-    def __init__(self, x: np.ndarray, prev: np.ndarray | None, skip: int, columns: list[int] | None = None) -> None:
-        self.x, self.prev, self.skip, self.columns = x, prev, skip, columns
-        self._x32 = x.astype(np.float32) if prev is not None else None
-
-    def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(features, sequences) of the frame rows at ``positions``."""
-        at = np.asarray(positions) + self.skip
-        seq = sequence_tensor(self._x32, self.prev[at], self.columns) if self.prev is not None else None
-        return self.x[at], seq
 
 
 class FraudScorer:
@@ -151,10 +135,7 @@ class FraudScorer:
     def feature_table(self, frame: pd.DataFrame, history: pd.DataFrame | None = None) -> FeatureTable:
         """Features of ``frame``'s rows with ``history`` rows before them as context (scored
         nowhere); sequences are built on demand per slice, so a big batch never holds them all."""
-        full = frame if history is None or history.empty else pd.concat([history, frame], ignore_index=True)
-        x = batch_features(full, self.model.spec)
-        prev = previous_indices(full, self.model.spec.seq_len) if self.model.needs_sequence else None
-        return FeatureTable(x, prev, len(full) - len(frame), self.model.spec.seq_indices)
+        return FeatureTable.compute(frame, self.model.spec, sequences=self.model.needs_sequence, history=history)
 
     def features_for(self, frame: pd.DataFrame, history: pd.DataFrame | None = None
                      ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -304,7 +285,3 @@ def feedback_labels(db: Database | None = None) -> pd.Series:
         latest[entity] = 1 if label == FRAUD else 0
     return pd.Series(latest, dtype="int64", name="label")
 
-
-def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - t0
