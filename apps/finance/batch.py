@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pandas as pd
 
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
-from trillium.core.jobs import CsvSink, JobResult, ParquetSink, ProcessResult, read_quarantine, run_job
+from trillium.core.jobs import CsvSink, JobResult, ParquetSink, ProcessResult, run_job
 from trillium.finance.adapters import PROFILES, detect_format, read_transactions, transaction_source
 from trillium.finance.pipeline import ALERT, FraudScorer, store_alerts
 
@@ -60,8 +61,6 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
                db: Database | None = None, store: bool = True, progress: bool = True, reasons: str = "alerts",
                name: str | None = None, resume: bool = True) -> ScoreJobResult:
     """Score a transaction file into ``output`` (Parquet parts directory or .csv) as a job."""
-    import time
-
     db = db or connect()
     src = Path(input_path)
     if not src.exists():
@@ -99,19 +98,24 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
         raise JobError(f"scoring job {result.name} ended {result.status}")
     stored = 0
     if store:
-        scored = read_scores(output)
-        stored = store_alerts(scored[scored["decision"] == ALERT], db=db, job_id=result.job_id,
+        # read back from the output, not from this run: a resumed job's earlier chunks count too
+        stored = store_alerts(read_scores(output, decision=ALERT), db=db, job_id=result.job_id,
                               model_version_id=scorer.model_version_id)
     return ScoreJobResult(result, stored, feature_seconds)
 
 
-def read_scores(output: str | os.PathLike[str]) -> pd.DataFrame:
+def read_scores(output: str | os.PathLike[str], decision: str | None = None) -> pd.DataFrame:
+    """A scoring job's output (Parquet parts or CSV); only the rows with ``decision`` if given
+    (Parquet filters them while reading)."""
     path = Path(output)
     if path.suffix.lower() == ".csv":
-        return pd.read_csv(path, dtype={"transaction_id": str, "customer_id": str, "terminal_id": str},
-                           parse_dates=["timestamp"])
+        frame = pd.read_csv(path, dtype={"transaction_id": str, "customer_id": str, "terminal_id": str},
+                            parse_dates=["timestamp"])
+        return frame if decision is None else frame[frame["decision"] == decision].reset_index(drop=True)
     parts = sorted(path.glob("part-*.parquet"))
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+    filters = [("decision", "==", decision)] if decision is not None else None
+    frames = [pd.read_parquet(p, filters=filters) for p in parts]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-__all__ = ["ScoreJobResult", "read_quarantine", "read_scores", "score_file"]
+__all__ = ["ScoreJobResult", "read_scores", "score_file"]
