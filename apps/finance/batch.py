@@ -26,7 +26,7 @@ from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
 from trillium.core.jobs import CsvSink, JobResult, ParquetSink, ProcessResult, run_job
 from trillium.finance.adapters import PROFILES, detect_format, read_transactions, transaction_source
-from trillium.finance.pipeline import ALERT, FraudScorer, store_alerts
+from trillium.finance.pipeline import ALERT, REASONS, FraudScorer, store_alerts
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
                db: Database | None = None, store: bool = True, progress: bool = True, reasons: str = "alerts",
                name: str | None = None, resume: bool = True) -> ScoreJobResult:
     """Score a transaction file into ``output`` (Parquet parts directory or .csv) as a job."""
+    if reasons not in REASONS:  # refused now: inside the job it would quarantine every row
+        raise InputValidationError(f"--reasons {reasons!r}: expected one of {', '.join(REASONS)}")
     db = db or connect()
     src = Path(input_path)
     if not src.exists():

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "finance"
 ALERT, PASS, OVER_BUDGET = "alert", "pass", "over_budget"
+REASONS = ("alerts", "all", "none")  # which scored rows get reasons in batch
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,8 @@ class FraudScorer:
     def score_features(self, frame: pd.DataFrame, x: np.ndarray, seq: np.ndarray | None,
                        reasons: str = "alerts") -> pd.DataFrame:
         """Score precomputed features; ``reasons``: "alerts" (default), "all" or "none"."""
-        if reasons not in ("alerts", "all", "none"):
-            raise InputValidationError(f"reasons must be 'alerts', 'all' or 'none', got {reasons!r}")
+        if reasons not in REASONS:
+            raise InputValidationError(f"reasons must be one of {', '.join(REASONS)}, got {reasons!r}")
         p = self.model.predict_proba(x, seq)
         decision = np.where(p >= self.threshold, ALERT, PASS)
         out = pd.DataFrame({

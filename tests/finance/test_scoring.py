@@ -269,6 +269,19 @@ def test_score_file_quarantines_bad_rows_and_stores_alerts_once(
     assert sorted(after["entity_id"]) == sorted(stored["entity_id"])
 
 
+def test_score_file_refuses_an_unknown_reasons_mode_before_starting(
+    model: FraudModel, stream: pd.DataFrame, tmp_path: Path
+) -> None:
+    scorer = FraudScorer(model, threshold=0.5)
+    src = tmp_path / "tx.csv"
+    stream.to_csv(src, index=False)
+    with pytest.raises(InputValidationError, match="--reasons 'bogus'"):
+        score_file(scorer, src, tmp_path / "scored", progress=False, reasons="bogus")
+    with connect().session() as s:  # no job started, nothing quarantined
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+    assert not (tmp_path / "scored").exists()
+
+
 def test_rerunning_a_scoring_job_keeps_feedback_linked_to_its_alert(
     database: Database, model: FraudModel, stream: pd.DataFrame, tmp_path: Path
 ) -> None:
