@@ -48,7 +48,7 @@ from trillium.finance.train import (
 log = logging.getLogger(__name__)
 
 MEMBERS = ("gbt", "mlp", "seq")
-RUNTIME_BLOCK = 32_768  # the largest batch size the torch members are autotuned at
+RUNTIME_BLOCK = 32_768  # the largest batch size the torch members are autotuned at (and run in)
 KIND = "finance-fraud-model"
 
 
@@ -72,14 +72,9 @@ class Member:
         if self.gbt is not None:
             return self.gbt.decision_function(x)
         inputs = (x,) if self.name == "mlp" else (x, seq)
-        if self.runtime is not None:
-            # blocks of the largest size the autotuner measured, so its choice applies
+        if self.runtime is not None:  # it runs big batches in blocks of its largest measured size
             ts = tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in inputs)
-            n, block = len(ts[0]), RUNTIME_BLOCK
-            if n <= block:
-                return self.runtime(*ts).reshape(-1).numpy().astype(np.float64)
-            return np.concatenate([self.runtime(*(t[i:i + block] for t in ts)).reshape(-1).numpy()
-                                   for i in range(0, n, block)]).astype(np.float64)
+            return self.runtime(*ts).reshape(-1).numpy().astype(np.float64)
         return torch_logits(self.module, inputs).astype(np.float64)
 
 

@@ -110,3 +110,30 @@ def test_bad_calls_give_clear_errors() -> None:
         rt(torch.tensor(1.0))
     with pytest.raises(RuntimeBackendError, match="at least one input"):
         rt()
+
+
+def test_batches_above_the_largest_measured_size_run_in_blocks_of_it() -> None:
+    torch.manual_seed(0)
+    model = TabularMLP(n_features=6, hidden=(16,)).eval()
+    rt = InferenceRuntime(model, torch.randn(8, 6), device="cpu")
+    rt.autotune(TuneSettings(sizes=(1, 16), backends=("eager",), include_compile=False, budget_s=0.02, min_repeats=3))
+    seen: list[int] = []
+    for name, backend in list(rt._backends.items()):
+        def recording(inputs: tuple, _inner: object = backend) -> object:
+            seen.append(inputs[0].shape[0])
+            return _inner(inputs)
+        rt._backends[name] = recording
+    x = torch.randn(40, 6)
+    out = rt(x)
+    assert seen == [16, 16, 8]  # never above the largest measured size, nothing lost
+    with torch.inference_mode():
+        assert torch.allclose(out, model(x), atol=1e-6)
+    seen.clear()
+    rt(x[:16])
+    assert seen == [16]
+
+
+def test_an_untuned_runtime_runs_any_batch_whole() -> None:
+    rt = InferenceRuntime(TabularMLP(n_features=6, hidden=(16,)), torch.randn(4, 6), device="cpu")
+    assert rt(torch.randn(1000, 6)).shape == (1000, 1)
+    assert rt._block is None
