@@ -1,0 +1,213 @@
+"""``DefectDetector``: unsupervised anomaly detection trained on good parts only.
+
+scikit-learn's contract: parameters stored in ``__init__``, ``fit`` returns self, learned
+attributes end in ``_``. Fitting holds out part of the good images as validation, trains the
+``AnomalySegmenter`` on the rest with synthetic defects, and chooses the decision threshold on
+the validation data:
+
+- with labelled defect images given to ``fit`` (``val_defects``), the threshold maximises F1
+  on held-out good plus those defects;
+- without them (the usual start of a line), it is the score that keeps the false-alarm rate on
+  held-out good parts at ``false_alarm_rate``.
+
+The threshold stays adjustable (``set_threshold``), and ``validation_scores_`` keeps what it was
+chosen on, so a dashboard can show the effect of moving it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import precision_recall_curve
+
+from trillium.manufacturing.anomaly_map import InspectionNet
+from trillium.manufacturing.train import TrainConfig, fit_segmenter
+
+log = logging.getLogger(__name__)
+
+
+class NotFittedError(RuntimeError):
+    """The detector was used before ``fit`` (or loading from the registry)."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Per image: anomaly map (N, H, W) in [0, 1], image scores (N,), verdicts (N,) bool."""
+
+    maps: np.ndarray
+    scores: np.ndarray
+    defective: np.ndarray
+
+
+def _as_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(images, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W) or (C, H, W) float in [0, 1], got shape {tuple(x.shape)}")
+    return x
+
+
+class DefectDetector:
+    """Anomaly detector for one product line.
+
+    Args:
+        size: images are resized to (size, size) before the network (callers do it through
+            ``trillium.manufacturing.images.load_batch``).
+        channels: 1 (grey) or 3 (colour).
+        width: first-stage channels of the segmenter.
+        steps, batch_size, lr: training length and optimiser settings.
+        crop: train on random crops of this many pixels (None: whole images); see ``TrainConfig``.
+        pool: box filter (pixels) of the image score.
+        val_fraction: share of good images held out for the threshold.
+        false_alarm_rate: the target rate on held-out good parts when no defects are given.
+        norm: input standardisation of the segmenter (``"dataset"`` or ``"image"``).
+        device: where training runs ("cpu" or "cuda"); inference always returns CPU arrays.
+        seed: makes the split, the synthetic defects and the initialisation reproducible.
+    """
+
+    def __init__(self, *, size: int = 256, channels: int = 1, width: int = 16, steps: int = 1500,
+                 batch_size: int = 16, lr: float = 1e-3, crop: int | None = None, pool: int = 9, val_fraction: float = 0.1,
+                 false_alarm_rate: float = 0.01, norm: str = "dataset", device: str = "cpu",
+                 seed: int = 0) -> None:
+        self.size = size
+        self.channels = channels
+        self.width = width
+        self.steps = steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.crop = crop
+        self.pool = pool
+        self.val_fraction = val_fraction
+        self.false_alarm_rate = false_alarm_rate
+        self.norm = norm
+        self.device = device
+        self.seed = seed
+
+    # ------------------------------------------------------------------ fitting
+    def get_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("size", "channels", "width", "steps", "batch_size", "lr", "crop", "pool",
+                                               "val_fraction", "false_alarm_rate", "norm", "device", "seed")}
+
+    def _check_images(self, x: torch.Tensor, what: str) -> None:
+        if x.shape[1] != self.channels or x.shape[-2:] != (self.size, self.size):
+            raise ValueError(
+                f"{what} must be (N, {self.channels}, {self.size}, {self.size}), got {tuple(x.shape)}; "
+                "read them with trillium.manufacturing.images.load_batch(paths, (size, size), channels)"
+            )
+        if float(x.min()) < 0 or float(x.max()) > 1:
+            raise ValueError(f"{what} must be scaled to [0, 1]")
+
+    def fit(self, good: np.ndarray | torch.Tensor, *, val_defects: np.ndarray | torch.Tensor | None = None
+            ) -> DefectDetector:
+        """Train on good images (N, C, H, W); choose the threshold on held-out validation data."""
+        x = _as_batch(good)
+        self._check_images(x, "good images")
+        n = x.shape[0]
+        n_val = max(1, round(n * self.val_fraction)) if self.val_fraction > 0 else 0
+        if n - n_val < 2:
+            raise ValueError(f"need at least {2 + n_val} good images to train and validate, got {n}")
+        order = np.random.default_rng(self.seed).permutation(n)
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        self.net_kwargs_ = {"pool": self.pool, "in_channels": self.channels, "width": self.width, "norm": self.norm}
+        net = InspectionNet(**self.net_kwargs_)
+        cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, crop=self.crop,
+                          seed=self.seed, device=self.device)
+        self.loss_curve_ = fit_segmenter(net.segmenter, x[torch.from_numpy(train_idx)], cfg)
+        self.net_ = net.eval()
+        self.n_train_ = len(train_idx)
+        good_val = self._raw_scores(x[torch.from_numpy(val_idx)]) if n_val else np.zeros(0)
+        defect_val = np.zeros(0)
+        if val_defects is not None:
+            d = _as_batch(val_defects)
+            self._check_images(d, "validation defect images")
+            defect_val = self._raw_scores(d)
+        self.validation_scores_ = {"good": good_val.tolist(), "defect": defect_val.tolist()}
+        self.threshold_ = self._choose_threshold(good_val, defect_val)
+        self.threshold_rule_ = "max F1 on labelled defects" if len(defect_val) else (
+            f"false-alarm rate {self.false_alarm_rate:g} on held-out good parts")
+        log.info("threshold %.4f (%s; %d good and %d defect validation images)",
+                 self.threshold_, self.threshold_rule_, len(good_val), len(defect_val))
+        return self
+
+    def _choose_threshold(self, good: np.ndarray, defect: np.ndarray) -> float:
+        if len(defect) and len(good):
+            y = np.r_[np.zeros(len(good)), np.ones(len(defect))]
+            s = np.r_[good, defect]
+            precision, recall, cuts = precision_recall_curve(y, s)
+            f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
+            return float(cuts[int(np.argmax(f1))])
+        if len(good):
+            return float(np.quantile(good, 1 - self.false_alarm_rate, method="higher"))
+        return 0.5
+
+    def set_threshold(self, threshold: float) -> DefectDetector:
+        """Move the decision threshold (e.g. after the analysts' review of the validation view)."""
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self._fitted()
+        self.threshold_ = float(threshold)
+        self.threshold_rule_ = "set by hand"
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def _fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise NotFittedError("DefectDetector is not fitted: call fit() or load it from the registry")
+
+    @torch.no_grad()
+    def _raw(self, x: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        runner = getattr(self, "runtime_", None)
+        maps, scores = [], []
+        for i in range(0, x.shape[0], block):
+            part = x[i:i + block]
+            m, s = runner(part) if runner is not None else self.net_(part)
+            maps.append(m)
+            scores.append(s)
+        return torch.cat(maps), torch.cat(scores)
+
+    def _raw_scores(self, x: torch.Tensor) -> np.ndarray:
+        return self._raw(x)[1].numpy()
+
+    def predict(self, images: np.ndarray | torch.Tensor) -> Detection:
+        """Anomaly maps, scores and verdicts of images (N, C, size, size) in [0, 1]."""
+        self._fitted()
+        x = _as_batch(images)
+        self._check_images(x, "images")
+        maps, scores = self._raw(x)
+        s = scores.numpy()
+        return Detection(maps=maps[:, 0].numpy(), scores=s, defective=s >= self.threshold_)
+
+    def score(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        return self.predict(images).scores
+
+    @property
+    def segmenter_(self) -> torch.nn.Module:
+        self._fitted()
+        return self.net_.segmenter
+
+    def use_runtime(self, *, sizes: tuple[int, ...] = (1, 8, 32), include_compile: bool = False,
+                    report: dict[str, Any] | None = None) -> Any:
+        """Route inference through the core runtime; returns it.
+
+        With ``report`` (an earlier autotune table, e.g. from the registry) the stored choice is
+        rebuilt without measuring; otherwise every backend is measured here. torch.compile is
+        left out by default because its build takes minutes for a conv net on 2 cores.
+        """
+        from trillium.core.runtime import InferenceRuntime
+        from trillium.core.runtime.autotune import TuneSettings
+
+        self._fitted()
+        example = torch.rand(1, self.channels, self.size, self.size)
+        if report:
+            rt = InferenceRuntime.from_report(self.net_, example, report, device="cpu")
+        else:
+            rt = InferenceRuntime(self.net_, example, device="cpu")
+            rt.autotune(TuneSettings(sizes=sizes, include_compile=include_compile, budget_s=0.5, warmup=2,
+                                     min_repeats=3))
+        self.runtime_ = rt
+        return rt
