@@ -169,8 +169,16 @@ def _finance(console: Console) -> Any:
     return finance_demo(console)
 
 
+def _manufacturing(console: Console) -> Any:
+    from trillium.manufacturing.demo import manufacturing_demo
+
+    return manufacturing_demo(console)
+
+
 # Each domain appends its demo step here as it lands: (name, callable(console)).
-DEMOS: list[tuple[str, Callable[[Console], Any]]] = [("core", core_demo), ("finance", _finance)]
+DEMOS: list[tuple[str, Callable[[Console], Any]]] = [
+    ("core", core_demo), ("finance", _finance), ("manufacturing", _manufacturing),
+]
 
 
 def run_demo(console: Console | None = None) -> dict[str, Any]:

@@ -40,12 +40,25 @@ class InspectionNet(nn.Module):
 
     Built from plain keyword arguments (those of ``AnomalySegmenter`` plus ``pool``) so that the
     registry can rebuild it from JSON without pickling anything.
+
+    ``flips``: test-time augmentation; the logits are averaged over the image and its
+    horizontal (and, with 3, vertical) mirror, which the training's flips make equally valid.
+    It costs that many forward passes.
     """
 
-    def __init__(self, pool: int = 9, **segmenter_kwargs: Any) -> None:
+    def __init__(self, pool: int = 9, flips: int = 1, **segmenter_kwargs: Any) -> None:
         super().__init__()
+        if flips not in (1, 2, 3):
+            raise ValueError(f"flips must be 1, 2 or 3, got {flips}")
         self.segmenter = AnomalySegmenter(**segmenter_kwargs)
         self.maps = AnomalyMapGenerator(pool)
+        self.flips = flips
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.maps(self.segmenter(x))
+        logits = self.segmenter(x)
+        if self.flips > 1:
+            logits = logits + self.segmenter(x.flip(3)).flip(3)
+            if self.flips > 2:
+                logits = logits + self.segmenter(x.flip(2)).flip(2)
+            logits = logits / self.flips
+        return self.maps(logits)

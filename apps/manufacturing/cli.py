@@ -57,6 +57,7 @@ def train_cmd(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (one-cycle schedule)."),
     crop: int = typer.Option(0, "--crop", help="Train on random crops of this size (0: whole images)."),
     width: int = typer.Option(16, "--width", help="First-stage channels of the segmenter."),
+    flips: int = typer.Option(1, "--flips", help="Test-time mirror averaging: 1 (off), 2 or 3 passes."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (training only)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     false_alarm_rate: float = typer.Option(0.01, "--false-alarm-rate",
@@ -74,7 +75,7 @@ def train_cmd(
 
     try:
         result = train_inspector(data, size=size, steps=steps, batch_size=batch_size, lr=lr, crop=crop or None,
-                                 width=width, device=device, seed=seed, false_alarm_rate=false_alarm_rate,
+                                 width=width, flips=flips, device=device, seed=seed, false_alarm_rate=false_alarm_rate,
                                  defects=defects, shots=shots or None, name=name, autotune=autotune)
     except (TrilliumError, ValueError) as exc:
         fail(exc)
@@ -172,6 +173,8 @@ def inspect_cmd(
             for p, reason in bad:
                 typer.echo(f"quarantined {p}: {reason}", err=True)
                 rows.append({"image_id": p, "verdict": "unreadable", "reason": reason})
+            if bad and not results and len(files) == len(paths):
+                raise ImageReadError(bad[0][0], f"nothing could be inspected ({len(bad)} unreadable file(s))")
         stored_direct = [r for r in rows if r.get("verdict") in ("good", "defect") and "path" not in r]
         if store and stored_direct:
             record = inspector.record

@@ -5,8 +5,8 @@ attributes end in ``_``. Fitting holds out part of the good images as validation
 ``AnomalySegmenter`` on the rest with synthetic defects, and chooses the decision threshold on
 the validation data:
 
-- with labelled defect images given to ``fit`` (``val_defects``), the threshold maximises F1
-  on held-out good plus those defects;
+- with labelled defect images given to ``fit`` (``val_defects``), the threshold maximises
+  Youden's J (recall minus false-alarm rate) on held-out good plus those defects;
 - without them (the usual start of a line), it is the score that keeps the false-alarm rate on
   held-out good parts at ``false_alarm_rate``.
 
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import precision_recall_curve
 
 from trillium.manufacturing.anomaly_map import InspectionNet
 from trillium.manufacturing.train import TrainConfig, fit_segmenter
@@ -63,6 +62,7 @@ class DefectDetector:
         steps, batch_size, lr: training length and optimiser settings.
         crop: train on random crops of this many pixels (None: whole images); see ``TrainConfig``.
         pool: box filter (pixels) of the image score.
+        flips: test-time mirror averaging at inference (1 = off, 2, 3); see ``InspectionNet``.
         val_fraction: share of good images held out for the threshold.
         false_alarm_rate: the target rate on held-out good parts when no defects are given.
         norm: input standardisation of the segmenter (``"dataset"`` or ``"image"``).
@@ -71,7 +71,7 @@ class DefectDetector:
     """
 
     def __init__(self, *, size: int = 256, channels: int = 1, width: int = 16, steps: int = 1500,
-                 batch_size: int = 16, lr: float = 1e-3, crop: int | None = None, pool: int = 9, val_fraction: float = 0.1,
+                 batch_size: int = 16, lr: float = 1e-3, crop: int | None = None, pool: int = 9, flips: int = 1, val_fraction: float = 0.1,
                  false_alarm_rate: float = 0.01, norm: str = "dataset", device: str = "cpu",
                  seed: int = 0) -> None:
         self.size = size
@@ -82,6 +82,7 @@ class DefectDetector:
         self.lr = lr
         self.crop = crop
         self.pool = pool
+        self.flips = flips
         self.val_fraction = val_fraction
         self.false_alarm_rate = false_alarm_rate
         self.norm = norm
@@ -90,7 +91,7 @@ class DefectDetector:
 
     # ------------------------------------------------------------------ fitting
     def get_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("size", "channels", "width", "steps", "batch_size", "lr", "crop", "pool",
+        return {k: getattr(self, k) for k in ("size", "channels", "width", "steps", "batch_size", "lr", "crop", "pool", "flips",
                                                "val_fraction", "false_alarm_rate", "norm", "device", "seed")}
 
     def _check_images(self, x: torch.Tensor, what: str) -> None:
@@ -107,40 +108,57 @@ class DefectDetector:
         """Train on good images (N, C, H, W); choose the threshold on held-out validation data."""
         x = _as_batch(good)
         self._check_images(x, "good images")
-        n = x.shape[0]
-        n_val = max(1, round(n * self.val_fraction)) if self.val_fraction > 0 else 0
-        if n - n_val < 2:
-            raise ValueError(f"need at least {2 + n_val} good images to train and validate, got {n}")
-        order = np.random.default_rng(self.seed).permutation(n)
-        val_idx, train_idx = order[:n_val], order[n_val:]
-        self.net_kwargs_ = {"pool": self.pool, "in_channels": self.channels, "width": self.width, "norm": self.norm}
+        train_idx, val_idx = self.validation_split(x.shape[0])
+        self.net_kwargs_ = {"pool": self.pool, "flips": self.flips, "in_channels": self.channels,
+                            "width": self.width, "norm": self.norm}
+        torch.manual_seed(self.seed)  # the initialisation, too, must not depend on earlier draws
         net = InspectionNet(**self.net_kwargs_)
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, crop=self.crop,
                           seed=self.seed, device=self.device)
         self.loss_curve_ = fit_segmenter(net.segmenter, x[torch.from_numpy(train_idx)], cfg)
         self.net_ = net.eval()
         self.n_train_ = len(train_idx)
-        good_val = self._raw_scores(x[torch.from_numpy(val_idx)]) if n_val else np.zeros(0)
+        return self.calibrate(x[torch.from_numpy(val_idx)], val_defects)
+
+    def validation_split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training, held-out) indices of ``n`` good images: a seeded permutation, so the same
+        images are held out whenever the same data and seed are used."""
+        n_val = max(1, round(n * self.val_fraction)) if self.val_fraction > 0 else 0
+        if n - n_val < 2:
+            raise ValueError(f"need at least {2 + n_val} good images to train and validate, got {n}")
+        order = np.random.default_rng(self.seed).permutation(n)
+        return order[n_val:], order[:n_val]
+
+    def calibrate(self, good: np.ndarray | torch.Tensor, defects: np.ndarray | torch.Tensor | None = None
+                  ) -> DefectDetector:
+        """Choose the threshold on validation images: good ones (never trained on) and, if given,
+        labelled defects. Can be called again with new validation data, without retraining."""
+        self._fitted()
+        g = _as_batch(good)
+        good_val = self._raw_scores(g) if g.shape[0] else np.zeros(0)
         defect_val = np.zeros(0)
-        if val_defects is not None:
-            d = _as_batch(val_defects)
+        if defects is not None:
+            d = _as_batch(defects)
             self._check_images(d, "validation defect images")
             defect_val = self._raw_scores(d)
         self.validation_scores_ = {"good": good_val.tolist(), "defect": defect_val.tolist()}
         self.threshold_ = self._choose_threshold(good_val, defect_val)
-        self.threshold_rule_ = "max F1 on labelled defects" if len(defect_val) else (
-            f"false-alarm rate {self.false_alarm_rate:g} on held-out good parts")
+        self.threshold_rule_ = "max Youden J (recall - false-alarm rate) on labelled defects and held-out good" if (
+            len(defect_val) and len(good_val)) else f"false-alarm rate {self.false_alarm_rate:g} on held-out good parts"
         log.info("threshold %.4f (%s; %d good and %d defect validation images)",
                  self.threshold_, self.threshold_rule_, len(good_val), len(defect_val))
         return self
 
     def _choose_threshold(self, good: np.ndarray, defect: np.ndarray) -> float:
+        """Youden's J with labelled defects: unlike F1 it does not depend on how many defects
+        were labelled relative to the good images held out (F1 on 30 defects against 6 good
+        parts would flag nearly everything). Ties go to the higher threshold (fewer alarms)."""
         if len(defect) and len(good):
-            y = np.r_[np.zeros(len(good)), np.ones(len(defect))]
-            s = np.r_[good, defect]
-            precision, recall, cuts = precision_recall_curve(y, s)
-            f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
-            return float(cuts[int(np.argmax(f1))])
+            cuts = np.unique(np.r_[good, defect])
+            recall = (defect[None, :] >= cuts[:, None]).mean(axis=1)
+            false_alarm = (good[None, :] >= cuts[:, None]).mean(axis=1)
+            j = recall - false_alarm
+            return float(cuts[np.flatnonzero(j == j.max())[-1]])
         if len(good):
             return float(np.quantile(good, 1 - self.false_alarm_rate, method="higher"))
         return 0.5
@@ -190,7 +208,7 @@ class DefectDetector:
         self._fitted()
         return self.net_.segmenter
 
-    def use_runtime(self, *, sizes: tuple[int, ...] = (1, 8, 32), include_compile: bool = False,
+    def use_runtime(self, *, sizes: tuple[int, ...] = (1, 32), include_compile: bool = False,
                     report: dict[str, Any] | None = None) -> Any:
         """Route inference through the core runtime; returns it.
 

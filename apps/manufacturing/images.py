@@ -40,6 +40,7 @@ __all__ = [
     "read_mask",
     "resize",
     "to_channels",
+    "write_png",
 ]
 
 logger = logging.getLogger(__name__)
@@ -473,3 +474,16 @@ def iter_video(
             index += 1
     finally:
         cap.release()
+
+
+def write_png(path: str | os.PathLike[str], img: np.ndarray) -> Path:
+    """Write a float (H, W, C) image in [0, 1] as an 8-bit PNG (grey or RGB); returns the path."""
+    arr = np.clip(np.asarray(img, dtype=np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    elif arr.ndim == 3:
+        arr = np.ascontiguousarray(arr[:, :, ::-1])  # OpenCV writes BGR
+    p = Path(path)
+    if not cv2.imwrite(str(p), arr):
+        raise OSError(f"could not write {p} (disk full or folder not writable?)")
+    return p

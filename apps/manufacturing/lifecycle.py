@@ -4,7 +4,7 @@ Good images come from ``train/good`` of an MVTec-layout folder. Labelled defects
 few-shot type classifier come either from a folder of ``<type>/`` sub-folders (a line's own
 labelled examples) or, for evaluation on a public dataset, from ``shots`` examples per type
 drawn from the dataset's test split; those are then left out of every evaluation figure. The
-labelled defects also set the decision threshold (max F1 against held-out good images).
+labelled defects also set the decision threshold (max Youden J against held-out good images).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def labelled_defects(folder: str | os.PathLike[str]) -> list[tuple[Path, str]]:
 
 def train_inspector(data: str | os.PathLike[str], *, size: int = 256, channels: int | None = None,
                     steps: int = 1500, batch_size: int = 16, lr: float = 1e-3, crop: int | None = None,
-                    width: int = 16, device: str = "cpu", seed: int = 0, false_alarm_rate: float = 0.01,
+                    width: int = 16, flips: int = 1, device: str = "cpu", seed: int = 0, false_alarm_rate: float = 0.01,
                     defects: str | os.PathLike[str] | None = None, shots: int | None = None,
                     name: str = DEFAULT_NAME, register: bool = True, autotune: bool = True,
                     registry: ModelRegistry | None = None) -> TrainResult:
@@ -87,8 +87,9 @@ def train_inspector(data: str | os.PathLike[str], *, size: int = 256, channels: 
         unreadable = {str(p) for p, _ in bad_d}
         types = [t for p, t in labelled if str(p) not in unreadable]
     detector = DefectDetector(size=size, channels=channels, width=width, steps=steps, batch_size=batch_size, lr=lr,
-                              crop=crop, device=device, seed=seed, false_alarm_rate=false_alarm_rate)
-    # The labelled defects, when there are any, also set the threshold (max F1 with held-out good).
+                              crop=crop, flips=flips, device=device, seed=seed,
+                              false_alarm_rate=false_alarm_rate)
+    # The labelled defects, when there are any, also set the threshold (max Youden J with held-out good).
     detector.fit(x, val_defects=xd)
     classifier = DefectTypeClassifier(seed=seed).fit(detector, xd, types) if xd is not None and len(
         set(types)) >= 2 else None

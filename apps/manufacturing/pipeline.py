@@ -9,6 +9,7 @@ class names, the autotuned runtime's choice), never as a pickle.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -210,10 +211,13 @@ class Inspector:
 
 
 def _safe_stem(image_id: str) -> str:
+    """A readable, unique file stem per image id: parent folder, stem and a short hash of the id
+    (two folders may both hold a ``000.png``)."""
     stem = Path(image_id).stem or "image"
     parent = Path(image_id).parent.name
     name = f"{parent}_{stem}" if parent else stem
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120]
+    digest = hashlib.sha1(image_id.encode(), usedforsecurity=False).hexdigest()[:8]
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] + f"_{digest}"
 
 
 def inspection_json(results: Sequence[Inspection]) -> str:

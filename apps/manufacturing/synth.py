@@ -482,19 +482,23 @@ def synthetic_images(
     seed: int = 0,
     defect: str | None = None,
     colour: bool = False,
+    start: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images in memory: float32 (n, H, W, C) in [0, 1] (8-bit levels) and bool masks (n, H, W).
 
     ``defect=None`` gives good images (empty masks); a defect name puts one defect of that type
     on every image. The same seed with and without a defect gives the same parts, so the pair
-    differs exactly inside the masks (what tests and benchmarks of localisation need).
+    differs exactly inside the masks (what tests and benchmarks of localisation need). The seed
+    also fixes the line's look, as in ``write_synthetic_line``: the same seed gives more parts of
+    that line (never the written files themselves); ``start`` numbers the parts, so successive
+    calls with growing ``start`` give new parts of the same line.
     """
     _check(kind, size, seed, [] if defect is None else [defect], {"n": n})
     line = _make_line(kind, size, seed, colour)
     images = np.empty((n, size, size, line.channels), np.float32)
     masks = np.zeros((n, size, size), bool)
     for i in range(n):
-        img, mask = _render(line, (seed, _IN_MEMORY_STREAM, 0, i), defect)
+        img, mask = _render(line, (seed, _IN_MEMORY_STREAM, 0, start + i), defect)
         images[i] = img.astype(np.float32) / 255.0
         masks[i] = mask
     return images, masks

@@ -9,7 +9,9 @@ pixels from being swamped by the background; Dice keeps thin cracks from being i
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +54,20 @@ def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2
     return focal * 10 + dice
 
 
+def warmup_cosine(steps: int, warmup: float = 0.1) -> Callable[[int], float]:
+    """LR factor per step for short runs: linear warm-up over ``warmup`` of the run (at least one
+    step), then cosine decay to 1 % (one-cycle in shape, and defined for runs of any length)."""
+    w = max(1, round(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        t = min(1.0, (step - w) / max(1, steps - w))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
 def _crop(x: torch.Tensor, rng: np.random.Generator, size: int | None) -> torch.Tensor:
     h, w = x.shape[-2:]
     if size is None or (size >= h and size >= w):
@@ -83,6 +99,8 @@ def fit_segmenter(model: nn.Module, images: torch.Tensor, config: TrainConfig = 
     The model's ``mean``/``std`` buffers are set from the images first, so that inference takes
     raw pixels.
     """
+    if config.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {config.steps}")
     if images.ndim != 4 or images.shape[0] < 2:
         raise ValueError(f"need at least 2 good images as (N, C, H, W), got shape {tuple(images.shape)}")
     torch.manual_seed(config.seed)
@@ -94,7 +112,11 @@ def fit_segmenter(model: nn.Module, images: torch.Tensor, config: TrainConfig = 
     device = torch.device(config.device)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    if config.steps >= 30:
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    else:  # OneCycleLR divides by its warm-up length, which rounds to zero on very short runs
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(config.steps))
     n = images.shape[0]
     losses: list[float] = []
     started = time.perf_counter()

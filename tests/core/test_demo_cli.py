@@ -17,7 +17,7 @@ from trillium.core.db import Job, Prediction, connect
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TRILLIUM_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "trillium.core.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=300)
+                          capture_output=True, timeout=600)
 
 
 def test_help_lists_every_command_group(trillium_home: Path) -> None:
@@ -46,6 +46,18 @@ def test_demo_then_models_commands(trillium_home: Path) -> None:
     assert fin_job.rows_out == fin_job.rows_in - 2 > 100_000
     assert 0 < fin_alerts <= 14 * 100
     assert "fraud" in _cli("models", "list", "fraud", home=trillium_home).stdout
+    # manufacturing: 60 test images inspected as a job, the corrupt one quarantined, verdicts and
+    # a simulated shift of 192 parts stored, phase-I limits fixed, the drifting lots flagged
+    with db.session() as s:
+        mfg_job = s.scalars(select(Job).where(Job.name == "manufacturing-inspect-demo-line")).one()
+        verdicts = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.domain == "manufacturing"))
+    assert mfg_job.status == "done" and mfg_job.rows_quarantined == 1 and mfg_job.rows_out == 60
+    assert verdicts == 60 + 192
+    from trillium.manufacturing.linestats import p_chart
+
+    chart = p_chart(line="demo-line", freq="1h", limits="stored")
+    assert chart.points["out_of_control"].iloc[-2:].any() and not chart.points["out_of_control"].iloc[:4].any()
+    assert "inspector" in _cli("models", "list", "inspector", home=trillium_home).stdout
 
     listed = _cli("models", "list", home=trillium_home)
     assert listed.returncode == 0 and "reference-mlp" in listed.stdout and "production" in listed.stdout
