@@ -134,6 +134,8 @@ def inspect_cmd(
     json_out: str = typer.Option(None, "--json", help="Write the per-image results here."),
     store: bool = typer.Option(True, "--store/--no-store", help="Store the verdicts in the database."),
     threshold: float = typer.Option(None, "--threshold", help="Override the registered threshold for this run."),
+    explain: bool = typer.Option(False, "--explain", help="Files: also write an Integrated Gradients overlay "
+                                                           "(captum) of the score next to each anomaly overlay."),
 ) -> None:
     """Verdict, score, defect type and an overlay PNG per image; folders run on the batch-job engine."""
     from trillium.core.cli import fail
@@ -170,6 +172,17 @@ def inspect_cmd(
         if files:
             results, bad = inspector.inspect_files(files, overlay_dir=overlay_dir)
             rows.extend(r.as_dict() for r in results)
+            if explain:
+                from trillium.manufacturing.explain import explain_score
+                from trillium.manufacturing.images import read_image
+                from trillium.manufacturing.pipeline import overlay_png
+
+                for r, row in zip(results, rows[-len(results):], strict=True):
+                    image = read_image(r.image_id)
+                    target = Path(r.overlay).with_suffix("").with_suffix(".ig.png") if r.overlay else (
+                        Path(r.image_id).with_suffix(".ig.png"))
+                    target.write_bytes(overlay_png(image, explain_score(inspector, image)))
+                    row["explanation"] = str(target)
             for p, reason in bad:
                 typer.echo(f"quarantined {p}: {reason}", err=True)
                 rows.append({"image_id": p, "verdict": "unreadable", "reason": reason})

@@ -14,6 +14,7 @@ from typer.testing import CliRunner, Result
 
 from trillium.core.cli import app
 from trillium.manufacturing.linestats import recent_inspections
+from trillium.manufacturing.pipeline import png_bytes_to_array
 from trillium.manufacturing.synth import DEFECTS
 
 
@@ -100,8 +101,13 @@ def test_synth_train_evaluate_inspect_pchart(one_thread: None, tmp_path: Path) -
         str(single_json),
         "--overlays",
         str(overlays),
+        "--explain",
     )
     results = json.loads(single_json.read_text())
+    # --explain: a captum Integrated Gradients overlay beside the anomaly overlay, same size as the image
+    explanation = Path(results[0]["explanation"])
+    assert explanation.parent == overlays and explanation.name.endswith(".ig.png")
+    assert png_bytes_to_array(explanation.read_bytes()).shape[:2] == (64, 64)
     assert [r["verdict"] for r in results][1] == "unreadable" and results[0]["verdict"] in ("good", "defect")
     assert Path(results[0]["overlay"]).parent == overlays and Path(results[0]["overlay"]).is_file()
     assert "quarantined" in single.output and "broken.png" in single.output
