@@ -198,8 +198,8 @@ def bench_batcher(
     one_row = [[rows[i * per_caller + j: i * per_caller + j + 1].clone() for j in range(per_caller)]
                for i in range(callers)]  # (1, n_features) tensors
     items = [[r[0] for r in caller] for caller in one_row]  # (n_features,) tensors
-    kw = dict(duration_s=duration_s, warmup_s=warmup_s, max_batch_size=max_batch_size,
-              max_delay_ms=max_delay_ms, max_queue_size=max_queue_size)
+    kw = {"duration_s": duration_s, "warmup_s": warmup_s, "max_batch_size": max_batch_size,
+          "max_delay_ms": max_delay_ms, "max_queue_size": max_queue_size}
     eager = _pair(EagerMLP(model, runtime.device), one_row, items, rows, **kw)
     tuned = _pair(runtime, one_row, items, rows, **kw)
 

@@ -27,4 +27,4 @@ def test_home_lists_registered_models() -> None:
     assert not at.exception
     frame = at.dataframe[0].value
     assert list(frame["name"]) == ["demo-mlp"]
-    assert [m.value for m in at.metric][0] == "1"
+    assert next(m.value for m in at.metric) == "1"

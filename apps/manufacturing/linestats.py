@@ -188,6 +188,9 @@ def recent_inspections(*, db: Database | None = None, line: str | None = None, l
         "job_id": r.job_id, "prediction_id": r.id,
     } for r in rows], columns=INSPECTION_COLUMNS)
     frame["inspected_at"] = pd.to_datetime(frame["inspected_at"], utc=True)
+    text = ["defect_type", "overlay", "line"]
+    # One missing-value convention for callers: None (pandas would guess NaN for some columns).
+    frame[text] = frame[text].astype(object).where(frame[text].notna(), None)
     return frame
 
 

@@ -162,7 +162,7 @@ class Database:
 def _whoami() -> str:
     try:
         return getpass.getuser()
-    except Exception:  # no login name in some containers
+    except Exception:  # noqa: BLE001 - no login name in some containers (KeyError, OSError, ...)
         return "unknown"
 
 

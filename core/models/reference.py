@@ -7,6 +7,8 @@ the same definitions, and lets the registry rebuild them by name.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -36,7 +38,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         chans = [in_channels, width, width * 2, width * 4, width * 4]
         blocks: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
+        for cin, cout in itertools.pairwise(chans):
             blocks += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
         self.features = nn.Sequential(*blocks)
         self.head = nn.Linear(chans[-1], n_classes)

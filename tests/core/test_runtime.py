@@ -11,7 +11,7 @@ from trillium.core.models.reference import SmallCNN, TabularMLP
 from trillium.core.runtime import InferenceRuntime, TuneSettings
 from trillium.core.runtime.hardware import detect, native_precisions
 
-FAST = dict(budget_s=0.03, min_repeats=3, warmup=2, include_compile=False)
+FAST = {"budget_s": 0.03, "min_repeats": 3, "warmup": 2, "include_compile": False}
 
 
 def _by_name(report: dict) -> dict[str, dict]:
@@ -45,7 +45,7 @@ def test_inaccurate_candidates_are_rejected_by_tolerance() -> None:
     strict = InferenceRuntime(model, x, device="cpu").autotune(
         TuneSettings(sizes=(1, 64), backends=("eager", "onnxruntime"), rtol=1e-5, atol=1e-6, **FAST)
     )
-    int8 = _by_name(strict)["onnxruntime/int8/t%d" % detect().cores]
+    int8 = _by_name(strict)[f"onnxruntime/int8/t{detect().cores}"]
     assert int8["status"] == "rejected" and int8["max_abs_diff"] > 1e-6
     assert "max |diff|" in int8["reason"]
     assert all(strict["choice"][s] != int8["name"] for s in strict["choice"])

@@ -313,3 +313,17 @@ def test_p_chart_points_edge_cases() -> None:
     assert not capped["out_of_control"].any()
     with pytest.raises(InputValidationError, match="n > 0"):
         p_chart_points(counts.assign(n=[0, 1, 1]), 0.5)
+
+
+def test_recent_inspections_use_none_for_missing_text(database: dbmod.Database) -> None:
+    store_inspections(
+        [
+            {"image_id": "a.png", "score": 0.9, "verdict": "defect", "defect_type": "crack", "overlay": "a.ov.png"},
+            {"image_id": "b.png", "score": 0.1, "verdict": "good", "defect_type": float("nan")},
+        ],
+        db=database,
+        line="L",
+    )
+    frame = recent_inspections(db=database, line="L").set_index("image_id")
+    assert frame.loc["b.png", "defect_type"] is None and frame.loc["b.png", "overlay"] is None
+    assert frame.loc["a.png", "defect_type"] == "crack" and frame.loc["a.png", "overlay"] == "a.ov.png"
