@@ -130,6 +130,7 @@ def db_status() -> None:
     from sqlalchemy import func, select
 
     from trillium.core import db
+    from trillium.core.db.models import Base
 
     try:
         d = db.connect()
@@ -139,8 +140,9 @@ def db_status() -> None:
     out.print(f"url: {d.safe_url}\nrevision: {db.current_revision(d.engine)} (head {db.head_revision()})")
     table = Table("table", "rows")
     with d.session() as s:
-        for model in (db.ModelVersion, db.ModelAlias, db.Job, db.JobChunk, db.Prediction, db.Feedback, db.AuditEvent):
-            table.add_row(model.__tablename__, str(s.scalar(select(func.count()).select_from(model))))
+        # every table of the schema, so a domain's new table (a later migration) is listed too
+        for tbl in Base.metadata.sorted_tables:
+            table.add_row(tbl.name, str(s.scalar(select(func.count()).select_from(tbl))))
     out.print(table)
 
 

@@ -31,7 +31,8 @@ from trillium.core.config import home_dir
 from trillium.core.db import connect
 from trillium.core.registry import ModelRegistry
 
-LINE = "demo-line"
+LINE = "demo-line"  # the production line of the simulated shift
+REVIEW = "demo-review"  # the test split re-inspected at a review station, charted apart
 DEFECTS = ("scratch", "crack", "spot", "hole", "contamination")
 
 
@@ -96,7 +97,7 @@ def manufacturing_demo(console: Console) -> dict[str, Any]:
     folder = work / "line" / "test"
     corrupt = folder / "good" / "zz_corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
-    job = inspect_folder(inspector, folder, work / "inspections.csv", overlay_dir=work / "overlays", line=LINE,
+    job = inspect_folder(inspector, folder, work / "inspections.csv", overlay_dir=work / "overlays", line=REVIEW,
                          db=db, progress=False)
     console.print(f"manufacturing: inspected {job.job.rows_out} images as job {job.job.job_id} "
                   f"({job.job.rows_quarantined} quarantined), overlays in {work / 'overlays'}")

@@ -49,13 +49,14 @@ def test_demo_then_models_commands(trillium_home: Path) -> None:
     # manufacturing: 60 test images inspected as a job, the corrupt one quarantined, verdicts and
     # a simulated shift of 192 parts stored, phase-I limits fixed, the drifting lots flagged
     with db.session() as s:
-        mfg_job = s.scalars(select(Job).where(Job.name == "manufacturing-inspect-demo-line")).one()
+        mfg_job = s.scalars(select(Job).where(Job.name == "manufacturing-inspect-demo-review")).one()
         verdicts = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.domain == "manufacturing"))
     assert mfg_job.status == "done" and mfg_job.rows_quarantined == 1 and mfg_job.rows_out == 60
     assert verdicts == 60 + 192
     from trillium.manufacturing.linestats import p_chart
 
     chart = p_chart(line="demo-line", freq="1h", limits="stored")
+    assert len(chart.points) == 8  # the shift's hourly lots; the review station is charted apart
     assert chart.points["out_of_control"].iloc[-2:].any() and not chart.points["out_of_control"].iloc[:4].any()
     assert "inspector" in _cli("models", "list", "inspector", home=trillium_home).stdout
 
@@ -75,7 +76,12 @@ def test_demo_then_models_commands(trillium_home: Path) -> None:
 
 def test_db_status_and_missing_model_error(trillium_home: Path) -> None:
     st = _cli("db", "status", home=trillium_home)
-    assert st.returncode == 0 and "model_versions" in st.stdout and "0001" in st.stdout
+    from trillium.core.db import head_revision
+
+    head = head_revision()
+    assert head is not None and head != "0001"  # later migrations exist (e.g. 0002 control_limits)
+    assert st.returncode == 0 and "model_versions" in st.stdout and "control_limits" in st.stdout
+    assert f"revision: {head}" in " ".join(st.stdout.split())
     missing = _cli("models", "show", "nope", home=trillium_home)
     assert missing.returncode == 2 and "no model 'nope'" in missing.stderr
 
