@@ -5,7 +5,6 @@ it refuses misuse with errors that say what was expected."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,15 +16,6 @@ from trillium.manufacturing.images import discover_mvtec, load_batch, mvtec_spli
 from trillium.manufacturing.synth import synthetic_images, write_synthetic_line
 
 SMALL = {"size": 64, "steps": 5, "batch_size": 4, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """One torch thread: the 2 test cores are shared, and results must not depend on the count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _nchw(images: np.ndarray) -> np.ndarray:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.explain import explain_score
 from trillium.manufacturing.pipeline import Inspector
 from trillium.manufacturing.synth import synthetic_images
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
