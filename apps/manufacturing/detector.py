@@ -109,8 +109,7 @@ class DefectDetector:
         x = _as_batch(good)
         self._check_images(x, "good images")
         train_idx, val_idx = self.validation_split(x.shape[0])
-        self.net_kwargs_ = {"pool": self.pool, "flips": self.flips, "in_channels": self.channels,
-                            "width": self.width, "norm": self.norm}
+        self.net_kwargs_ = self._net_kwargs()
         torch.manual_seed(self.seed)  # the initialisation, too, must not depend on earlier draws
         net = InspectionNet(**self.net_kwargs_)
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, crop=self.crop,
@@ -119,6 +118,20 @@ class DefectDetector:
         self.net_ = net.eval()
         self.n_train_ = len(train_idx)
         return self.calibrate(x[torch.from_numpy(val_idx)], val_defects)
+
+    def _net_kwargs(self) -> dict[str, Any]:
+        """The JSON keyword arguments that rebuild the network (stored in the registry)."""
+        return {"pool": self.pool, "flips": self.flips, "in_channels": self.channels, "width": self.width,
+                "norm": self.norm}
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> DefectDetector:
+        """Adopt segmenter weights trained elsewhere (a state dict of ``InspectionNet``); the
+        threshold still has to be chosen here with ``calibrate``."""
+        self.net_kwargs_ = self._net_kwargs()
+        net = InspectionNet(**self.net_kwargs_)
+        net.load_state_dict(state)
+        self.net_ = net.eval()
+        return self
 
     def validation_split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(training, held-out) indices of ``n`` good images: a seeded permutation, so the same

@@ -4,12 +4,9 @@ inspect (a folder as a job, single files) -> pchart; mistakes end with one clear
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-import pytest
-import torch
 from typer.testing import CliRunner, Result
 
 from trillium.core.cli import app
@@ -18,18 +15,16 @@ from trillium.manufacturing.pipeline import png_bytes_to_array
 from trillium.manufacturing.synth import DEFECTS
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _run(*args: str, ok: bool = True) -> Result:
     result = CliRunner().invoke(app, ["manufacturing", *args])
     if ok:
         assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    return result
+
+
+def _run_core(*args: str) -> Result:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
     return result
 
 
@@ -79,6 +74,21 @@ def test_synth_train_evaluate_inspect_pchart(one_thread: None, tmp_path: Path) -
     assert set(report["per_type"]) == set(DEFECTS) and report["classification"]["n"] == 5
     assert report["model"] == {"name": "inspector", "version": 1}
     assert json.loads(evaluated.output)["n_test"] == report["n_test"]
+
+    # adopt: the registered weights, registered again as if trained elsewhere, come out with the
+    # same held-out split, threshold and classifier as train gave them
+    weights = Path(json.loads(_run_core("models", "show", "inspector", "1").output)["directory"]) / "weights.safetensors"
+    adopted_json = tmp_path / "adopt.json"
+    _run("adopt", "--weights", str(weights), "--data", str(data), "--size", "64", "--shots", "2",
+         "--json", str(adopted_json))
+    adopted = json.loads(adopted_json.read_text())
+    assert adopted["version"] == 2 and "production" in adopted["aliases"]
+    assert adopted["threshold"] == trained["threshold"] and adopted["classes"] == trained["classes"]
+    assert adopted["backends"] is not None  # adopt autotunes here
+    again = _run("evaluate", "--data", str(data), "--json", str(tmp_path / "again.json"), "--shots", "2")
+    assert json.loads(again.output)["image_auroc"] == json.loads(evaluated.output)["image_auroc"]
+    _refused(_run("adopt", "--weights", str(tmp_path / "none.safetensors"), "--data", str(data), ok=False),
+             "none.safetensors")
 
     # A folder runs as a job into --output; its verdicts are stored for the line.
     out_csv = tmp_path / "verdicts.csv"
