@@ -100,8 +100,9 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
         frame.insert(1, "path", frame["image_id"])
         frame["image_id"] = [str(Path(p).relative_to(root_path)) for p in frame["path"]]
         frame.index = chunk.index[chunk["path"].isin(frame["path"]).to_numpy()]
-        rejected = chunk[chunk["path"].isin([p for p, _ in bad])].copy()
-        rejected["reason"] = [dict(bad)[p] for p in rejected["path"]]
+        reasons = dict(bad)
+        rejected = chunk[chunk["path"].isin(reasons)].copy()
+        rejected["reason"] = rejected["path"].map(reasons)
         return ProcessResult(frame[OUTPUT_COLUMNS], rejected)
 
     name = f"manufacturing-inspect-{line}"

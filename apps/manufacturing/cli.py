@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 app = typer.Typer(
-    help="Visual defect detection: synth, train, evaluate, inspect (files, folders, video), pchart, limits.",
+    help="Visual defect detection: synth, train, adopt, evaluate, inspect (files, folders, video), pchart, limits.",
     no_args_is_help=True,
 )
 
@@ -86,6 +86,38 @@ def train_cmd(
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
+@app.command("adopt")
+def adopt_cmd(
+    weights: str = typer.Option(..., "--weights", help="Segmenter weights (safetensors of the registry's "
+                                                       "weights file) trained elsewhere, e.g. on a GPU machine."),
+    data: str = typer.Option(..., "--data", help="The MVTec-layout folder it was trained on."),
+    name: str = typer.Option("inspector", "--name", help="Registry name; the new version becomes 'production'."),
+    size: int = typer.Option(256, "--size", help="Network input side, as trained."),
+    width: int = typer.Option(16, "--width", help="First-stage channels, as trained."),
+    flips: int = typer.Option(1, "--flips", help="Test-time mirror passes."),
+    seed: int = typer.Option(0, "--seed", help="The training seed (fixes the held-out split and --shots draw)."),
+    defects: str = typer.Option(None, "--defects", help="Folder of <type>/ sub-folders: labelled defects."),
+    shots: int = typer.Option(0, "--shots", help="Instead of --defects: labelled defects per type from the test split."),
+    trained: str = typer.Option("{}", "--trained", help="JSON of the training settings, kept as metadata."),
+    json_out: str = typer.Option(None, "--json", help="Write a JSON summary here."),
+) -> None:
+    """Register weights trained elsewhere: threshold, type classifier and autotune done here, as after train."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.manufacturing.lifecycle import adopt_weights, describe
+
+    try:
+        result = adopt_weights(weights, data, size=size, width=width, flips=flips, seed=seed, defects=defects,
+                               shots=shots or None, trained=json.loads(trained))
+    except (TrilliumError, ValueError, OSError, RuntimeError) as exc:
+        fail(exc)
+        return
+    summary = {"seconds": result.seconds, "quarantined": result.quarantined,
+               **(describe(result.record) if result.record else {})}
+    _write_json(json_out, summary)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     data: str = typer.Option(..., "--data", help="MVTec-layout folder with test/ and ground_truth/."),
@@ -147,6 +179,7 @@ def inspect_cmd(
 
     video_suffixes = {".avi", ".mp4", ".mkv", ".mov", ".m4v", ".webm"}
     rows: list[dict[str, Any]] = []
+    direct: list[dict[str, Any]] = []  # inspected here (files, frames); folder jobs store their own
     try:
         inspector = Inspector.from_registry(name, ref)
         if threshold is not None:
@@ -166,12 +199,14 @@ def inspect_cmd(
                 limit = max_frames or None
                 for index, frame in iter_video(p, every=every, max_frames=limit):
                     r = inspector.inspect_arrays([frame], [f"{p}#frame{index}"], overlay_dir=overlay_dir)[0]
-                    rows.append(r.as_dict())
+                    direct.append(r.as_dict())
+                    rows.append(direct[-1])
             else:
                 files.append(p)
         if files:
             results, bad = inspector.inspect_files(files, overlay_dir=overlay_dir)
-            rows.extend(r.as_dict() for r in results)
+            direct.extend(r.as_dict() for r in results)
+            rows.extend(direct[-len(results):] if results else [])
             if explain:
                 from trillium.manufacturing.explain import explain_score
                 from trillium.manufacturing.images import read_image
@@ -188,11 +223,10 @@ def inspect_cmd(
                 rows.append({"image_id": p, "verdict": "unreadable", "reason": reason})
             if bad and not results and len(files) == len(paths):
                 raise ImageReadError(bad[0][0], f"nothing could be inspected ({len(bad)} unreadable file(s))")
-        stored_direct = [r for r in rows if r.get("verdict") in ("good", "defect") and "path" not in r]
-        if store and stored_direct:
+        if store and direct:
             record = inspector.record
             store_inspections([{k: r.get(k) for k in ("image_id", "score", "verdict", "defect_type", "overlay",
-                                                      "threshold")} for r in stored_direct],
+                                                      "threshold")} for r in direct],
                               line=line, model_version_id=record.id if record else None)
     except (TrilliumError, ImageReadError, ValueError) as exc:
         fail(exc)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -218,10 +217,6 @@ def _safe_stem(image_id: str) -> str:
     name = f"{parent}_{stem}" if parent else stem
     digest = hashlib.sha1(image_id.encode(), usedforsecurity=False).hexdigest()[:8]
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] + f"_{digest}"
-
-
-def inspection_json(results: Sequence[Inspection]) -> str:
-    return json.dumps([r.as_dict() for r in results], indent=2)
 
 
 def png_bytes_to_array(data: bytes) -> np.ndarray:

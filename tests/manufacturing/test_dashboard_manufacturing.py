@@ -4,7 +4,6 @@ tuning against the registered validation scores, and inspecting an uploaded imag
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
@@ -44,14 +42,6 @@ def captions_of_images(at: AppTest) -> list[str]:
 
 def percent(text: str) -> float:
     return float(text.rstrip("%"))
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_empty_database_shows_guidance_in_every_section() -> None:
