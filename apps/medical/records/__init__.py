@@ -1,0 +1,6 @@
+"""trillium.medical.records: free-text clinical notes structured into sections and entities.
+
+Rules and lexicons written here (no model downloads): sections, sentences, entities with
+character spans, ConText attributes (negated, uncertain, hypothetical, historical, family),
+and a persisted similar-case index. Imaging lives beside it in ``trillium.medical``.
+"""

@@ -1,0 +1,174 @@
+"""Evaluations of the records pipeline on real text, each written as a JSON report.
+
+- ``negex_eval``: negation (and temporality, experiencer) on the public NegEx annotated
+  sentences, against the figures NegEx published (Chapman et al., 2001).
+- ``specialty_eval``: similar-case retrieval on the MTSamples CSV layout: the share of notes
+  whose 3 nearest neighbours include one of the same specialty, for our index against a plain
+  TF-IDF baseline in the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trillium.core.errors import InputValidationError
+from trillium.medical.records.context import DEFAULT_RULES, DEFAULT_TRIGGERS, Category, ConTextRules, assert_targets, with_section
+from trillium.medical.records.text import find_sections, section_at, tokenize
+
+log = logging.getLogger(__name__)
+
+NEGEX_PUBLISHED = {"sensitivity": 0.778, "specificity": 0.945, "ppv": 0.845, "npv": 0.909,
+                   "source": "Chapman et al. 2001, J Biomed Inform 34:301-310 (discharge summaries)"}
+
+
+@dataclass(frozen=True)
+class NegexRow:
+    line: int
+    condition: str
+    sentence: str
+    negation: str  # Negated / Affirmed / Possible
+    temporality: str  # Recent / Historical / Not particular (hypothetical)
+    experiencer: str  # Patient / Other / Family member
+
+
+NEGEX_BASELINE_RULES = ConTextRules(
+    triggers=tuple(t for t in DEFAULT_TRIGGERS if t.category in (Category.NEGATED, Category.PSEUDO)), max_scope=5,
+    category_scope={},
+)
+"""Classic NegEx in our engine, run in the same evaluation as a baseline: negation and pseudo
+triggers only, a five-token window, no termination terms and no clause breaks beyond ";" and ":"."""
+
+
+def read_negex_tsv(path: str | Path) -> list[NegexRow]:
+    """Rows of the NegEx annotated set (tab-separated, one header line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputValidationError(f"{path}: NegEx annotation file not found")
+    rows: list[NegexRow] = []
+    with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if not header or len(header) < 6:
+            raise InputValidationError(f"{path}: expected 6 tab-separated columns in the header, got {header!r}")
+        for n, rec in enumerate(reader, start=2):
+            if not rec or not any(f.strip() for f in rec):
+                continue
+            if len(rec) < 6:
+                raise InputValidationError(f"{path}:{n}: expected 6 tab-separated fields, got {len(rec)}")
+            try:
+                line = int(rec[0])
+            except ValueError as exc:
+                raise InputValidationError(f"{path}:{n}: line number {rec[0]!r} is not an integer") from exc
+            rows.append(NegexRow(line, rec[1].strip(), rec[2], rec[3].strip(), rec[4].strip(), rec[5].strip()))
+    if not rows:
+        raise InputValidationError(f"{path}: no annotated rows")
+    return rows
+
+
+def locate(condition: str, sentence: str) -> tuple[int, int]:
+    """The character span of ``condition`` in ``sentence``.
+
+    The annotators copied conditions with other spacing and case, and sometimes with words
+    that are not in the sentence; the fallbacks are a whitespace-insensitive match, then the
+    longest run of the condition's tokens, then the whole sentence.
+    """
+    words = condition.split()
+    if words:
+        pattern = r"\s*".join(re.escape(w) for w in words)
+        m = re.search(pattern, sentence, re.IGNORECASE)
+        if m:
+            return m.start(), m.end()
+    s_tok = tokenize(sentence)
+    c_low = [t.lower for t in tokenize(condition) if t.text.isalnum()]
+    best = (0, 0, 0)
+    for i in range(len(s_tok)):
+        for j in range(len(c_low)):
+            n = 0
+            while i + n < len(s_tok) and j + n < len(c_low) and s_tok[i + n].lower == c_low[j + n]:
+                n += 1
+            if n > best[0]:
+                best = (n, i, n)
+    if best[0]:
+        _, i, n = best
+        return s_tok[i].start, s_tok[i + n - 1].end
+    return 0, len(sentence)
+
+
+def _binary(truth: Sequence[bool], pred: Sequence[bool]) -> dict[str, Any]:
+    tp = sum(t and p for t, p in zip(truth, pred, strict=True))
+    fp = sum((not t) and p for t, p in zip(truth, pred, strict=True))
+    fn = sum(t and not p for t, p in zip(truth, pred, strict=True))
+    tn = sum((not t) and not p for t, p in zip(truth, pred, strict=True))
+
+    def ratio(a: int, b: int) -> float | None:
+        return a / b if b else None
+
+    sens, ppv = ratio(tp, tp + fn), ratio(tp, tp + fp)
+    return {
+        "n": len(truth), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "sensitivity": sens, "specificity": ratio(tn, tn + fp), "ppv": ppv, "npv": ratio(tn, tn + fn),
+        "accuracy": ratio(tp + tn, len(truth)),
+        "f1": (2 * sens * ppv / (sens + ppv)) if sens and ppv else None,
+    }
+
+
+def negex_eval(path: str | Path, rules: ConTextRules = DEFAULT_RULES, errors: int = 0) -> dict[str, Any]:
+    """Negation, temporality and experiencer on the NegEx annotated sentences.
+
+    Negation is the binary task NegEx reports (Negated against everything else). The set is
+    split by line-number parity: odd lines were used to develop the trigger lists and the scope
+    window, even lines were held out; both halves and the whole set are reported.
+    ``errors`` > 0 adds that many misclassified rows per half to the report for review.
+    """
+    rows = read_negex_tsv(path)
+    t0 = time.perf_counter()
+    preds = []
+    for r in rows:
+        span = locate(r.condition, r.sentence)
+        a = assert_targets(tokenize(r.sentence), [span], rules)[0]
+        # Some sentences carry their section header ("PAST MEDICAL HISTORY: ... HYPERTENSION"):
+        # apply it as the structurer does for whole notes.
+        preds.append(with_section(a, section_at(find_sections(r.sentence), span[0])))
+    elapsed = time.perf_counter() - t0
+    baseline = [assert_targets(tokenize(r.sentence), [locate(r.condition, r.sentence)], NEGEX_BASELINE_RULES)[0]
+                for r in rows]
+
+    def report(subset: list[int]) -> dict[str, Any]:
+        neg = _binary([rows[i].negation == "Negated" for i in subset], [preds[i].negated for i in subset])
+        hist = _binary([rows[i].temporality == "Historical" for i in subset], [preds[i].historical for i in subset])
+        hyp = _binary([rows[i].temporality == "Not particular" for i in subset],
+                      [preds[i].hypothetical for i in subset])
+        other = _binary([rows[i].experiencer != "Patient" for i in subset], [preds[i].family for i in subset])
+        out = {"negation": neg, "historical": hist, "hypothetical": hyp, "experiencer_other": other,
+               "negation_baseline_negex_window5": _binary([rows[i].negation == "Negated" for i in subset],
+                                                           [baseline[i].negated for i in subset])}
+        if errors:
+            wrong = [i for i in subset if (rows[i].negation == "Negated") != preds[i].negated][:errors]
+            out["negation_errors"] = [
+                {"line": rows[i].line, "condition": rows[i].condition, "sentence": rows[i].sentence,
+                 "truth": rows[i].negation, "evidence": [list(e) for e in preds[i].evidence]}
+                for i in wrong
+            ]
+        return out
+
+    dev = [i for i, r in enumerate(rows) if r.line % 2 == 1]
+    held = [i for i, r in enumerate(rows) if r.line % 2 == 0]
+    return {
+        "dataset": str(path),
+        "n_sentences": len(rows),
+        "split": "development = odd line numbers, held out = even line numbers",
+        "rules": {"max_scope": rules.max_scope, "n_triggers": len(rules.triggers),
+                  "category_scope": {str(k): v for k, v in rules.category_scope.items()}},
+        "all": report(list(range(len(rows)))),
+        "development": report(dev),
+        "held_out": report(held),
+        "published_negex": NEGEX_PUBLISHED,
+        "sentences_per_s": len(rows) / elapsed if elapsed > 0 else None,
+    }
