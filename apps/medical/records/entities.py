@@ -1,0 +1,397 @@
+"""Entities of a clinical note: problems, medications (dose, route, frequency), allergies,
+vital signs, lab values and procedures, each with its character span and ConText attributes.
+
+Dictionary terms are matched on tokens (longest match wins, so "chest pain" beats "pain");
+values (blood pressure, "creatinine 1.3 mg/dL") by patterns anchored on a lexicon name.
+Short abbreviations collide with ordinary words ("MS" multiple sclerosis and "Ms." Smith,
+"PE" and "PE:" the exam), so terms of three letters or fewer match only when written in
+capitals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from trillium.medical.records import lexicon
+from trillium.medical.records.context import DEFAULT_RULES, Assertion, ConTextRules, assert_targets, with_section
+from trillium.medical.records.text import MEDICATION_SECTIONS, Section, Span, Token, tokenize
+
+KINDS = ("problem", "medication", "allergy", "vital", "lab", "procedure")
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One mention: ``note_text[start:end] == text``; ``normalized`` is the canonical name."""
+
+    kind: str
+    text: str
+    start: int
+    end: int
+    normalized: str
+    section: str = "preamble"
+    sentence: int = -1
+    negated: bool = False
+    uncertain: bool = False
+    hypothetical: bool = False
+    historical: bool = False
+    family: bool = False
+    values: dict[str, Any] = field(default_factory=dict)
+    evidence: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def affirmed(self) -> bool:
+        """Present in the patient now: not negated, uncertain, hypothetical or a relative's."""
+        return not (self.negated or self.uncertain or self.hypothetical or self.family)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["evidence"] = [list(e) for e in self.evidence]
+        return out
+
+
+class TermMatcher:
+    """Longest-match lookup of multi-word terms over tokens, case-insensitive except for
+    short abbreviations, with a plural form added for single words and final words."""
+
+    def __init__(self, entries: Mapping[str, Sequence[str]], kind: str) -> None:
+        self.kind = kind
+        self._index: dict[tuple[str, ...], tuple[str, bool]] = {}
+        for canonical, terms in entries.items():
+            for term in terms:
+                toks = tuple(t.lower for t in tokenize(term))
+                if not toks:
+                    continue
+                caps_only = len(term.replace(" ", "")) <= 3 and term.isalpha()
+                self._index.setdefault(toks, (canonical, caps_only))
+                last = toks[-1]
+                if last.isalpha() and len(last) > 3 and not last.endswith("s") and not caps_only:
+                    self._index.setdefault((*toks[:-1], last + "s"), (canonical, False))
+        self._longest = max(len(k) for k in self._index)
+
+    def find(self, tokens: Sequence[Token]) -> list[tuple[int, int, str]]:
+        """(first token, last token inclusive, canonical) of every non-overlapping match."""
+        lowers = [t.lower for t in tokens]
+        out: list[tuple[int, int, str]] = []
+        i = 0
+        while i < len(tokens):
+            for n in range(min(self._longest, len(tokens) - i), 0, -1):
+                hit = self._index.get(tuple(lowers[i : i + n]))
+                if hit is None:
+                    continue
+                canonical, caps_only = hit
+                if caps_only and not tokens[i].text.isupper():
+                    continue
+                out.append((i, i + n - 1, canonical))
+                i += n - 1
+                break
+            i += 1
+        return out
+
+
+def _alternation(names: Sequence[str]) -> str:
+    return "|".join(re.escape(n).replace(r"\ ", r"\s+") for n in sorted(names, key=len, reverse=True))
+
+
+def _variant_index(table: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    return {v.lower(): k for k, vs in table.items() for v in vs}
+
+
+_ROUTE_OF = _variant_index(lexicon.ROUTES)
+_FREQ_OF = _variant_index(lexicon.FREQUENCIES)
+_UNIT_OF = _variant_index(lexicon.DOSE_UNITS)
+_AS_NEEDED = {a.lower() for a in lexicon.AS_NEEDED}
+
+_NUM = r"\d+(?:\.\d+)?"
+_SEP = r"\s*(?:is|was|of|at|:|=|-|~)?\s*"
+_DOSE_RE = re.compile(rf"(?P<dose>{_NUM}(?:\s*(?:-|to)\s*{_NUM})?)\s*(?P<unit>{_alternation(list(_UNIT_OF))})(?![A-Za-z])",
+                      re.IGNORECASE)
+_ROUTE_RE = re.compile(rf"(?<![A-Za-z])(?:{_alternation(list(_ROUTE_OF))})(?![A-Za-z])", re.IGNORECASE)
+_FREQ_RE = re.compile(rf"(?<![A-Za-z])(?:{_alternation(list(_FREQ_OF))})(?![A-Za-z0-9])", re.IGNORECASE)
+_QH_RE = re.compile(r"(?<![A-Za-z])(?:q\s*|every\s+)(\d{1,2})(?:\s*(?:-|to)\s*(\d{1,2}))?\s*(?:h|hr|hrs|hours?)\b",
+                    re.IGNORECASE)
+_PRN_RE = re.compile(rf"(?<![A-Za-z])(?:{_alternation(sorted(_AS_NEEDED))})(?![A-Za-z])", re.IGNORECASE)
+
+
+def _value_patterns() -> list[tuple[str, re.Pattern[str]]]:
+    """Vital-sign patterns: a name, a separator, then a value shaped for that vital."""
+    names = lexicon.VITAL_NAMES
+
+    def name_re(key: str) -> str:
+        long = [n for n in names[key] if len(n) > 2]
+        short = [n for n in names[key] if len(n) <= 2]
+        parts = [f"(?i:{_alternation(long)})"] if long else []
+        parts += [re.escape(s.upper()) for s in short]  # "T 98.6 P 72": capitals only
+        return "(?<![A-Za-z0-9])(?P<name>" + "|".join(parts) + ")(?![A-Za-z])"
+
+    unit_t = r"(?:\s*°\s*|\s*degrees?\s*|\s+)?(?P<unit>F|C|Fahrenheit|Celsius)?(?![A-Za-z])"
+    return [
+        ("blood_pressure", re.compile(name_re("blood_pressure") + _SEP
+                                      + r"(?P<sys>\d{2,3})\s*/\s*(?P<dia>\d{2,3})(?:\s*(?P<unit>mm\s*hg))?",
+                                      re.IGNORECASE)),
+        ("temperature", re.compile(name_re("temperature") + _SEP + rf"(?P<value>{_NUM})" + unit_t)),
+        ("heart_rate", re.compile(name_re("heart_rate") + _SEP
+                                  + r"(?P<value>\d{2,3})(?:\s*(?P<unit>bpm|beats per minute|/min))?(?![\d/])")),
+        ("respiratory_rate", re.compile(name_re("respiratory_rate") + _SEP
+                                        + r"(?P<value>\d{1,2})(?:\s*(?P<unit>breaths per minute|/min))?(?![\d/.])")),
+        ("oxygen_saturation", re.compile(name_re("oxygen_saturation") + r"\s*(?:is|was|of|at|:|=|-|~)?\s*"
+                                         + r"(?P<value>\d{2,3})\s*(?P<unit>%)?"
+                                         + r"(?:\s+on\s+(?P<o2>room air|RA|\d+(?:\.\d+)?\s*(?:L|liters?)\b[^,.;]{0,20}))?")),
+        ("weight", re.compile(name_re("weight") + _SEP
+                              + rf"(?P<value>{_NUM})\s*(?P<unit>kg|kilograms?|lbs?|pounds?)(?![A-Za-z])", re.IGNORECASE)),
+        ("height", re.compile(name_re("height") + _SEP
+                              + rf"(?P<value>{_NUM})\s*(?P<unit>cm|m|in|inches|ft|feet)(?![A-Za-z])", re.IGNORECASE)),
+        ("bmi", re.compile(name_re("bmi") + _SEP + rf"(?P<value>{_NUM})")),
+        ("pain_score", re.compile(name_re("pain_score") + r"\s*(?:score|scale)?\s*(?:is|was|of|:|=)?\s*"
+                                  + r"(?P<value>\d{1,2})\s*/\s*10", re.IGNORECASE)),
+    ]
+
+
+VITAL_PATTERNS = _value_patterns()
+_LAB_UNITS = r"mg/dl|g/dl|mmol/l|meq/l|ng/ml|ng/dl|pg/ml|u/l|iu/l|miu/l|uiu/ml|mu/l|k/ul|k/mm3|x\s*10\^?[39]/l|/ul|/mm3|%|mg/l|mm/hr|sec|seconds|ml/min(?:/1\.73\s*m2)?"
+
+_LAB_UNIT_CANONICAL = {
+    "mg/dl": "mg/dL", "g/dl": "g/dL", "mmol/l": "mmol/L", "meq/l": "mEq/L", "ng/ml": "ng/mL", "ng/dl": "ng/dL",
+    "pg/ml": "pg/mL", "u/l": "U/L", "iu/l": "IU/L", "miu/l": "mIU/L", "uiu/ml": "uIU/mL", "mu/l": "mU/L",
+    "k/ul": "K/uL", "mg/l": "mg/L", "mm/hr": "mm/h", "seconds": "s", "sec": "s",
+}
+
+
+def _lab_pattern() -> re.Pattern[str]:
+    long = [t for terms in lexicon.LABS.values() for t in terms if len(t) > 3]
+    short = [t for terms in lexicon.LABS.values() for t in terms if len(t) <= 3]
+    short_forms = sorted({f for s in short for f in (s.upper(), s.capitalize())}, key=len, reverse=True)
+    name = f"(?P<name>(?i:{_alternation(long)})|{'|'.join(re.escape(s) for s in short_forms)})"
+    return re.compile(rf"(?<![A-Za-z0-9]){name}(?:\s+(?:level|value|count))?{_SEP}"
+                      rf"(?P<value>[<>]?\s*{_NUM})(?!\s*/\s*\d)(?:\s*(?P<unit>(?i:{_LAB_UNITS})))?(?![A-Za-z0-9])")
+
+
+LAB_PATTERN = _lab_pattern()
+_LAB_OF = {t.lower(): name for name, terms in lexicon.LABS.items() for t in terms}
+
+_NO_ALLERGY_RE = re.compile(r"\b(?:nkda|nka|no known (?:drug |medication )?allergies|no allergies|none known|"
+                            r"no drug allergies|denies (?:any )?(?:drug )?allergies)\b|^\s*none\.?\s*$", re.IGNORECASE)
+_ALLERGIC_TO_RE = re.compile(r"\b(?:allergic to|allergy to|allergies to|intolerant (?:of|to))\s+", re.IGNORECASE)
+_REACTION_RE = re.compile(r"\(([^)]{1,60})\)|\b(?:causes?|caused|gives? (?:him|her|me)|->|-|with)\s+([a-z ]{3,40})$",
+                          re.IGNORECASE)
+
+
+@dataclass
+class _Sentence:
+    span: Span
+    section: Section
+    tokens: list[Token]
+
+
+class EntityExtractor:
+    """Finds the entities of a note given its sections and sentences (see ``structurer``)."""
+
+    def __init__(
+        self,
+        problems: Mapping[str, Sequence[str]] = lexicon.PROBLEMS,
+        medications: Mapping[str, Sequence[str]] = lexicon.MEDICATIONS,
+        procedures: Mapping[str, Sequence[str]] = lexicon.PROCEDURES,
+        rules: ConTextRules = DEFAULT_RULES,
+    ) -> None:
+        self.problems = problems
+        self.medications = medications
+        self.procedures = procedures
+        self.rules = rules
+        self._matchers = [TermMatcher(medications, "medication"), TermMatcher(procedures, "procedure"),
+                          TermMatcher(problems, "problem")]
+
+    # -- per kind ---------------------------------------------------------------------------
+    def _terms(self, text: str, sent: _Sentence) -> list[Entity]:
+        """Dictionary mentions; medications first, so "Lasix" is a drug, not a problem."""
+        taken: set[int] = set()
+        out: list[Entity] = []
+        for matcher in self._matchers:
+            for first, last, canonical in matcher.find(sent.tokens):
+                if any(i in taken for i in range(first, last + 1)):
+                    continue
+                taken.update(range(first, last + 1))
+                a, b = sent.tokens[first].start, sent.tokens[last].end
+                out.append(Entity(matcher.kind, text[a:b], a, b, canonical, sent.section.name))
+        return out
+
+    @staticmethod
+    def _medication_values(text: str, med: Entity, limit: int) -> dict[str, Any]:
+        """Dose, unit, route, frequency and PRN written after the drug name, up to the next drug
+        or the end of the line or sentence."""
+        window = text[med.end : limit]
+        cut = re.search(r"[;\n]|\.\s+[A-Z]", window)
+        window = window[: cut.start()] if cut else window
+        window = window[:90]
+        values: dict[str, Any] = {}
+        if (m := _DOSE_RE.search(window)) is not None and m.start() < 40:
+            dose = m.group("dose")
+            nums = [float(x) for x in re.findall(_NUM, dose)]
+            values["dose"] = nums[0] if len(nums) == 1 else nums
+            values["unit"] = _UNIT_OF[re.sub(r"\s+", " ", m.group("unit").lower())]
+        if (m := _ROUTE_RE.search(window)) is not None:
+            values["route"] = _ROUTE_OF[re.sub(r"\s+", " ", m.group().lower())]
+        if (m := _QH_RE.search(window)) is not None:
+            lo, hi = m.group(1), m.group(2)
+            values["frequency"] = f"Q{lo}H" if not hi else f"Q{lo}-{hi}H"
+            code = {"12": "BID", "8": "TID", "6": "QID"}.get(lo) if not hi else None
+            values["frequency"] = code or values["frequency"]
+        elif (m := _FREQ_RE.search(window)) is not None:
+            values["frequency"] = _FREQ_OF[re.sub(r"\s+", " ", m.group().lower())]
+        values["as_needed"] = bool(_PRN_RE.search(window))
+        if values["as_needed"] and (m := re.search(r"\b(?:prn|as needed)\s+(?:for\s+)?([a-z][a-z ]{2,30}?)(?=[,.;]|$)",
+                                                   window, re.IGNORECASE)):
+            values["indication"] = m.group(1).strip()
+        return values
+
+    @staticmethod
+    def _vitals(text: str, span: Span, section: str) -> list[Entity]:
+        out = []
+        for name, pattern in VITAL_PATTERNS:
+            for m in pattern.finditer(text, span.start, span.end):
+                values: dict[str, Any] = {}
+                if name == "blood_pressure":
+                    values = {"systolic": int(m.group("sys")), "diastolic": int(m.group("dia")), "unit": "mmHg"}
+                    if not (50 <= values["systolic"] <= 300 and 20 <= values["diastolic"] <= 200):
+                        continue
+                else:
+                    value = float(m.group("value"))
+                    unit = (m.groupdict().get("unit") or "").strip()
+                    if name == "temperature":
+                        unit = (unit[:1].upper() if unit else ("C" if value < 45 else "F"))
+                        if not (30 <= value <= 45 if unit == "C" else 86 <= value <= 113):
+                            continue
+                    elif name == "weight":
+                        unit = "kg" if unit.lower().startswith("k") else "lb"
+                    elif name == "height":
+                        unit = {"inches": "in", "feet": "ft"}.get(unit.lower(), unit.lower())
+                    elif name == "oxygen_saturation":
+                        unit = "%"
+                        if not 50 <= value <= 100:
+                            continue
+                        if m.group("o2"):
+                            values["on"] = m.group("o2")
+                    elif name == "heart_rate":
+                        unit = "bpm"
+                        if not 20 <= value <= 250:
+                            continue
+                    elif name == "respiratory_rate":
+                        unit = "breaths/min"
+                        if not 4 <= value <= 70:
+                            continue
+                    elif name == "pain_score":
+                        unit = "/10"
+                    values = {"value": value, "unit": unit or None, **values}
+                a, b = m.start(), m.end()
+                while b > a and text[b - 1] in " \t":
+                    b -= 1
+                out.append(Entity("vital", text[a:b], a, b, name, section, values=values))
+        return out
+
+    @staticmethod
+    def _labs(text: str, span: Span, section: str) -> list[Entity]:
+        out = []
+        for m in LAB_PATTERN.finditer(text, span.start, span.end):
+            raw = m.group("value").replace(" ", "")
+            qualifier = raw[0] if raw[0] in "<>" else None
+            unit = m.group("unit")
+            values: dict[str, Any] = {"value": float(raw.lstrip("<>")),
+                                      "unit": _LAB_UNIT_CANONICAL.get(unit.lower(), unit) if unit else None}
+            if qualifier:
+                values["qualifier"] = qualifier
+            name = _LAB_OF[re.sub(r"\s+", " ", m.group("name").lower())]
+            out.append(Entity("lab", text[m.start() : m.end()], m.start(), m.end(), name, section, values=values))
+        return out
+
+    def _allergies(self, text: str, sent: _Sentence) -> tuple[list[Entity], bool]:
+        """Allergens of an allergy-section sentence or of "allergic to X"; True when the
+        sentence states there are none (NKDA)."""
+        span = sent.span
+        body = text[span.start : span.end]
+        if sent.section.name == "allergies":
+            if _NO_ALLERGY_RE.search(body):
+                return [], True
+            items = [(m.start() + span.start, m.end() + span.start) for m in re.finditer(r"[^,;\n]+", body)]
+            # "Penicillin and sulfa" -> two items
+            split: list[tuple[int, int]] = []
+            for a, b in items:
+                pos = a
+                for m in re.finditer(r"\s+(?:and|or)\s+", text[a:b]):
+                    split.append((pos, a + m.start()))
+                    pos = a + m.end()
+                split.append((pos, b))
+            items = split
+        else:
+            m = _ALLERGIC_TO_RE.search(body)
+            if not m:
+                return [], False
+            rest_start = span.start + m.end()
+            rest = text[rest_start : span.end]
+            stop = re.search(r"[.;]|\s+(?:and|but|which|who)\s+(?!\w+\s*\))", rest)
+            items = [(rest_start, rest_start + (stop.start() if stop else len(rest)))]
+        out = []
+        for a, b in items:
+            item = text[a:b]
+            lead = re.match(r"\s*(?:\d+[.)]\s*|[-*•]\s*|(?:she|he|patient|pt)?\s*(?:is\s+)?(?:allergic|allergy|"
+                            r"allergies)\s+(?:to\s+)?|to\s+)?", item, re.IGNORECASE)
+            a += lead.end() if lead else 0
+            item = text[a:b]
+            reaction = None
+            if (rm := _REACTION_RE.search(item)) is not None:
+                reaction = (rm.group(1) or rm.group(2) or "").strip() or None
+                b = a + rm.start()
+            while b > a and not text[b - 1].isalnum():
+                b -= 1
+            while a < b and not text[a].isalnum():
+                a += 1
+            if b - a < 2 or b - a > 60:
+                continue
+            allergen = text[a:b]
+            toks = tokenize(text, a, b)
+            normalized = allergen.lower()
+            for first, last, canonical in TermMatcher(self.medications, "medication").find(toks) if toks else []:
+                if first == 0:
+                    normalized = canonical
+                    break
+            values = {"reaction": reaction} if reaction else {}
+            out.append(Entity("allergy", allergen, a, b, normalized, sent.section.name, values=values))
+        return out, False
+
+    # -- whole note -------------------------------------------------------------------------
+    def extract(self, text: str, sentences: Sequence[tuple[Span, Section]]) -> tuple[list[Entity], bool]:
+        """Entities in text order, and whether the note says the patient has no known allergies."""
+        sents = [_Sentence(span, sec, tokenize(text, span.start, span.end)) for span, sec in sentences]
+        entities: list[tuple[int, Entity]] = []
+        no_allergies = False
+        for si, sent in enumerate(sents):
+            found: list[Entity] = []
+            allergies, none = self._allergies(text, sent)
+            no_allergies = no_allergies or none
+            found.extend(allergies)
+            if sent.section.name != "allergies":
+                terms = self._terms(text, sent)
+                found.extend(e for e in terms if not any(x.start <= e.start < x.end for x in allergies))
+            vitals = self._vitals(text, sent.span, sent.section.name)
+            labs = [lab for lab in self._labs(text, sent.span, sent.section.name)
+                    if not any(v.start <= lab.start < v.end for v in vitals)]
+            # A lab or vital value wins over a dictionary word inside it ("K" is not a problem)
+            valued = vitals + labs
+            found = [e for e in found if not any(v.start <= e.start < v.end for v in valued)] + valued
+            meds = sorted((e for e in found if e.kind == "medication"), key=lambda e: e.start)
+            for k, med in enumerate(meds):
+                limit = meds[k + 1].start if k + 1 < len(meds) else sent.span.end
+                values = self._medication_values(text, med, limit)
+                found[found.index(med)] = replace(med, values=values)
+            if found:
+                matches = self.rules.match(sent.tokens)
+                asserted = assert_targets(sent.tokens, [(e.start, e.end) for e in found], self.rules, matches)
+                for e, a in zip(found, asserted, strict=True):
+                    if sent.section.name in MEDICATION_SECTIONS and e.kind == "medication":
+                        a = Assertion()  # a medication list states what is taken; "as needed" is not doubt
+                    a = with_section(a, sent.section)
+                    entities.append((si, replace(e, sentence=si, negated=a.negated, uncertain=a.uncertain,
+                                                  hypothetical=a.hypothetical, historical=a.historical,
+                                                  family=a.family, evidence=a.evidence)))
+        entities.sort(key=lambda p: (p[1].start, p[1].end))
+        return [e for _, e in entities], no_allergies
