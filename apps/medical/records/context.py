@@ -16,7 +16,6 @@ annotated sentences and are reported on the other half (see ``evaluate.negex_eva
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -128,16 +127,7 @@ PSEUDO = _triggers(Category.PSEUDO, F, """
     whether or not|if not|and/or|with or without|not only|not just|not all|not always|no obvious change|
     no sign of change|negative for change|possible change
 """)
-TERMINATION = [Trigger(p.strip(), Category.TERMINATE, F) for p in """
-    but|however|although|though|aside from|apart from|except|except for|yet|which|who|whose|
-    cause of|cause for|causes of|causes for|source of|sources of|reason of|reason for|reasons of|reasons for|
-    etiology of|etiology for|origin of|origins of|secondary to|due to|presenting|presents|presented|
-    patient|pt|trigger event for|still|nevertheless|nonetheless|otherwise|other than|remains|remained|
-    with the exception of|complains of|complaining of|c/o|reports|reported|reporting|notes|noted|states|stated|
-    admits|admitted|positive for|significant for|consistent with|revealed|reveals|shows|showed|demonstrated|
-    demonstrates|are present|is present|was present|were present|has|have|had|
-    now|today|currently|recently|since|after|given|treated with|treatment of|on|started on
-""".split("|") if p.strip()]
+TERMINATION = [Trigger(p.strip(), Category.TERMINATE, F) for p in ["\n    but", "however", "although", "though", "aside from", "apart from", "except", "except for", "yet", "which", "who", "whose", "\n    cause of", "cause for", "causes of", "causes for", "source of", "sources of", "reason of", "reason for", "reasons of", "reasons for", "\n    etiology of", "etiology for", "origin of", "origins of", "secondary to", "due to", "presenting", "presents", "presented", "\n    patient", "pt", "trigger event for", "still", "nevertheless", "nonetheless", "otherwise", "other than", "remains", "remained", "\n    with the exception of", "complains of", "complaining of", "c/o", "reports", "reported", "reporting", "notes", "noted", "states", "stated", "\n    admits", "admitted", "positive for", "significant for", "consistent with", "revealed", "reveals", "shows", "showed", "demonstrated", "\n    demonstrates", "are present", "is present", "was present", "were present", "has", "have", "had", "\n    now", "today", "currently", "recently", "since", "after", "given", "treated with", "treatment of", "on", "started on\n"] if p.strip()]
 """Terms that end a trigger's scope. Affirming verbs ("reports", "has", "positive for") and
 clause starters are included because in clinical text they begin a new assertion."""
 

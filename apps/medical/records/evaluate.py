@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from trillium.core.errors import InputValidationError
-from trillium.medical.records.context import DEFAULT_RULES, DEFAULT_TRIGGERS, Category, ConTextRules, assert_targets, with_section
+from trillium.medical.records.context import (
+    DEFAULT_RULES,
+    DEFAULT_TRIGGERS,
+    Category,
+    ConTextRules,
+    assert_targets,
+    with_section,
+)
 from trillium.medical.records.text import find_sections, section_at, tokenize
 
 log = logging.getLogger(__name__)

@@ -59,9 +59,11 @@ cough: coughing | productive cough | dry cough | hemoptysis
 wheezing: wheeze | wheezes
 pleural effusion: effusion | effusions | pleural effusions
 pneumothorax: ptx
-lung cancer: lung carcinoma | non-small cell lung cancer | nsclc | small cell lung cancer | lung mass | pulmonary nodule | lung nodule | pulmonary nodules
+lung cancer: lung carcinoma | non-small cell lung cancer | nsclc | small cell lung cancer | bronchogenic carcinoma
+pulmonary nodule: lung nodule | pulmonary nodules | lung nodules | lung mass | pulmonary mass | ground-glass opacity | ground glass opacity | ggo
 obstructive sleep apnea: osa | sleep apnea
 tuberculosis: tb
+sarcoidosis: sarcoid
 fever: fevers | febrile | pyrexia | temperature elevation | elevated temperature
 chills: rigors
 fatigue: tiredness | malaise | lethargy | weakness | generalized weakness

@@ -9,6 +9,7 @@ sentence splitter.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -224,7 +225,7 @@ def split_sentences(text: str, start: int = 0, end: int | None = None) -> list[S
         pos = text.find("\n", pos + 1, end)
     bounds = sorted(cuts)
     spans: list[Span] = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         while a < b and text[a].isspace():
             a += 1
         while b > a and text[b - 1].isspace():
