@@ -1,5 +1,37 @@
-"""``trillium medical``: chest-CT studies and clinical-note structuring commands."""
+"""``trillium medical``: clinical-note structuring (``records``) and the patient view.
+
+Chest-CT commands join this group as imaging lands (issue 4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Chest-CT analysis and clinical-note structuring (no commands in this release yet).", no_args_is_help=True)
+from trillium.medical.records.cli import app as records_app
+
+app = typer.Typer(help="Medical: clinical notes (records ...) and the patient view joining notes with CT findings.",
+                  no_args_is_help=True)
+app.add_typer(records_app, name="records")
+
+
+@app.command("patient")
+def patient_cmd(
+    patient_id: str = typer.Argument(None, help="Patient id; leave out to list the patients in the database."),
+    json_out: str = typer.Option("-", "--json", help="Write the view here (JSON; '-' for stdout)."),
+) -> None:
+    """One patient's problems, medications, allergies, vitals, labs and CT findings across notes and studies."""
+    from trillium.medical.store import list_patients, patient_view
+
+    payload = patient_view(patient_id) if patient_id else {"patients": list_patients()}
+    if patient_id and not payload["notes"] and not payload["ct_studies"]:
+        typer.echo(f"no notes or CT studies stored for patient {patient_id!r}", err=True)
+        raise typer.Exit(code=1)
+    text = json.dumps(payload, indent=2, default=str)
+    if json_out == "-":
+        typer.echo(text)
+    else:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(text)

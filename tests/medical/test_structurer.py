@@ -98,7 +98,7 @@ def test_inline_mtsamples_headers() -> None:
     names = [s.name for s in find_sections(text)]
     assert names == ["subjective", "past_medical_history", "medications"]
     n = RecordStructurer().structure(text)
-    asthma = [e for e in n.entities if e.normalized == "asthma"][0]
+    asthma = next(e for e in n.entities if e.normalized == "asthma")
     assert asthma.historical and asthma.section == "past_medical_history"
 
 

@@ -1,0 +1,216 @@
+"""``trillium medical records``: structure clinical notes, index them, find similar cases, evaluate."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    help="Clinical notes: synth, extract (sections, entities, negation), index, similar, negex-eval, specialty-eval.",
+    no_args_is_help=True,
+)
+
+CATALOG = "catalog.json"
+
+
+def _write_json(path: str | None, payload: Any) -> None:
+    if path and path != "-":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2, default=str))
+    else:
+        typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _load(inputs: list[str], text_column: str, patient_column: str | None, id_column: str | None,
+          max_bytes: int) -> tuple[list[Any], list[Any]]:
+    from trillium.medical.records.notes import load_notes, read_notes_csv
+
+    if patient_column or id_column:
+        notes, rejected = [], []
+        for item in inputs:
+            if item.lower().endswith(".csv"):
+                n, r = read_notes_csv(item, text_column=text_column, id_column=id_column,
+                                      patient_column=patient_column, max_chars=max_bytes)
+            else:
+                n, r = load_notes(item, text_column=text_column, max_bytes=max_bytes)
+            notes += n
+            rejected += r
+        return notes, rejected
+    return load_notes(inputs, text_column=text_column, max_bytes=max_bytes)
+
+
+@app.command("synth")
+def synth_cmd(
+    out: str = typer.Argument(..., help="Folder for one .txt per note, truth.json and mtsamples.csv."),
+    n: int = typer.Option(40, "--n", help="Number of notes."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same notes."),
+) -> None:
+    """Write synthetic clinical notes (several specialties) with their true entities."""
+    from trillium.medical.records.synth import synthetic_notes, write_mtsamples_csv, write_notes_folder
+
+    notes = synthetic_notes(n, seed=seed)
+    paths = write_notes_folder(notes, out)
+    csv_path = write_mtsamples_csv(notes, Path(out) / "mtsamples.csv")
+    typer.echo(json.dumps({"notes": len(paths), "folder": str(out), "mtsamples_csv": str(csv_path),
+                           "patients": len({x.patient_id for x in notes})}, indent=2))
+
+
+@app.command("extract")
+def extract_cmd(
+    inputs: list[str] = typer.Argument(..., help="Note files (.txt), folders of notes, or CSV files."),
+    json_out: str = typer.Option("-", "--json", help="Write the structured notes here (JSON; '-' for stdout)."),
+    text_column: str = typer.Option("transcription", "--text-column", help="CSV column holding the note text."),
+    patient_column: str = typer.Option(None, "--patient-column", help="CSV column holding the patient id."),
+    id_column: str = typer.Option(None, "--id-column", help="CSV column holding the note id."),
+    store: bool = typer.Option(True, "--store/--no-store", help="Store notes and entities in the database."),
+    max_bytes: int = typer.Option(2_000_000, "--max-bytes", help="Refuse notes larger than this."),
+    summary_only: bool = typer.Option(False, "--summary", help="Write per-note counts instead of every entity."),
+) -> None:
+    """Structure notes: sections, sentences, entities with spans and negation/uncertainty/history/family."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.medical.records.structurer import RecordStructurer
+    from trillium.medical.store import store_notes
+
+    try:
+        notes, rejected = _load(inputs, text_column, patient_column, id_column, max_bytes)
+        structurer = RecordStructurer()
+        structured = [structurer.structure(n) for n in notes]
+        if store and structured:
+            store_notes(structured)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    for r in rejected:
+        typer.echo(f"quarantined {r.source}: {r.reason}", err=True)
+    payload = {
+        "notes": [s.summary() if summary_only else s.to_dict() for s in structured],
+        "quarantined": [{"source": r.source, "reason": r.reason} for r in rejected],
+        "stored": bool(store and structured),
+    }
+    _write_json(json_out, payload)
+    if json_out != "-":
+        typer.echo(f"structured {len(structured)} notes ({sum(len(s.entities) for s in structured)} entities), "
+                   f"quarantined {len(rejected)}; wrote {json_out}", err=True)
+    if not structured:
+        raise typer.Exit(code=1)
+
+
+@app.command("index")
+def index_cmd(
+    inputs: list[str] = typer.Argument(..., help="Note files, folders or CSV files to index."),
+    out: str = typer.Option(..., "--out", help="Folder to write the index to (JSON + numpy, sha256 manifest)."),
+    text_column: str = typer.Option("transcription", "--text-column", help="CSV column holding the note text."),
+    method: str = typer.Option("hybrid", "--method", help="hybrid (BM25 text + concepts), bm25 or tfidf."),
+    concept_weight: float = typer.Option(0.5, "--concept-weight", help="Share of the score from concepts (hybrid)."),
+) -> None:
+    """Build and save a similar-case index of notes."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.medical.records.retrieval import SimilarCaseIndex
+    from trillium.medical.records.structurer import RecordStructurer
+
+    try:
+        notes, rejected = _load(inputs, text_column, None, None, 2_000_000)
+        if len(notes) < 2:
+            raise TrilliumError(f"an index needs at least 2 notes; {len(notes)} read from {', '.join(inputs)}")
+        structurer = RecordStructurer()
+        concepts = [structurer.structure(n).concepts() for n in notes] if method == "hybrid" else None
+        index = SimilarCaseIndex(method=method, concept_weight=concept_weight)
+        index.fit([n.text for n in notes], [n.note_id for n in notes], concepts)
+        path = index.save(out)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    catalog = {n.note_id: {"patient_id": n.patient_id, "source": n.source,
+                           "specialty": n.metadata.get("medical_specialty") or n.metadata.get("specialty"),
+                           "preview": " ".join(n.text.split())[:160]} for n in notes}
+    (path / CATALOG).write_text(json.dumps(catalog, indent=1))
+    for r in rejected:
+        typer.echo(f"quarantined {r.source}: {r.reason}", err=True)
+    typer.echo(json.dumps({"index": str(path), "notes": len(notes), "method": method,
+                           "quarantined": len(rejected)}, indent=2))
+
+
+@app.command("similar")
+def similar_cmd(
+    index_dir: str = typer.Option(..., "--index", help="Folder written by 'records index'."),
+    text: str = typer.Argument(None, help="Query text (or use --file / --note-id)."),
+    file: str = typer.Option(None, "--file", help="Read the query note from this file."),
+    note_id: str = typer.Option(None, "--note-id", help="Neighbours of an indexed note."),
+    k: int = typer.Option(5, "-k", "--k", help="How many similar notes."),
+    json_out: str = typer.Option("-", "--json", help="Write the hits here (JSON; '-' for stdout)."),
+) -> None:
+    """Top-k notes most similar to a query note, with scores."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.medical.records.notes import read_note
+    from trillium.medical.records.retrieval import SimilarCaseIndex
+    from trillium.medical.records.structurer import RecordStructurer
+
+    try:
+        if sum(x is not None for x in (text, file, note_id)) != 1:
+            raise TrilliumError("give exactly one query: TEXT, --file PATH or --note-id ID")
+        index = SimilarCaseIndex.load(index_dir)
+        if note_id is not None:
+            hits = index.neighbours(note_id, k=k)
+        else:
+            query = read_note(file).text if file else text
+            if query == "-":
+                query = sys.stdin.read()
+            concepts = RecordStructurer().structure(query).concepts()
+            hits = index.query(query, k=k, concepts=concepts)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    catalog_path = Path(index_dir) / CATALOG
+    catalog = json.loads(catalog_path.read_text()) if catalog_path.is_file() else {}
+    _write_json(json_out, {"hits": [{"rank": h.rank, "note_id": h.note_id, "score": round(h.score, 4),
+                                     **catalog.get(h.note_id, {})} for h in hits]})
+
+
+@app.command("negex-eval")
+def negex_eval_cmd(
+    tsv: str = typer.Option(..., "--tsv", help="The NegEx annotated sentences (rsAnnotations-1-120-random.tsv)."),
+    json_out: str = typer.Option("-", "--json", help="Write the report here."),
+    errors: int = typer.Option(0, "--errors", help="Include this many misclassified sentences per half."),
+) -> None:
+    """Negation (and temporality, experiencer) on the public NegEx set, against NegEx's published figures."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.medical.records.evaluate import negex_eval
+
+    try:
+        report = negex_eval(tsv, errors=errors)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    _write_json(json_out, report)
+    neg = report["held_out"]["negation"]
+    typer.echo(f"held-out negation: sensitivity {neg['sensitivity']:.3f}, specificity {neg['specificity']:.3f}, "
+               f"PPV {neg['ppv']:.3f} (NegEx published 0.778 / 0.945 / 0.845)", err=True)
+
+
+@app.command("specialty-eval")
+def specialty_eval_cmd(
+    csv_path: str = typer.Option(..., "--csv", help="MTSamples-layout CSV (medical_specialty, transcription, ...)."),
+    json_out: str = typer.Option("-", "--json", help="Write the report here."),
+    k: int = typer.Option(3, "-k", "--k", help="Neighbours per note."),
+) -> None:
+    """Top-k specialty hit rate of similar-case retrieval against a plain TF-IDF baseline."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.medical.records.evaluate import specialty_eval
+
+    try:
+        report = specialty_eval(csv_path, k=k)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    _write_json(json_out, report)
+    typer.echo(f"top-{k} specialty hit rate: ours {report['hit_rate']:.3f}, TF-IDF baseline "
+               f"{report['baseline_hit_rate']:.3f} ({report['n_notes']} notes)", err=True)
