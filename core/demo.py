@@ -175,9 +175,15 @@ def _manufacturing(console: Console) -> Any:
     return manufacturing_demo(console)
 
 
+def _medical(console: Console) -> Any:
+    from trillium.medical.demo import medical_demo
+
+    return medical_demo(console)
+
+
 # Each domain appends its demo step here as it lands: (name, callable(console)).
 DEMOS: list[tuple[str, Callable[[Console], Any]]] = [
-    ("core", core_demo), ("finance", _finance), ("manufacturing", _manufacturing),
+    ("core", core_demo), ("finance", _finance), ("manufacturing", _manufacturing), ("medical", _medical),
 ]
 
 

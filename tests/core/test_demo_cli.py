@@ -59,6 +59,21 @@ def test_demo_then_models_commands(trillium_home: Path) -> None:
     assert len(chart.points) == 8  # the shift's hourly lots; the review station is charted apart
     assert chart.points["out_of_control"].iloc[-2:].any() and not chart.points["out_of_control"].iloc[:4].any()
     assert "inspector" in _cli("models", "list", "inspector", home=trillium_home).stdout
+    # medical records: 24 synthetic notes structured and stored, the binary file quarantined, a
+    # patient with several notes viewable, the saved index answers a query from the CLI
+    from trillium.medical.store import list_patients, patient_view
+
+    patients = list_patients(db=db)
+    assert sum(p["notes"] for p in patients) == 24
+    busiest = max(patients, key=lambda p: p["notes"])
+    view = patient_view(busiest["patient_id"], db=db)
+    assert len(view["notes"]) >= 2 and view["problems"]["active"] and view["medications"]
+    index_dir = trillium_home / "demo" / "medical" / "index"
+    similar = _cli("medical", "records", "similar", "--index", str(index_dir), "chest pain and hypertension",
+                   "-k", "3", home=trillium_home)
+    assert similar.returncode == 0, similar.stderr
+    hits = json.loads(similar.stdout)["hits"]
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"] > 0
 
     listed = _cli("models", "list", home=trillium_home)
     assert listed.returncode == 0 and "reference-mlp" in listed.stdout and "production" in listed.stdout

@@ -1,0 +1,221 @@
+"""Medical: the patient view, the record viewer with entities highlighted, similar cases, note upload.
+
+Thin over ``trillium.medical``: ``store`` for stored notes, CT findings and the patient view;
+``RecordStructurer`` for an uploaded note; ``SimilarCaseIndex`` built over the stored notes
+(cached until a note is added). Note text is HTML-escaped before highlighting.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from trillium.core import db as dbmod
+from trillium.core.config import database_url
+from trillium.core.errors import TrilliumError
+
+st.set_page_config(page_title="Trillium · Medical", layout="wide")
+st.title("Medical: patients, records and similar cases")
+
+COLOURS = {"problem": "#fde2e1", "medication": "#dff0d8", "allergy": "#fcf8e3", "vital": "#d9edf7",
+           "lab": "#e8e1f5", "procedure": "#f0e6d2"}
+FLAGS = ("negated", "uncertain", "hypothetical", "historical", "family")
+EXTRACT_HINT = ("Structure notes with `trillium medical records extract <files or folder>` "
+                "(`trillium medical records synth <folder>` writes synthetic ones), or upload a note below.")
+
+
+@st.cache_resource
+def database(url: str) -> dbmod.Database:
+    return dbmod.connect(url)
+
+
+@st.cache_resource
+def structurer() -> Any:
+    from trillium.medical.records.structurer import RecordStructurer
+
+    return RecordStructurer()
+
+
+@st.cache_resource(show_spinner="indexing the stored notes")
+def note_index(url: str, fingerprint: tuple[int, str]) -> Any:
+    """A similar-case index over the stored notes; ``fingerprint`` (count, latest time) renews it."""
+    from trillium.medical.records.retrieval import SimilarCaseIndex
+    from trillium.medical.store import load_note, recent_notes
+
+    db = database(url)
+    notes = [load_note(r["note_id"], db=db) for r in recent_notes(db=db, limit=100_000)]
+    notes = [n for n in notes if n]
+    concepts = [sorted({f"{e['kind']}:{e['normalized']}" for e in n["entities"]
+                        if not any(e[f] for f in ("negated", "uncertain", "hypothetical", "family"))
+                        and e["kind"] in ("problem", "medication", "procedure", "allergy")}) for n in notes]
+    return SimilarCaseIndex(method="hybrid").fit([n["text"] for n in notes], [n["note_id"] for n in notes], concepts)
+
+
+def highlighted(text: str, entities: list[dict[str, Any]]) -> str:
+    """The note as HTML: each entity in its kind's colour, negated ones struck through, with the
+    attributes in the tooltip."""
+    out, pos = [], 0
+    for e in sorted(entities, key=lambda e: (e["start"], -e["end"])):
+        if e["start"] < pos:
+            continue
+        out.append(html.escape(text[pos:e["start"]]))
+        flags = [f for f in FLAGS if e.get(f)]
+        style = f"background:{COLOURS.get(e['kind'], '#eee')};padding:0 2px;border-radius:3px;"
+        if e.get("negated"):
+            style += "text-decoration:line-through;"
+        tip = html.escape(f"{e['kind']}: {e['normalized']}" + (f" [{', '.join(flags)}]" if flags else ""))
+        badge = "".join(f"<sup>{html.escape(f[:3].upper())}</sup>" for f in flags)
+        out.append(f'<span title="{tip}" style="{style}">{html.escape(text[e["start"]:e["end"]])}</span>{badge}')
+        pos = e["end"]
+    out.append(html.escape(text[pos:]))
+    return ("<div style='white-space:pre-wrap;font-family:monospace;font-size:0.85rem;line-height:1.5'>"
+            + "".join(out) + "</div>")
+
+
+def entity_table(entities: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [{"kind": e["kind"], "text": e["text"], "normalized": e["normalized"], "section": e["section"],
+             "attributes": ", ".join(f for f in FLAGS if e.get(f)) or "affirmed",
+             "values": ", ".join(f"{k}={v}" for k, v in (e.get("values") or {}).items())} for e in entities]
+    return pd.DataFrame(rows, columns=["kind", "text", "normalized", "section", "attributes", "values"])
+
+
+def show_note(text: str, entities: list[dict[str, Any]], key: str) -> None:
+    kinds = sorted({e["kind"] for e in entities})
+    chosen = st.multiselect("Entity kinds", kinds, default=kinds, key=f"kinds-{key}")
+    shown = [e for e in entities if e["kind"] in chosen]
+    st.markdown(" ".join(f"<span style='background:{COLOURS[k]};padding:0 4px'>{k}</span>" for k in kinds)
+                + " &nbsp; struck through = negated; NEG / UNC / HYP / HIS / FAM = attributes",
+                unsafe_allow_html=True)
+    st.markdown(highlighted(text, shown), unsafe_allow_html=True)
+    st.dataframe(entity_table(shown), hide_index=True, use_container_width=True)
+
+
+try:
+    url = database_url()
+    db = database(url)
+    from trillium.medical.store import list_patients, load_note, patient_view, recent_notes
+
+    patients = list_patients(db=db)
+    notes = recent_notes(db=db, limit=100_000)
+except TrilliumError as exc:
+    st.error(f"The database is not reachable: {exc}")
+    st.stop()
+
+c1, c2, c3 = st.columns(3)
+c1.metric("patients", len(patients))
+c2.metric("notes", len(notes))
+c3.metric("CT studies", sum(p["ct_studies"] for p in patients))
+
+tab_patient, tab_record, tab_similar, tab_upload = st.tabs(["Patient view", "Record viewer", "Similar cases",
+                                                            "Upload a note"])
+
+with tab_patient:
+    if not patients:
+        st.info("No patients yet. " + EXTRACT_HINT)
+    else:
+        pid = st.selectbox("Patient", [p["patient_id"] for p in patients], key="patient")
+        view = patient_view(pid, db=db)
+        s = view["summary"]
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("notes", s["notes"])
+        m2.metric("CT studies", s["ct_studies"])
+        m3.metric("CT findings", s["ct_findings"])
+        m4.metric("largest nodule", f"{s['largest_nodule_mm']:.1f} mm" if s["largest_nodule_mm"] else "-")
+        left, right = st.columns(2)
+        with left:
+            st.subheader("Problems")
+            for group, label in (("active", "Active"), ("past", "Past history"), ("uncertain", "Uncertain"),
+                                 ("ruled_out", "Ruled out"), ("family_history", "Family history")):
+                items = view["problems"][group]
+                st.markdown(f"**{label}**: " + (", ".join(f"{p['problem']} ({p['mentions']})" for p in items)
+                                                 if items else "none recorded"))
+            st.subheader("Allergies")
+            if view["allergies"]:
+                st.write(", ".join(a["text"] + (f" ({a['values']['reaction']})" if a["values"].get("reaction") else "")
+                                   for a in view["allergies"]))
+            else:
+                st.write("No known allergies" if view["no_known_allergies"] else "none recorded")
+        with right:
+            st.subheader("Medications (latest mention)")
+            meds = [{"medication": m["normalized"], "dose": m["values"].get("dose"), "unit": m["values"].get("unit"),
+                     "route": m["values"].get("route"), "frequency": m["values"].get("frequency"),
+                     "as needed": m["values"].get("as_needed"), "note": m["note_id"]} for m in view["medications"]]
+            st.dataframe(pd.DataFrame(meds), hide_index=True, use_container_width=True) if meds else \
+                st.write("none recorded")
+            st.subheader("Vitals and labs (latest)")
+            vl = [{"name": v["normalized"], "value": v["text"], "note": v["note_id"]}
+                  for v in view["vitals"] + view["labs"]]
+            st.dataframe(pd.DataFrame(vl), hide_index=True, use_container_width=True) if vl else \
+                st.write("none recorded")
+        st.subheader("CT findings")
+        rows = [{"series": c["series_uid"], "date": c["study_date"], "centre (mm, LPS)": f["center_mm"],
+                 "diameter (mm)": f["diameter_mm"], "type": f["type"], "category": f["category"],
+                 "malignancy": None if f["malignancy"] is None else
+                 f"{f['malignancy']:.2f} ± {f['malignancy_std'] or 0:.2f}"}
+                for c in view["ct_studies"] for f in c["findings"]]
+        if rows:
+            st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+        else:
+            st.info("No CT studies analysed for this patient.")
+
+with tab_record:
+    if not notes:
+        st.info("No notes yet. " + EXTRACT_HINT)
+    else:
+        note_id = st.selectbox("Note", [n["note_id"] for n in notes], key="note",
+                               format_func=lambda i: f"{i} (patient {next(n['patient_id'] for n in notes if n['note_id'] == i)})")
+        stored = load_note(note_id, db=db)
+        if stored is None:
+            st.warning(f"Note {note_id} is no longer in the database.")
+        else:
+            show_note(stored["text"], stored["entities"], "stored")
+
+with tab_similar:
+    if len(notes) < 2:
+        st.info("Similar cases need at least two stored notes. " + EXTRACT_HINT)
+    else:
+        index = note_index(url, (len(notes), str(notes[0]["structured_at"])))
+        mode = st.radio("Query", ["A stored note", "Free text"], horizontal=True, key="sim-mode")
+        k = st.slider("How many", 1, min(10, len(notes) - 1), min(3, len(notes) - 1), key="sim-k")
+        hits = []
+        if mode == "A stored note":
+            qid = st.selectbox("Note", [n["note_id"] for n in notes], key="sim-note")
+            hits = index.neighbours(qid, k=k)
+        else:
+            text = st.text_area("Describe the case", key="sim-text")
+            if text.strip():
+                hits = index.query(text, k=k, concepts=structurer().structure(text).concepts())
+        if hits:
+            by_id = {n["note_id"]: n for n in notes}
+            st.dataframe(pd.DataFrame([{"rank": h.rank, "note": h.note_id, "score": round(h.score, 3),
+                                        "patient": by_id.get(h.note_id, {}).get("patient_id")} for h in hits]),
+                         hide_index=True, use_container_width=True)
+
+with tab_upload:
+    upload = st.file_uploader("A clinical note (plain text)", type=["txt", "text", "note", "md"], key="upload")
+    if upload is not None:
+        from trillium.medical.records.notes import Note, NoteReadError, decode_text
+
+        try:
+            data = upload.getvalue()
+            if len(data) > 2_000_000:
+                raise NoteReadError(upload.name, f"{len(data)} bytes is over the 2,000,000-byte limit for one note")
+            text, encoding = decode_text(data, upload.name)
+        except NoteReadError as exc:
+            st.error(f"Cannot read this upload: {exc}")
+        else:
+            pid = st.text_input("Patient id (optional)", key="upload-patient") or None
+            note = structurer().structure(Note(note_id=upload.name.rsplit(".", 1)[0], text=text, patient_id=pid,
+                                               source=f"upload:{upload.name}"))
+            st.caption(f"{len(note.sections)} sections, {len(note.sentences)} sentences, "
+                       f"{len(note.entities)} entities (read as {encoding})")
+            show_note(note.text, [e.to_dict() for e in note.entities], "upload")
+            if st.button("Store this note", key="store-upload"):
+                from trillium.medical.store import store_notes
+
+                store_notes([note], db=db, source=f"upload:{upload.name}")
+                db.audit("medical.note.upload", target=note.note_id, entities=len(note.entities))
+                st.success(f"Stored {note.note_id} with {len(note.entities)} entities.")
