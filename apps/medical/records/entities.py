@@ -199,7 +199,8 @@ class EntityExtractor:
         self.medications = medications
         self.procedures = procedures
         self.rules = rules
-        self._matchers = [TermMatcher(medications, "medication"), TermMatcher(procedures, "procedure"),
+        self._medication_matcher = TermMatcher(medications, "medication")
+        self._matchers = [self._medication_matcher, TermMatcher(procedures, "procedure"),
                           TermMatcher(problems, "problem")]
 
     # -- per kind ---------------------------------------------------------------------------
@@ -350,7 +351,7 @@ class EntityExtractor:
             allergen = text[a:b]
             toks = tokenize(text, a, b)
             normalized = allergen.lower()
-            for first, last, canonical in TermMatcher(self.medications, "medication").find(toks) if toks else []:
+            for first, _, canonical in self._medication_matcher.find(toks) if toks else []:
                 if first == 0:
                     normalized = canonical
                     break

@@ -272,7 +272,7 @@ def synthetic_note(rng: np.random.Generator | int, *, specialty: str | None = No
     b = _Builder()
     age = int(rng.integers(22, 88))
     female = bool(rng.random() < 0.5) or specialty == "Obstetrics / Gynecology"
-    he, his = ("she", "her") if female else ("he", "his")
+    he = "she" if female else "he"
     cc = _one(rng, pool["cc"])
     pmh = _pick(rng, GENERAL_PROBLEMS, 2) + _pick(rng, pool["problems"], 1)
     pmh = list({t[1]: t for t in pmh}.values())
