@@ -90,7 +90,7 @@ def show_note(text: str, entities: list[dict[str, Any]], key: str) -> None:
                 + " &nbsp; struck through = negated; NEG / UNC / HYP / HIS / FAM = attributes",
                 unsafe_allow_html=True)
     st.markdown(highlighted(text, shown), unsafe_allow_html=True)
-    st.dataframe(entity_table(shown), hide_index=True, use_container_width=True)
+    st.dataframe(entity_table(shown), hide_index=True, width="stretch")
 
 
 try:
@@ -143,12 +143,16 @@ with tab_patient:
             meds = [{"medication": m["normalized"], "dose": m["values"].get("dose"), "unit": m["values"].get("unit"),
                      "route": m["values"].get("route"), "frequency": m["values"].get("frequency"),
                      "as needed": m["values"].get("as_needed"), "note": m["note_id"]} for m in view["medications"]]
-            st.dataframe(pd.DataFrame(meds), hide_index=True, use_container_width=True) if meds else \
+            if meds:
+                st.dataframe(pd.DataFrame(meds), hide_index=True, width="stretch")
+            else:
                 st.write("none recorded")
             st.subheader("Vitals and labs (latest)")
             vl = [{"name": v["normalized"], "value": v["text"], "note": v["note_id"]}
                   for v in view["vitals"] + view["labs"]]
-            st.dataframe(pd.DataFrame(vl), hide_index=True, use_container_width=True) if vl else \
+            if vl:
+                st.dataframe(pd.DataFrame(vl), hide_index=True, width="stretch")
+            else:
                 st.write("none recorded")
         st.subheader("CT findings")
         rows = [{"series": c["series_uid"], "date": c["study_date"], "centre (mm, LPS)": f["center_mm"],
@@ -157,7 +161,7 @@ with tab_patient:
                  f"{f['malignancy']:.2f} ± {f['malignancy_std'] or 0:.2f}"}
                 for c in view["ct_studies"] for f in c["findings"]]
         if rows:
-            st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         else:
             st.info("No CT studies analysed for this patient.")
 
@@ -192,7 +196,7 @@ with tab_similar:
             by_id = {n["note_id"]: n for n in notes}
             st.dataframe(pd.DataFrame([{"rank": h.rank, "note": h.note_id, "score": round(h.score, 3),
                                         "patient": by_id.get(h.note_id, {}).get("patient_id")} for h in hits]),
-                         hide_index=True, use_container_width=True)
+                         hide_index=True, width="stretch")
 
 with tab_upload:
     upload = st.file_uploader("A clinical note (plain text)", type=["txt", "text", "note", "md"], key="upload")

@@ -1,0 +1,74 @@
+"""The medical page: empty database guidance, the patient view joining notes and CT findings,
+the record viewer, similar cases, and uploads (good and bad)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from trillium import dashboards
+from trillium.core.db import connect
+from trillium.medical.records.notes import Note
+from trillium.medical.records.structurer import RecordStructurer
+from trillium.medical.records.synth import synthetic_notes
+from trillium.medical.store import store_ct_study, store_notes
+
+PAGE = str(Path(dashboards.__file__).parent / "pages" / "2_Medical.py")
+
+
+def page() -> AppTest:
+    return AppTest.from_file(PAGE, default_timeout=60)
+
+
+def markdown(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_empty_database_explains_what_to_do() -> None:
+    at = page().run()
+    assert not at.exception
+    infos = " ".join(i.value for i in at.info)
+    assert "No patients yet" in infos and "No notes yet" in infos and "at least two stored notes" in infos
+
+
+def seed() -> list:
+    s = RecordStructurer()
+    notes = synthetic_notes(8, seed=2)
+    store_notes([s.structure(Note(note_id=n.note_id, text=n.text, patient_id=n.patient_id)) for n in notes],
+                db=connect())
+    store_ct_study("1.2.840.99", [{"center_mm": [-70.0, 30.0, -110.0], "diameter_mm": 8.0, "malignancy": 0.2,
+                                   "malignancy_std": 0.04, "type": "solid", "category": "3"}],
+                   patient_id=notes[0].patient_id, db=connect())
+    return notes
+
+
+def test_patient_view_record_viewer_and_similar_cases() -> None:
+    notes = seed()
+    at = page().run()
+    assert not at.exception
+    at.selectbox(key="patient").set_value(notes[0].patient_id).run()
+    assert not at.exception
+    text = markdown(at)
+    assert "**Active**" in text and "**Family history**" in text
+    frames = [f.value for f in at.dataframe]
+    ct = next(f for f in frames if "diameter (mm)" in f.columns)
+    assert ct["malignancy"].tolist() == ["0.20 ± 0.04"]
+    assert any("medication" in f.columns for f in frames)
+    # record viewer: the first stored note is highlighted; negated entities are struck through
+    at.selectbox(key="note").set_value(notes[1].note_id).run()
+    html = markdown(at)
+    assert "line-through" in html and "background:#dff0d8" in html
+    # similar cases of a stored note
+    at.selectbox(key="sim-note").set_value(notes[2].note_id).run()
+    sim = next(f for f in (x.value for x in at.dataframe) if "score" in f.columns)
+    assert notes[2].note_id not in sim["note"].tolist() and len(sim) == 3
+
+
+def test_note_text_is_escaped() -> None:
+    s = RecordStructurer()
+    store_notes([s.structure(Note(note_id="x", text="HPI: <script>alert(1)</script> chest pain.", patient_id="P1"))],
+                db=connect())
+    at = page().run()
+    html = markdown(at)
+    assert "<script>" not in html and "&lt;script&gt;" in html
