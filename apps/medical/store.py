@@ -13,10 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select, union
+from sqlalchemy.orm import selectinload
 
 from trillium.core.db import Database, connect
 from trillium.core.db.models import ClinicalNote, ImagingFinding, ImagingStudy, NoteEntity
 from trillium.core.errors import InputValidationError
+from trillium.medical.records.entities import concept_of
 from trillium.medical.records.structurer import SCHEMA_VERSION, StructuredNote
 
 _FLAGS = ("negated", "uncertain", "hypothetical", "historical", "family")
@@ -30,7 +32,7 @@ def store_notes(notes: Iterable[StructuredNote], *, db: Database | None = None, 
         for note in notes:
             s.execute(delete(ClinicalNote).where(ClinicalNote.note_id == note.note_id))
             row = ClinicalNote(
-                note_id=note.note_id, patient_id=note.patient_id, source=note.metadata.get("source", source),
+                note_id=note.note_id, patient_id=note.patient_id, source=note.source or source,
                 text=note.text, text_sha256=hashlib.sha256(note.text.encode()).hexdigest(),
                 note_metadata={k: v for k, v in note.metadata.items() if isinstance(v, str | int | float | bool)},
                 sections=[{"name": x.name, "header": x.header, "start": x.start, "body_start": x.body_start,
@@ -128,6 +130,21 @@ def load_note(note_id: str, *, db: Database | None = None) -> dict[str, Any] | N
         return {"note_id": note.note_id, "patient_id": note.patient_id, "text": note.text, "source": note.source,
                 "sections": note.sections, "metadata": note.note_metadata, "entities": entities,
                 "no_known_allergies": note.no_known_allergies}
+
+
+def indexable_notes(*, db: Database | None = None) -> tuple[list[str], list[str], list[list[str]]]:
+    """(texts, note ids, concepts) of every stored note, in one query, for a similar-case index
+    built from the database (the dashboard's); concepts follow ``StructuredNote.concepts``."""
+    db = db or connect()
+    with db.session() as s:
+        notes = s.scalars(select(ClinicalNote).options(selectinload(ClinicalNote.entities))
+                          .order_by(ClinicalNote.id)).all()
+        concepts = []
+        for n in notes:
+            found = (concept_of(e.kind, e.normalized, negated=e.negated, uncertain=e.uncertain,
+                                hypothetical=e.hypothetical, family=e.family) for e in n.entities)
+            concepts.append(sorted({c for c in found if c}))
+        return [n.text for n in notes], [n.note_id for n in notes], concepts
 
 
 def _entity_dict(e: NoteEntity) -> dict[str, Any]:

@@ -43,15 +43,10 @@ def structurer() -> Any:
 def note_index(url: str, fingerprint: tuple[int, str]) -> Any:
     """A similar-case index over the stored notes; ``fingerprint`` (count, latest time) renews it."""
     from trillium.medical.records.retrieval import SimilarCaseIndex
-    from trillium.medical.store import load_note, recent_notes
+    from trillium.medical.store import indexable_notes
 
-    db = database(url)
-    notes = [load_note(r["note_id"], db=db) for r in recent_notes(db=db, limit=100_000)]
-    notes = [n for n in notes if n]
-    concepts = [sorted({f"{e['kind']}:{e['normalized']}" for e in n["entities"]
-                        if not any(e[f] for f in ("negated", "uncertain", "hypothetical", "family"))
-                        and e["kind"] in ("problem", "medication", "procedure", "allergy")}) for n in notes]
-    return SimilarCaseIndex(method="hybrid").fit([n["text"] for n in notes], [n["note_id"] for n in notes], concepts)
+    texts, ids, concepts = indexable_notes(db=database(url))
+    return SimilarCaseIndex(method="hybrid").fit(texts, ids, concepts)
 
 
 def highlighted(text: str, entities: list[dict[str, Any]]) -> str:

@@ -8,7 +8,15 @@ from trillium.core.db.models import ClinicalNote, ImagingFinding, NoteEntity
 from trillium.core.errors import InputValidationError
 from trillium.medical.records.notes import Note
 from trillium.medical.records.structurer import RecordStructurer
-from trillium.medical.store import list_patients, load_note, patient_view, recent_notes, store_ct_study, store_notes
+from trillium.medical.store import (
+    indexable_notes,
+    list_patients,
+    load_note,
+    patient_view,
+    recent_notes,
+    store_ct_study,
+    store_notes,
+)
 
 CLINIC = """HPI: 61-year-old with cough. He denies fever. History of hypertension.
 MEDICATIONS: Lisinopril 20 mg PO daily.
@@ -30,7 +38,8 @@ FINDINGS = [
 
 
 def structured(note_id: str, text: str, patient: str):
-    return RecordStructurer().structure(Note(note_id=note_id, text=text, patient_id=patient))
+    return RecordStructurer().structure(Note(note_id=note_id, text=text, patient_id=patient,
+                                             source=f"/notes/{note_id}.txt"))
 
 
 def counts(database: dbmod.Database) -> tuple[int, int, int]:
@@ -66,7 +75,7 @@ def test_patient_view_joins_notes_and_ct(database: dbmod.Database) -> None:
     assert list_patients(db=database) == [{"patient_id": "P7", "notes": 2, "ct_studies": 1},
                                           {"patient_id": "P8", "notes": 1, "ct_studies": 0}]
     stored = load_note("n1", db=database)
-    assert stored is not None and stored["text"] == CLINIC
+    assert stored is not None and stored["text"] == CLINIC and stored["source"] == "/notes/n1.txt"
     assert all(CLINIC[e["start"]:e["end"]] == e["text"] for e in stored["entities"])
     assert {r["note_id"] for r in recent_notes(db=database)} == {"n1", "n2", "other"}
 
@@ -92,3 +101,12 @@ def test_unknown_patient_and_bad_findings(database: dbmod.Database) -> None:
     with pytest.raises(InputValidationError, match="series_uid"):
         store_ct_study("", FINDINGS, patient_id="P1", db=database)
     assert counts(database) == (0, 0, 0)
+
+
+def test_stored_notes_give_the_same_concepts_as_fresh_ones(database: dbmod.Database) -> None:
+    fresh = [structured("n1", CLINIC, "P7"), structured("n2", FOLLOW_UP, "P7")]
+    store_notes(fresh, db=database)
+    texts, ids, concepts = indexable_notes(db=database)
+    assert ids == ["n1", "n2"] and texts == [CLINIC, FOLLOW_UP]
+    assert concepts == [n.concepts() for n in fresh]
+    assert "problem:fever" not in concepts[0] and "problem:lung cancer" not in concepts[0]

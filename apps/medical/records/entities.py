@@ -20,6 +20,20 @@ from trillium.medical.records.context import DEFAULT_RULES, Assertion, ConTextRu
 from trillium.medical.records.text import MEDICATION_SECTIONS, Section, Span, Token, tokenize
 
 KINDS = ("problem", "medication", "allergy", "vital", "lab", "procedure")
+CONCEPT_KINDS = frozenset({"problem", "medication", "procedure", "allergy"})
+
+
+def concept_of(kind: str, normalized: str, *, negated: bool, uncertain: bool, hypothetical: bool,
+               family: bool) -> str | None:
+    """The retrieval concept of a mention ("problem:hypertension"), or None when the mention does
+    not describe the patient (negated, uncertain, hypothetical, a relative's) or is a measurement.
+
+    One rule for fresh notes (``StructuredNote.concepts``) and stored ones (``store``), so an
+    index built from either agrees.
+    """
+    if kind not in CONCEPT_KINDS or negated or uncertain or hypothetical or family:
+        return None
+    return f"{kind}:{normalized}"
 
 
 @dataclass(frozen=True)
@@ -379,11 +393,10 @@ class EntityExtractor:
             # A lab or vital value wins over a dictionary word inside it ("K" is not a problem)
             valued = vitals + labs
             found = [e for e in found if not any(v.start <= e.start < v.end for v in valued)] + valued
-            meds = sorted((e for e in found if e.kind == "medication"), key=lambda e: e.start)
-            for k, med in enumerate(meds):
-                limit = meds[k + 1].start if k + 1 < len(meds) else sent.span.end
-                values = self._medication_values(text, med, limit)
-                found[found.index(med)] = replace(med, values=values)
+            meds = sorted((i for i, e in enumerate(found) if e.kind == "medication"), key=lambda i: found[i].start)
+            for k, i in enumerate(meds):
+                limit = found[meds[k + 1]].start if k + 1 < len(meds) else sent.span.end
+                found[i] = replace(found[i], values=self._medication_values(text, found[i], limit))
             if found:
                 matches = self.rules.match(sent.tokens)
                 asserted = assert_targets(sent.tokens, [(e.start, e.end) for e in found], self.rules, matches)

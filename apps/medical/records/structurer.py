@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trillium.medical.records.context import DEFAULT_RULES, ConTextRules
-from trillium.medical.records.entities import Entity, EntityExtractor
+from trillium.medical.records.entities import Entity, EntityExtractor, concept_of
 from trillium.medical.records.notes import Note
 from trillium.medical.records.text import Section, Span, find_sections, split_sentences
 
@@ -30,6 +30,7 @@ class StructuredNote:
     entities: tuple[Entity, ...]
     no_known_allergies: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # where the note was read from (file path, "file.csv:row 3", "upload:...")
 
     def of_kind(self, kind: str, *, affirmed_only: bool = False) -> list[Entity]:
         return [e for e in self.entities if e.kind == kind and (e.affirmed or not affirmed_only)]
@@ -43,10 +44,11 @@ class StructuredNote:
         return self.of_kind("medication")
 
     def concepts(self) -> list[str]:
-        """Affirmed, present-tense concepts ("problem:hypertension"): the note's clinical
+        """Affirmed concepts ("problem:hypertension", past history included): the note's clinical
         content for similar-case retrieval, without the conditions it rules out."""
-        return sorted({f"{e.kind}:{e.normalized}" for e in self.entities
-                       if e.affirmed and e.kind in ("problem", "medication", "procedure", "allergy")})
+        found = (concept_of(e.kind, e.normalized, negated=e.negated, uncertain=e.uncertain,
+                            hypothetical=e.hypothetical, family=e.family) for e in self.entities)
+        return sorted({c for c in found if c})
 
     def summary(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -61,6 +63,7 @@ class StructuredNote:
             "schema_version": SCHEMA_VERSION,
             "note_id": self.note_id,
             "patient_id": self.patient_id,
+            "source": self.source,
             "metadata": self.metadata,
             "no_known_allergies": self.no_known_allergies,
             "sections": [{"name": s.name, "header": s.header, "start": s.start, "body_start": s.body_start,
@@ -93,7 +96,7 @@ class RecordStructurer:
         return StructuredNote(
             note_id=note.note_id, patient_id=note.patient_id if patient_id is None else patient_id, text=text,
             sections=tuple(sections), sentences=tuple(s for s, _ in sentences), entities=tuple(entities),
-            no_known_allergies=nka, metadata=dict(note.metadata),
+            no_known_allergies=nka, metadata=dict(note.metadata), source=note.source,
         )
 
     def structure_many(self, notes: Iterable[Note]) -> Iterator[StructuredNote]:

@@ -249,7 +249,7 @@ def _medication(rng: np.random.Generator, b: _Builder, med: tuple[str, str, floa
     route = {"puffs": "inhaled", "units": "subcutaneous", "%": "topical"}.get(unit, "oral")
     freq = _one(rng, list(FREQ_FORMS)) if route != "inhaled" else "Q4-6H"
     prn = route == "inhaled" or (route == "oral" and rng.random() < 0.1)
-    values: dict[str, Any] = {"dose": float(dose), "unit": unit if unit != "%" else "%", "route": route,
+    values: dict[str, Any] = {"dose": float(dose), "unit": unit, "route": route,
                               "frequency": freq, "as_needed": prn}
     b.ent("medication", name.capitalize() if rng.random() < 0.5 and name.islower() else name, norm, values=values)
     dose_txt = f"{dose:g}"
