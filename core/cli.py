@@ -157,10 +157,16 @@ def models_list(name: str | None = typer.Argument(None, help="Only this model.")
     except TrilliumError as exc:
         fail(exc)
         return
+    # names and aliases are what scripts grep for: they never shrink to an ellipsis on a narrow
+    # terminal (CI has 80 columns); the long metrics and backend columns fold instead
     table = Table()
-    table.add_column("name", no_wrap=True)
-    for col in ("version", "kind", "aliases", "metrics", "backend (1 row / batch)"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True, min_width=max((len(r.name) for r in records), default=4))
+    table.add_column("version", no_wrap=True)
+    table.add_column("kind", overflow="fold")
+    table.add_column("aliases", no_wrap=True,
+                     min_width=max((len(",".join(r.aliases)) for r in records), default=7))
+    table.add_column("metrics", overflow="fold")
+    table.add_column("backend (1 row / batch)", overflow="fold")
     headline = {"auc_roc": "AUC", "average_precision": "AP", "card_precision_at_100": "CP@100",
                 "image_auroc": "image AUROC", "auc": "AUC", "acc": "ACC"}
     for r in records:

@@ -1,7 +1,5 @@
-"""``trillium medical``: clinical-note structuring (``records``) and the patient view.
-
-Chest-CT commands join this group as imaging lands (issue 4).
-"""
+"""``trillium medical``: chest-CT studies (phantom, deid, train, analyze, analyze-batch, detect-eval,
+nodule-eval), clinical-note structuring (``records``) and the patient view joining both."""
 
 from __future__ import annotations
 
@@ -10,11 +8,13 @@ from pathlib import Path
 
 import typer
 
+from trillium.medical.imaging.cli import register as register_imaging
 from trillium.medical.records.cli import app as records_app
 
-app = typer.Typer(help="Medical: clinical notes (records ...) and the patient view joining notes with CT findings.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Medical: chest-CT nodule analysis, clinical notes (records ...) and the patient view "
+                       "joining notes with CT findings.", no_args_is_help=True)
 app.add_typer(records_app, name="records")
+register_imaging(app)
 
 
 @app.command("patient")

@@ -1,4 +1,5 @@
-"""The medical part of ``trillium demo``: structure synthetic clinical notes and find similar cases.
+"""The medical part of ``trillium demo``: clinical notes structured, similar cases, and a chest-CT
+phantom analysed end to end for the same patient (``trillium.medical.imaging.demo``).
 
 Writes a few synthetic notes (several specialties, some patients with more than one note) as
 text files, reads them back through the note adapter (one deliberately binary file is
@@ -76,6 +77,9 @@ def medical_demo(console: Console, n_notes: int = 24) -> dict[str, Any]:
     table.add_row("index", str(index_dir))
     table.add_row("elapsed", f"{time.perf_counter() - t0:.1f} s")
     console.print(table)
-    return {"notes": len(structured), "quarantined": len(rejected), "entities": counts,
+    from trillium.medical.imaging.demo import imaging_demo
+
+    ct = imaging_demo(console, patient_id=patient)
+    return {"ct": ct, "notes": len(structured), "quarantined": len(rejected), "entities": counts,
             "hits": [(h.note_id, specialty.get(h.note_id), h.score) for h in hits], "patient": patient,
             "patient_view": view, "index": str(index_dir)}

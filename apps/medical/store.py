@@ -95,6 +95,24 @@ def store_ct_study(
         return study.id
 
 
+def list_ct_studies(*, db: Database | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    """The analysed CT studies, newest first, with their findings (for the dashboard's study list)."""
+    db = db or connect()
+    with db.session() as s:
+        studies = s.scalars(select(ImagingStudy).order_by(ImagingStudy.analyzed_at.desc(), ImagingStudy.id.desc())
+                            .limit(limit)).all()
+        return [{
+            "id": st.id, "series_uid": st.series_uid, "study_uid": st.study_uid, "patient_id": st.patient_id,
+            "study_date": st.study_date, "source": st.source, "details": dict(st.details or {}),
+            "analyzed_at": st.analyzed_at.isoformat() if st.analyzed_at else None,
+            "findings": [{
+                "center_mm": [f.center_x_mm, f.center_y_mm, f.center_z_mm], "diameter_mm": f.diameter_mm,
+                "malignancy": f.malignancy, "malignancy_std": f.malignancy_std, "type": f.type,
+                "category": f.category, **(f.details or {}),
+            } for f in st.findings],
+        } for st in studies]
+
+
 def list_patients(*, db: Database | None = None) -> list[dict[str, Any]]:
     """Every patient id with its note and CT-study counts, for the dashboard's patient picker."""
     db = db or connect()

@@ -1,4 +1,5 @@
-"""Medical: the patient view, the record viewer with entities highlighted, similar cases, note upload.
+"""Medical: CT studies (slice viewer, findings, heatmaps, DICOM zip upload), the patient view, the
+record viewer with entities highlighted, similar cases, note upload.
 
 Thin over ``trillium.medical``: ``store`` for stored notes, CT findings and the patient view;
 ``RecordStructurer`` for an uploaded note; ``SimilarCaseIndex`` built over the stored notes
@@ -18,7 +19,7 @@ from trillium.core.config import database_url
 from trillium.core.errors import TrilliumError
 
 st.set_page_config(page_title="Trillium · Medical", layout="wide")
-st.title("Medical: patients, records and similar cases")
+st.title("Medical: CT studies, patients, records and similar cases")
 
 COLOURS = {"problem": "#fde2e1", "medication": "#dff0d8", "allergy": "#fcf8e3", "vital": "#d9edf7",
            "lab": "#e8e1f5", "procedure": "#f0e6d2"}
@@ -30,6 +31,93 @@ EXTRACT_HINT = ("Structure notes with `trillium medical records extract <files o
 @st.cache_resource
 def database(url: str) -> dbmod.Database:
     return dbmod.connect(url)
+
+
+@st.cache_resource(show_spinner="loading the CT series")
+def ct_volume(source: str, mtime: float) -> Any:
+    """The series behind a stored study (``mtime`` renews the cache when the files change)."""
+    from trillium.medical.imaging.dicom_io import load_ct
+
+    return load_ct(source)
+
+
+@st.cache_resource(show_spinner="loading the chest-CT model")
+def ct_analyzer(url: str) -> Any:
+    from trillium.core.registry import ModelRegistry
+    from trillium.medical.imaging.analyzer import StudyAnalyzer
+
+    return StudyAnalyzer.from_registry(registry=ModelRegistry(database(url)))
+
+
+WINDOWS = {"lung (-600 / 1500)": (-600, 1500), "mediastinum (40 / 400)": (40, 400), "bone (400 / 1800)": (400, 1800)}
+
+
+def ct_slice_png(volume: Any, k: int, window: tuple[int, int], findings: list[dict[str, Any]]) -> Any:
+    """One axial slice in the chosen window with each finding that crosses it circled, as RGB."""
+    import cv2
+    import numpy as np
+
+    centre, width = window
+    grey = np.clip((volume.hu[k].astype(np.float32) - (centre - width / 2)) / width * 255, 0, 255).astype(np.uint8)
+    rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+    sz, _, sx = volume.spacing
+    for f in findings:
+        kji = volume.patient_to_voxel(f["center_mm"])
+        r_mm = f["diameter_mm"] / 2
+        dz = abs(kji[0] - k) * sz
+        if dz <= r_mm:
+            r_px = max(2, int(np.rint(np.sqrt(r_mm ** 2 - dz ** 2) / sx)) + 3)
+            colour = (255, 80, 80) if (f.get("malignancy") or 0) >= 0.5 else (255, 200, 0)
+            cv2.circle(rgb, (int(np.rint(kji[2])), int(np.rint(kji[1]))), r_px, colour, 1)
+            cv2.putText(rgb, str(f.get("id", "")), (int(kji[2]) + r_px + 2, int(kji[1])), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.4, colour, 1)
+    return rgb
+
+
+def show_ct_study(study: dict[str, Any]) -> None:
+    from pathlib import Path
+
+    import numpy as np
+
+    findings = study["findings"]
+    rows = [{"id": f.get("id"), "centre (mm, LPS)": [round(v, 1) for v in f["center_mm"]],
+             "diameter (mm)": f["diameter_mm"], "type": f["type"], "Lung-RADS": f["category"],
+             "malignancy": None if f["malignancy"] is None else f"{f['malignancy']:.2f} ± {f['malignancy_std'] or 0:.2f}",
+             "nodule p": f.get("nodule_probability")} for f in findings]
+    st.caption(f"series {study['series_uid']} · patient {study['patient_id']} · date {study['study_date']} · "
+               f"model {study['details'].get('model', '?')} · analysed {study['analyzed_at']}")
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    else:
+        st.info("No nodules reported in this study.")
+    source = study.get("source") or ""
+    if not source or not Path(source).exists():
+        st.warning(f"The series files are no longer at {source or '(no path recorded)'}; the slice viewer needs them.")
+        return
+    try:
+        volume = ct_volume(source, Path(source).stat().st_mtime)
+    except TrilliumError as exc:
+        st.error(f"Cannot read the series: {exc}")
+        return
+    c1, c2 = st.columns([1, 3])
+    with c1:
+        window = st.radio("Window", list(WINDOWS), key=f"ct-window-{study['id']}")
+        start = int(np.rint(volume.patient_to_voxel(findings[0]["center_mm"])[0])) if findings else volume.shape[0] // 2
+        k = st.slider("Slice", 0, volume.shape[0] - 1, min(max(start, 0), volume.shape[0] - 1),
+                      key=f"ct-slice-{study['id']}")
+        st.caption(f"{volume.shape[0]} slices · {volume.spacing[0]:.2f} mm apart · "
+                   f"pixels {volume.spacing[2]:.2f} mm")
+    with c2:
+        st.image(ct_slice_png(volume, k, WINDOWS[window], findings), caption=f"axial slice {k}", width="stretch")
+    heat_dir = study["details"].get("heatmap_dir")
+    if heat_dir and findings:
+        st.subheader("Heatmaps (captum: Grad-CAM and Integrated Gradients on the malignancy network)")
+        for f in findings:
+            for method, name in (f.get("heatmaps") or {}).items():
+                png = Path(heat_dir) / name
+                if png.exists():
+                    st.image(str(png), caption=f"finding {f.get('id')}: {method} "
+                                               f"(axial, coronal, sagittal through its centre)")
 
 
 @st.cache_resource
@@ -104,8 +192,44 @@ c1.metric("patients", len(patients))
 c2.metric("notes", len(notes))
 c3.metric("CT studies", sum(p["ct_studies"] for p in patients))
 
-tab_patient, tab_record, tab_similar, tab_upload = st.tabs(["Patient view", "Record viewer", "Similar cases",
+tab_ct, tab_patient, tab_record, tab_similar, tab_upload = st.tabs(["CT studies", "Patient view", "Record viewer",
+                                                                    "Similar cases",
                                                             "Upload a note"])
+
+with tab_ct:
+    from trillium.medical.store import list_ct_studies
+
+    studies = list_ct_studies(db=db)
+    if not studies:
+        st.info("No CT studies yet. Analyse one with `trillium medical analyze <DICOM folder or zip>` "
+                "(`trillium medical phantom <folder>` writes a synthetic one), or upload a zipped series below.")
+    else:
+        label = {s_["id"]: f"{s_['patient_id'] or '?'} · {s_['study_date'] or ''} · {len(s_['findings'])} findings"
+                 f" · {s_['series_uid'][-12:]}" for s_ in studies}
+        chosen = st.selectbox("Study", list(label), format_func=label.get, key="ct-study")
+        show_ct_study(next(s_ for s_ in studies if s_["id"] == chosen))
+    st.subheader("Analyse a study")
+    ct_upload = st.file_uploader("A zipped DICOM series", type=["zip"], key="ct-upload")
+    if ct_upload is not None and st.button("Analyse and store", key="ct-analyse"):
+        import zipfile
+
+        from trillium.core.config import home_dir
+        from trillium.medical.imaging.analyzer import store_result
+
+        target = home_dir() / "uploads" / "ct" / ct_upload.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(ct_upload.getvalue())
+        try:
+            if not zipfile.is_zipfile(target):
+                raise TrilliumError(f"{ct_upload.name} is not a zip archive")
+            result = ct_analyzer(url).analyze(target)
+            store_result(result, db=db)
+        except TrilliumError as exc:
+            st.error(f"Cannot analyse this upload: {exc}")
+        else:
+            db.audit("medical.ct.upload", target=result.series_uid, findings=len(result.findings))
+            st.success(f"Stored series {result.series_uid}: {len(result.findings)} findings "
+                       f"in {result.timings['total']:.1f} s.")
 
 with tab_patient:
     if not patients:

@@ -75,6 +75,21 @@ def test_demo_then_models_commands(trillium_home: Path) -> None:
     hits = json.loads(similar.stdout)["hits"]
     assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"] > 0
 
+    # chest CT: a phantom written as DICOM for a patient with notes, analysed end to end (findings
+    # JSON with patient coordinates, heatmaps, SEG/SR), stored, and joined in the patient view
+    ct_dir = trillium_home / "demo" / "ct"
+    payload = json.loads((ct_dir / "findings.json").read_text())
+    truth = json.loads((ct_dir / "study" / "truth.json").read_text())
+    assert payload["series_uid"] == truth["series_uid"] and payload["findings"]
+    found = [n for n in truth["nodules"] if any(
+        sum((a - b) ** 2 for a, b in zip(f["center_mm"], n["center_mm"], strict=True)) ** 0.5
+        < max(n["diameter_mm"] / 2, 3.0) for f in payload["findings"])]
+    assert len(found) >= 3, (payload["findings"], truth["nodules"])
+    assert list((ct_dir / "heatmaps").glob("finding-*-gradcam.png")) and (ct_dir / "dicom" / "sr.dcm").exists()
+    ct_view = patient_view(payload["patient_id"], db=db)
+    assert ct_view["notes"] and len(ct_view["ct_studies"]) == 1
+    assert "chest-ct-nodules" in _cli("models", "list", "chest-ct-nodules", home=trillium_home).stdout
+
     listed = _cli("models", "list", home=trillium_home)
     assert listed.returncode == 0 and "reference-mlp" in listed.stdout and "production" in listed.stdout
     shown = _cli("models", "show", "reference-mlp", "production", home=trillium_home)

@@ -93,3 +93,26 @@ def test_runtime_choice_is_stored_and_rebuilt(registry: ModelRegistry) -> None:
     assert served.backend_for(16) == report["choice"]["16"]
     with torch.no_grad():
         torch.testing.assert_close(served(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_models_list_keeps_names_and_aliases_whole_on_a_narrow_terminal(trillium_home) -> None:
+    """CI and batch jobs see 80 columns: names and aliases are what they grep, never an ellipsis."""
+    import os
+    import subprocess
+    import sys
+
+    registry = ModelRegistry()  # the default home's database and registry, as the CLI uses them
+    x = torch.randn(2, 8)
+    kw = {"n_features": 8, "hidden": [16, 16]}
+    long_names = ["reference-mlp", "fraud-scorer-handbook-ensemble", "chest-ct-nodules-classifier"]
+    for name in long_names:
+        registry.register_torch(name, _mlp(1), x, init_kwargs=kw, aliases=["production", "staging"],
+                                metrics={"auc": 0.91, "acc": 0.88, "average_precision": 0.5})
+    env = {**os.environ, "COLUMNS": "80", "TRILLIUM_HOME": str(trillium_home)}
+    res = subprocess.run([sys.executable, "-m", "trillium.core.cli", "models", "list"], env=env,
+                         text=True, capture_output=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80
+    for name in long_names:
+        assert name in res.stdout
+    assert res.stdout.count("production,staging") == len(long_names)

@@ -72,3 +72,39 @@ def test_note_text_is_escaped() -> None:
     at = page().run()
     html = markdown(at)
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_ct_study_list_slice_viewer_and_findings(tmp_path: Path) -> None:
+    """A stored study whose series is on disk: listed, its findings tabled, the slider moves the
+    axial slice (the finding circled on its slices), window presets switch; a study whose files
+    are gone says so instead of failing."""
+    import numpy as np
+
+    from trillium.medical.imaging.dicom_io import load_ct
+    from trillium.medical.imaging.phantom import write_phantom
+
+    folder = tmp_path / "ct"
+    truth = write_phantom(folder, nodules=1, seed=7, shape=(30, 96, 96), spacing=(2.0, 2.5, 2.5), patient_id="P-CT")
+    nod = truth["nodules"][0]
+    ct_id = store_ct_study(truth["series_uid"], [{"id": 1, "center_mm": nod["center_mm"], "diameter_mm": nod["diameter_mm"],
+                                          "malignancy": 0.8, "malignancy_std": 0.05, "type": nod["type"],
+                                          "category": "4A"}],
+                   patient_id="P-CT", study_date="20250101", source=str(folder), db=connect())
+    gone_id = store_ct_study("1.2.3.gone", [], patient_id="P-GONE", source=str(tmp_path / "deleted"), db=connect())
+    at = page().run()
+    assert not at.exception, at.exception
+    assert len(at.selectbox(key="ct-study").options) == 2
+    at.selectbox(key="ct-study").set_value(ct_id).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["Lung-RADS"]) == ["4A"] and "0.80 ± 0.05" in list(table["malignancy"])
+    slider = at.slider(key=f"ct-slice-{ct_id}")
+    k_nodule = int(np.rint(load_ct(folder).patient_to_voxel(nod["center_mm"])[0]))
+    assert slider.value == k_nodule  # opens on the first finding's slice
+    slider.set_value(0).run()
+    assert not at.exception and at.slider(key=f"ct-slice-{ct_id}").value == 0
+    at.radio(key=f"ct-window-{ct_id}").set_value("mediastinum (40 / 400)").run()
+    assert not at.exception
+    at.selectbox(key="ct-study").set_value(gone_id).run()
+    assert not at.exception
+    assert any("no longer at" in w.value for w in at.warning)

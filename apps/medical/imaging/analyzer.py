@@ -1,0 +1,221 @@
+"""A chest-CT study from DICOM to nodule findings: the per-domain API behind ``medical analyze``.
+
+load (``dicom_io``) -> lungs (``lungs``) -> candidates (``candidates``) -> nodule and
+malignancy probabilities with MC-dropout spread (``classifier``) -> measurements and
+Lung-RADS-style category (``measure``) -> optional heatmaps (``explain``) and DICOM SEG/SR.
+Each step is timed, so a slow study says which step was slow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trillium.core.registry import ModelRecord, ModelRegistry
+from trillium.medical.imaging.candidates import Candidate, find_candidates
+from trillium.medical.imaging.classifier import (
+    DEFAULT_MODEL_NAME,
+    FEATURES,
+    NoduleClassifier,
+    candidate_features,
+    extract_patches,
+)
+from trillium.medical.imaging.dicom_io import CTVolume, load_ct
+from trillium.medical.imaging.lungs import segment_lungs
+from trillium.medical.imaging.measure import Measurement, lung_rads_category, measure_consistent
+
+log = logging.getLogger(__name__)
+
+#: Findings smaller than this are not reported (Lung-RADS starts counting at about 4 mm).
+MIN_DIAMETER_MM = 3.0
+
+
+@dataclass
+class StudyResult:
+    series_uid: str
+    study_uid: str
+    patient_id: str | None
+    study_date: str | None
+    source: str
+    findings: list[dict[str, Any]]
+    n_candidates: int
+    timings: dict[str, float]
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    model: str = ""
+    threshold: float = 0.5
+    warnings: list[str] = field(default_factory=list)
+    volume: CTVolume | None = field(default=None, repr=False)
+    measurements: list[Measurement] = field(default_factory=list, repr=False)
+    patches: np.ndarray | None = field(default=None, repr=False)
+    lung_volume_ml: float = 0.0
+    model_version_id: int | None = None
+    heatmap_dir: str | None = None  # set when heatmaps were written, so viewers can find them
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "series_uid": self.series_uid, "study_uid": self.study_uid, "patient_id": self.patient_id,
+            "study_date": self.study_date, "source": self.source, "model": self.model,
+            "threshold": self.threshold, "shape": list(self.shape), "spacing_mm": list(self.spacing),
+            "lung_volume_ml": round(self.lung_volume_ml, 1), "n_candidates": self.n_candidates,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()}, "warnings": self.warnings,
+            "findings": self.findings,
+        }
+
+
+class StudyAnalyzer:
+    """Runs the pipeline with one trained ``NoduleClassifier`` and its operating threshold."""
+
+    def __init__(self, classifier: NoduleClassifier, *, threshold: float = 0.5, record: ModelRecord | None = None,
+                 min_diameter_mm: float = MIN_DIAMETER_MM, recentre: bool = True) -> None:
+        self.classifier = classifier
+        self.recentre = recentre
+        self.threshold = threshold
+        self.record = record
+        self.min_diameter_mm = min_diameter_mm
+
+    @classmethod
+    def from_registry(cls, name: str = DEFAULT_MODEL_NAME, ref: int | str = "production", *,
+                      registry: ModelRegistry | None = None) -> StudyAnalyzer:
+        clf, record = NoduleClassifier.from_registry(name, ref, registry=registry)
+        return cls(clf, threshold=float(record.extra.get("threshold", 0.5)), record=record)
+
+    @property
+    def model_label(self) -> str:
+        return f"{self.record.name}:v{self.record.version}" if self.record is not None else "unregistered"
+
+    def analyze(self, source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
+                series_uid: str | None = None, interpolate_missing: bool = False) -> StudyResult:
+        t0 = time.perf_counter()
+        volume = load_ct(source, series_uid=series_uid, interpolate_missing=interpolate_missing)
+        load_s = time.perf_counter() - t0
+        where = str(Path(source).expanduser().resolve()) if isinstance(source, (str, os.PathLike)) else ""
+        result = self.analyze_volume(volume, source=where)
+        result.timings = {"load": load_s, **result.timings}
+        result.timings["total"] = time.perf_counter() - t0
+        return result
+
+    def analyze_volume(self, volume: CTVolume, *, source: str = "") -> StudyResult:
+        timings: dict[str, float] = {}
+        spacing = volume.spacing
+        t = time.perf_counter()
+        cands, cand_measurements, lungs = detect_candidates(volume, timings)
+        t = time.perf_counter()
+        centers = np.array([c.center_kji for c in cands]).reshape(-1, 3)
+        patches = extract_patches(volume.hu, centers, spacing)
+        features = (np.stack([candidate_features(c, m) for c, m in zip(cands, cand_measurements, strict=True)])
+                    if cands else np.zeros((0, len(FEATURES)), np.float32))
+        pred = self.classifier.predict(patches, features)
+        timings["classify"] = time.perf_counter() - t
+        t = time.perf_counter()
+        order = np.argsort(-pred.nodule_probability)
+        findings: list[dict[str, Any]] = []
+        measurements: list[Measurement] = []
+        kept_patches: list[int] = []
+        for n in order:
+            if pred.nodule_probability[n] < self.threshold:
+                break
+            m = cand_measurements[n]
+            if self.recentre:
+                m = recentre_measurement(volume.hu, m, spacing, lungs)
+            if m is None or m.diameter_mm < self.min_diameter_mm:
+                continue
+            pos = np.array(m.center_kji) * np.array(spacing)
+            if any(np.linalg.norm(pos - np.array(o.center_kji) * np.array(spacing)) < max(o.diameter_mm, m.diameter_mm) / 2
+                   for o in measurements):
+                continue  # a second candidate inside a nodule already reported
+            measurements.append(m)
+            kept_patches.append(int(n))
+            center_mm = volume.voxel_to_patient(m.center_kji)
+            findings.append({
+                "id": len(findings) + 1,
+                "center_mm": [round(float(v), 2) for v in center_mm],
+                "center_kji": [round(float(v), 2) for v in m.center_kji],
+                "diameter_mm": m.diameter_mm, "short_axis_mm": m.short_axis_mm,
+                "mean_diameter_mm": m.mean_diameter_mm, "volume_mm3": m.volume_mm3,
+                "solid_diameter_mm": m.solid_diameter_mm, "mean_hu": m.mean_hu,
+                "type": m.type, "category": lung_rads_category(m.type, m.mean_diameter_mm, m.solid_diameter_mm),
+                "malignancy": round(float(pred.malignancy[n]), 4),
+                "malignancy_std": round(float(pred.malignancy_std[n]), 4),
+                "nodule_probability": round(float(pred.nodule_probability[n]), 4),
+                "nodule_probability_std": round(float(pred.nodule_std[n]), 4),
+            })
+        timings["findings"] = time.perf_counter() - t
+        return StudyResult(
+            series_uid=volume.series_uid, study_uid=volume.study_uid, patient_id=volume.patient_id,
+            study_date=volume.study_date, source=source, findings=findings, n_candidates=len(cands),
+            timings=timings, shape=volume.shape, spacing=spacing, model=self.model_label, threshold=self.threshold,
+            warnings=list(volume.warnings), volume=volume, measurements=measurements,
+            patches=patches[kept_patches] if kept_patches else None,
+            lung_volume_ml=float(lungs.sum() * np.prod(spacing) / 1000.0),
+            model_version_id=self.record.id if self.record is not None else None,
+        )
+
+
+def recentre_measurement(hu: np.ndarray, m: Measurement | None, spacing: tuple[float, float, float],
+                         lungs: np.ndarray, rounds: int = 2) -> Measurement | None:
+    """Measure again from the segmented centre at the segmented size.
+
+    A large nodule answers at several blob scales, some off its centre; the candidate the
+    classifier ranks first may sit on a lobe, and a measurement from there sees part of the
+    nodule. Re-measuring from the segmentation's centroid at its own size converges on the whole
+    nodule in a round or two; a jump in size means the new outline took in a vessel or a
+    neighbour, and the earlier one is kept.
+    """
+    for _ in range(rounds):
+        if m is None:
+            return None
+        again = measure_consistent(hu, np.array(m.center_kji), max(m.diameter_mm / 2, 2.0), spacing, lungs)
+        if again is None or not 0.75 <= again.diameter_mm / max(m.diameter_mm, 1e-3) <= 1.6:
+            return m
+        moved = np.linalg.norm((np.array(again.center_kji) - np.array(m.center_kji)) * np.array(spacing))
+        m = again
+        if moved < 0.5:
+            break
+    return m
+
+
+def detect_candidates(volume: CTVolume, timings: dict[str, float] | None = None
+                      ) -> tuple[list[Candidate], list[Measurement | None], np.ndarray]:
+    """Lungs, blob candidates and each candidate's measurement: the part before any model."""
+    timings = timings if timings is not None else {}
+    spacing = volume.spacing
+    t = time.perf_counter()
+    lungs = segment_lungs(volume.hu, spacing)
+    timings["lungs"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cands = find_candidates(volume.hu, lungs, spacing) if lungs.any() else []
+    timings["candidates"] = time.perf_counter() - t
+    t = time.perf_counter()
+    measurements = [measure_consistent(volume.hu, c.center_kji, c.radius_mm, spacing, lungs) for c in cands]
+    timings["measure"] = time.perf_counter() - t
+    return cands, measurements, lungs
+
+
+def store_result(result: StudyResult, *, db: Any = None) -> int:
+    """Put the study and its findings into the database (re-analysis replaces them)."""
+    from trillium.medical.store import store_ct_study
+
+    return store_ct_study(
+        result.series_uid, result.findings, patient_id=result.patient_id, study_uid=result.study_uid,
+        study_date=result.study_date, source=result.source, model_version_id=result.model_version_id,
+        details={"n_candidates": result.n_candidates, "timings_s": result.as_json()["timings_s"],
+                 "model": result.model, "shape": list(result.shape), "spacing_mm": list(result.spacing),
+                 "lung_volume_ml": round(result.lung_volume_ml, 1), "heatmap_dir": result.heatmap_dir},
+        db=db,
+    )
+
+
+def write_json(result: StudyResult, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.as_json(), indent=2))
+    return out

@@ -1,0 +1,117 @@
+"""Nodule candidates: multi-scale blob detection inside the lungs.
+
+A nodule is a bright roughly spherical blob in dark lung; a vessel is a bright tube. The
+scale-normalised Laplacian of Gaussian peaks at the centre of a sphere of radius
+``sigma * sqrt(3)``, so a stack of scales finds nodules from 4 to 30 mm and says how large each
+is. Vessels answer too (a tube is a blob in two directions), so each peak also gets the Hessian
+eigenvalues at its own scale: for a sphere all three are strongly negative, for a tube one is
+near zero. The detector is deliberately generous (high sensitivity, many false candidates);
+the 3D network that follows throws the false ones out.
+
+Everything runs on a grid of about 1.2-1.5 mm: small nodules stay visible and the work on a
+512 x 512 x 300 study drops fourfold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from trillium.medical.imaging.lungs import block_mean, downsample_factors
+
+#: LoG scales (mm); a sphere of diameter d answers best at sigma = d / (2 sqrt 3).
+SCALES_MM = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 9.0)
+LUNG_FILL_HU = -860.0
+
+
+@dataclass
+class Candidate:
+    center_kji: np.ndarray  # full-resolution array indices
+    radius_mm: float  # from the answering scale
+    response: float  # scale-normalised LoG (HU)
+    blobness: float  # |lambda_3| / |lambda_1| of the Hessian at that scale: 1 sphere, 0 tube
+    peak_hu: float
+
+
+def _laplacian(g: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    out = np.zeros_like(g)
+    for axis, s in enumerate(spacing):
+        d2 = np.zeros_like(g)
+        sl_mid = [slice(None)] * 3
+        sl_lo = [slice(None)] * 3
+        sl_hi = [slice(None)] * 3
+        sl_mid[axis], sl_lo[axis], sl_hi[axis] = slice(1, -1), slice(0, -2), slice(2, None)
+        d2[tuple(sl_mid)] = (g[tuple(sl_lo)] + g[tuple(sl_hi)] - 2 * g[tuple(sl_mid)]) / (s * s)
+        out += d2
+    return out
+
+
+def _hessian_at(g: np.ndarray, p: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Hessian by central differences at interior voxel ``p`` of the smoothed volume ``g``."""
+    k, j, i = (int(v) for v in p)
+    h = np.zeros((3, 3))
+    idx = np.array([k, j, i])
+    for a in range(3):
+        for b in range(a, 3):
+            if a == b:
+                e = np.eye(3, dtype=int)[a]
+                v = (g[tuple(idx + e)] + g[tuple(idx - e)] - 2 * g[tuple(idx)]) / spacing[a] ** 2
+            else:
+                ea, eb = np.eye(3, dtype=int)[a], np.eye(3, dtype=int)[b]
+                v = (g[tuple(idx + ea + eb)] - g[tuple(idx + ea - eb)] - g[tuple(idx - ea + eb)]
+                     + g[tuple(idx - ea - eb)]) / (4 * spacing[a] * spacing[b])
+            h[a, b] = h[b, a] = v
+    return h
+
+
+def find_candidates(
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    scales_mm: tuple[float, ...] = SCALES_MM,
+    min_response: float = 120.0,
+    min_blobness: float = 0.45,
+    max_candidates: int = 2000,
+) -> list[Candidate]:
+    """Blob centres inside ``lungs``, strongest first, merged across scales."""
+    factors = downsample_factors(spacing, 1.2)
+    small = block_mean(np.clip(hu, -1000, 300), factors)
+    mask_small = block_mean(lungs.astype(np.float32), factors) > 0.5
+    sp = tuple(s * f for s, f in zip(spacing, factors, strict=True))
+    # Outside the lungs the chest wall would answer everywhere; paint it as lung.
+    work = np.where(mask_small, small, LUNG_FILL_HU).astype(np.float32)
+    inner = ndimage.binary_erosion(mask_small, iterations=1)
+    found: list[tuple[np.ndarray, float, float, float, float]] = []
+    for sigma in scales_mm:
+        g = ndimage.gaussian_filter(work, sigma=[sigma / s for s in sp], mode="nearest", truncate=3.0)
+        resp = -sigma * sigma * _laplacian(g, sp)
+        size = [max(3, round(1.2 * sigma / s) * 2 + 1) for s in sp]
+        peaks = (resp == ndimage.maximum_filter(resp, size=size, mode="nearest")) & (resp > min_response) & inner
+        for p in np.argwhere(peaks):
+            if np.any(p < 1) or np.any(p >= np.array(g.shape) - 1):
+                continue
+            ev = np.sort(np.linalg.eigvalsh(_hessian_at(g, p, sp)))  # most negative first
+            if ev[0] >= 0:
+                continue
+            blob = float(max(0.0, -ev[2]) / -ev[0])
+            if blob < min_blobness:
+                continue
+            found.append((p, sigma, float(resp[tuple(p)]), blob, float(small[tuple(p)])))
+    found.sort(key=lambda f: -f[2] * (0.5 + f[3]))
+    kept: list[Candidate] = []
+    kept_mm: list[np.ndarray] = []
+    for p, sigma, response, blob, peak in found:
+        radius = sigma * np.sqrt(3)
+        pos = p * np.array(sp)
+        if any(np.linalg.norm(pos - q) < min(radius, c.radius_mm) for q, c in zip(kept_mm, kept, strict=True)):
+            continue
+        full = p * np.array(factors) + (np.array(factors) - 1) / 2.0
+        kept.append(Candidate(center_kji=full.astype(float), radius_mm=float(radius), response=response,
+                              blobness=blob, peak_hu=peak))
+        kept_mm.append(pos)
+        if len(kept) >= max_candidates:
+            break
+    return kept

@@ -1,0 +1,531 @@
+"""Chest-CT series in and out of DICOM, with the geometry kept exact.
+
+Why the care: a nodule's position is only useful if it can be found again on the scanner's
+own viewer, so slices are ordered by where they are (``ImagePositionPatient`` projected on the
+slice normal), never by file name or ``InstanceNumber``, the slice spacing comes from those
+positions rather than ``SliceThickness``, and the volume keeps the 4x4 affine from voxel indices
+to patient coordinates (DICOM LPS, millimetres). A gap, a duplicate, a tilted or mixed series
+is an error that names the file and the tag, because silently stacking such a series would put
+findings in the wrong place.
+
+Arrays are indexed ``[k, j, i]`` = (slice, row, column); the affine takes ``(i, j, k, 1)`` as
+DICOM does (i along a row, j down the columns, k along the slice normal).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+
+from trillium.core.errors import InputValidationError
+
+log = logging.getLogger(__name__)
+
+#: Tags whose absence makes a slice unusable, with their (group, element) for the messages.
+REQUIRED_TAGS = {
+    "SeriesInstanceUID": "(0020,000E)",
+    "ImagePositionPatient": "(0020,0032)",
+    "ImageOrientationPatient": "(0020,0037)",
+    "PixelSpacing": "(0028,0030)",
+    "Rows": "(0028,0010)",
+    "Columns": "(0028,0011)",
+}
+PIXEL_DATA_TAG = "(7FE0,0010)"
+#: Orientation cosines within this of each other count as one orientation.
+ORIENTATION_TOL = 1e-3
+#: Relative tolerance on slice spacing before a series is called inconsistent.
+SPACING_RTOL = 0.05
+
+DICOMDIR_UID = "1.2.840.10008.1.3.10"
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+class DicomInputError(InputValidationError):
+    """A DICOM input is unusable; the message names the file and, where one is at fault, the tag."""
+
+
+@dataclass
+class CTVolume:
+    """One CT series as Hounsfield units on a regular grid, with where it sits in the patient."""
+
+    hu: np.ndarray  # [k, j, i]; int16 when slope and intercept are integral, else float32
+    affine: np.ndarray  # 4x4, (i, j, k, 1) -> LPS mm
+    series_uid: str
+    study_uid: str = ""
+    patient_id: str | None = None
+    study_date: str | None = None
+    modality: str = "CT"
+    description: str = ""
+    files: list[str] = field(default_factory=list)  # in slice order
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    frame_of_reference_uid: str = ""
+    sop_instance_uids: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm in array order (slice, row, column)."""
+        cols = np.linalg.norm(self.affine[:3, :3], axis=0)  # |i|, |j|, |k|
+        return float(cols[2]), float(cols[1]), float(cols[0])
+
+    def voxel_to_patient(self, kji: np.ndarray | Sequence[float]) -> np.ndarray:
+        """Array indices ``[k, j, i]`` (one row or many, fractional allowed) to LPS mm ``[x, y, z]``."""
+        p = np.atleast_2d(np.asarray(kji, dtype=float))
+        ijk1 = np.c_[p[:, ::-1], np.ones(len(p))]
+        out = ijk1 @ self.affine.T
+        return out[:, :3] if np.ndim(kji) > 1 else out[0, :3]
+
+    def patient_to_voxel(self, xyz: np.ndarray | Sequence[float]) -> np.ndarray:
+        """LPS mm ``[x, y, z]`` to fractional array indices ``[k, j, i]``."""
+        p = np.atleast_2d(np.asarray(xyz, dtype=float))
+        ijk = np.c_[p, np.ones(len(p))] @ np.linalg.inv(self.affine).T
+        out = ijk[:, 2::-1]
+        return out if np.ndim(xyz) > 1 else out[0]
+
+
+# --------------------------------------------------------------------------- discovery
+
+def _members(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> tuple[list[tuple[str, Any]], bool]:
+    """(label, opener) pairs for every candidate file; bool says whether non-DICOM files may be skipped.
+
+    A folder or a zip may hold README files, DICOMDIRs and thumbnails next to the images, so
+    those are skipped with a note; a file named explicitly must be DICOM.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DicomInputError(f"{path}: no such file or folder")
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            if not files:
+                raise DicomInputError(f"{path}: the folder holds no files")
+            return [(str(p), p) for p in files], True
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if not n.endswith("/")]
+                members = [(f"{path}!{n}", io.BytesIO(zf.read(n))) for n in names]
+            if not members:
+                raise DicomInputError(f"{path}: the zip archive holds no files")
+            return members, True
+        return [(str(path), path)], False
+    files = [Path(p).expanduser() for p in source]
+    if not files:
+        raise DicomInputError("no DICOM files given")
+    for p in files:
+        if not p.is_file():
+            raise DicomInputError(f"{p}: no such file")
+    return [(str(p), p) for p in files], False
+
+
+def _read(label: str, opener: Any, *, pixels: bool) -> Dataset:
+    try:
+        if isinstance(opener, io.BytesIO):
+            opener.seek(0)
+        return pydicom.dcmread(opener, stop_before_pixels=not pixels)
+    except InvalidDicomError as exc:
+        raise DicomInputError(f"{label}: not a DICOM file (no DICM preamble or valid header: {exc})") from exc
+    except Exception as exc:  # truncated or garbled files raise assorted errors inside pydicom
+        raise DicomInputError(f"{label}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def _require(ds: Dataset, label: str, keyword: str) -> Any:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise DicomInputError(f"{label}: missing tag {keyword} {REQUIRED_TAGS.get(keyword, '')}".rstrip())
+    return value
+
+
+def _floats(ds: Dataset, label: str, keyword: str, n: int) -> np.ndarray:
+    value = _require(ds, label, keyword)
+    try:
+        arr = np.array([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise DicomInputError(f"{label}: tag {keyword} {REQUIRED_TAGS[keyword]} is not numeric: {value!r}") from exc
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise DicomInputError(f"{label}: tag {keyword} {REQUIRED_TAGS[keyword]} needs {n} finite numbers, got {value!r}")
+    return arr
+
+
+@dataclass
+class _Slice:
+    label: str
+    opener: Any
+    ds: Dataset
+    position: np.ndarray
+    orientation: np.ndarray
+    spacing: np.ndarray  # PixelSpacing: [row spacing, column spacing]
+
+
+def list_series(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """What series a folder, zip or file list holds (uid, modality, slices, description)."""
+    headers, _, _ = _headers(source)
+    out: dict[str, dict[str, Any]] = {}
+    for label, _, ds in headers:
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        entry = out.setdefault(uid, {"series_uid": uid, "modality": str(ds.get("Modality", "")), "slices": 0,
+                                     "description": str(ds.get("SeriesDescription", "")), "first_file": label})
+        entry["slices"] += 1
+    return sorted(out.values(), key=lambda e: -e["slices"])
+
+
+def _headers(source: Any) -> tuple[list[tuple[str, Any, Dataset]], bool, list[tuple[str, str]]]:
+    members, lenient = _members(source)
+    headers, skipped = [], []
+    for label, opener in members:
+        try:
+            ds = _read(label, opener, pixels=False)
+        except DicomInputError as exc:
+            if not lenient:
+                raise
+            skipped.append((label, str(exc)))
+            continue
+        meta = getattr(ds, "file_meta", None)
+        if "DirectoryRecordSequence" in ds or (meta is not None and meta.get("MediaStorageSOPClassUID") == DICOMDIR_UID):
+            skipped.append((label, "DICOMDIR (a media index, not an image)"))
+            continue
+        headers.append((label, opener, ds))
+    if not headers:
+        first = skipped[0][1] if skipped else "no files"
+        raise DicomInputError(f"{source}: no DICOM files found ({len(skipped)} other files; first: {first})")
+    return headers, lenient, skipped
+
+
+def _is_axial(orientation: np.ndarray) -> bool:
+    normal = np.cross(orientation[:3], orientation[3:])
+    return abs(normal[2]) > 0.8
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_ct(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    series_uid: str | None = None,
+    interpolate_missing: bool = False,
+    workers: int = 4,
+) -> CTVolume:
+    """Read one axial CT series from a folder (recursive, any file names), a zip, or a file list.
+
+    With several series the axial CT one with the most slices is taken unless ``series_uid``
+    names one. A missing slice is an error unless ``interpolate_missing`` is set, in which case
+    the gap is filled by linear interpolation and a warning is recorded on the volume.
+    """
+    headers, _, skipped = _headers(source)
+    by_series: dict[str, list[tuple[str, Any, Dataset]]] = {}
+    for label, opener, ds in headers:
+        uid = str(_require(ds, label, "SeriesInstanceUID"))
+        by_series.setdefault(uid, []).append((label, opener, ds))
+
+    if series_uid is not None:
+        if series_uid not in by_series:
+            raise DicomInputError(f"{source}: no series with SeriesInstanceUID (0020,000E) {series_uid}; "
+                                  f"found {sorted(by_series)}")
+        chosen = series_uid
+    else:
+        ct = {uid: items for uid, items in by_series.items()
+              if str(items[0][2].get("Modality", "")).upper() == "CT"}
+        if not ct:
+            found = ", ".join(f"{uid} ({items[0][2].get('Modality', '?')}, {len(items)} files, e.g. {items[0][0]})"
+                              for uid, items in by_series.items())
+            raise DicomInputError(f"{source}: no CT series (Modality (0008,0060) = CT) among: {found}")
+        axial = {}
+        for uid, items in ct.items():
+            ds0, label0 = items[0][2], items[0][0]
+            if "ImageOrientationPatient" in ds0 and _is_axial(_floats(ds0, label0, "ImageOrientationPatient", 6)):
+                axial[uid] = items
+        pool = axial or ct
+        chosen = max(pool, key=lambda uid: len(pool[uid]))
+    items = by_series[chosen]
+
+    slices = []
+    for label, opener, ds in items:
+        modality = str(ds.get("Modality", "")).upper()
+        if modality and modality != "CT":
+            raise DicomInputError(f"{label}: Modality (0008,0060) is {modality}, not CT")
+        slices.append(_Slice(label, opener, ds,
+                             _floats(ds, label, "ImagePositionPatient", 3),
+                             _floats(ds, label, "ImageOrientationPatient", 6),
+                             _floats(ds, label, "PixelSpacing", 2)))
+    ref = slices[0]
+    for s in slices[1:]:
+        if np.max(np.abs(s.orientation - ref.orientation)) > ORIENTATION_TOL:
+            raise DicomInputError(f"{s.label}: mixed orientations in series {chosen}: ImageOrientationPatient "
+                                  f"(0020,0037) {s.orientation.round(4).tolist()} differs from "
+                                  f"{ref.orientation.round(4).tolist()} in {ref.label}")
+        if np.max(np.abs(s.spacing - ref.spacing)) > 1e-4:
+            raise DicomInputError(f"{s.label}: PixelSpacing (0028,0030) {s.spacing.tolist()} differs from "
+                                  f"{ref.spacing.tolist()} in {ref.label}")
+        for key in ("Rows", "Columns"):
+            if int(_require(s.ds, s.label, key)) != int(_require(ref.ds, ref.label, key)):
+                raise DicomInputError(f"{s.label}: {key} {REQUIRED_TAGS[key]} {s.ds.get(key)} differs from "
+                                      f"{ref.ds.get(key)} in {ref.label}")
+
+    row_cos, col_cos = ref.orientation[:3], ref.orientation[3:]
+    normal = np.cross(row_cos, col_cos)
+    norm = np.linalg.norm(normal)
+    if not (0.99 < np.linalg.norm(row_cos) < 1.01 and 0.99 < np.linalg.norm(col_cos) < 1.01) or norm < 0.99:
+        raise DicomInputError(f"{ref.label}: ImageOrientationPatient (0020,0037) {ref.orientation.tolist()} "
+                              "is not two orthonormal direction cosines")
+    normal /= norm
+    offsets = np.array([float(s.position @ normal) for s in slices])
+    order = np.argsort(offsets, kind="stable")
+    slices = [slices[i] for i in order]
+    offsets = offsets[order]
+
+    warnings: list[str] = []
+    if len(slices) == 1:
+        thickness = float(ref.ds.get("SliceThickness", 1.0) or 1.0)
+        gaps, step = np.array([]), thickness
+    else:
+        gaps = np.diff(offsets)
+        dup = np.flatnonzero(gaps < 1e-3)
+        if len(dup):
+            a, b = slices[dup[0]], slices[dup[0] + 1]
+            raise DicomInputError(f"{b.label}: duplicate slice position: ImagePositionPatient (0020,0032) "
+                                  f"{b.position.tolist()} is also in {a.label}")
+        step = float(np.median(gaps))
+        # In-plane drift of the positions means a sheared stack, which the affine cannot hold.
+        inplane = [(s.position - slices[0].position) - ((s.position - slices[0].position) @ normal) * normal
+                   for s in slices]
+        drift = max(float(np.linalg.norm(v)) for v in inplane)
+        if drift > 0.5 * float(min(ref.spacing)):
+            raise DicomInputError(f"{source}: series {chosen} slices are sheared: ImagePositionPatient (0020,0032) "
+                                  f"moves {drift:.2f} mm in-plane across the stack (gantry tilt is not supported)")
+
+    fill: list[tuple[int, int]] = []  # (index after which to insert, number of missing slices)
+    for n, gap in enumerate(gaps):
+        ratio = gap / step
+        if abs(ratio - 1) <= SPACING_RTOL:
+            continue
+        missing = int(np.rint(ratio)) - 1
+        a, b = slices[n], slices[n + 1]
+        if missing >= 1 and abs(ratio - np.rint(ratio)) <= SPACING_RTOL * np.rint(ratio):
+            msg = (f"{b.label}: {missing} missing slice(s) between ImagePositionPatient (0020,0032) "
+                   f"{a.position.round(3).tolist()} ({a.label}) and {b.position.round(3).tolist()}: gap "
+                   f"{gap:.3f} mm, spacing {step:.3f} mm")
+            if not interpolate_missing:
+                raise DicomInputError(msg + " (pass interpolate_missing to fill it by interpolation)")
+            warnings.append(msg + "; filled by linear interpolation")
+            fill.append((n, missing))
+        else:
+            raise DicomInputError(f"{b.label}: inconsistent slice spacing: ImagePositionPatient (0020,0032) "
+                                  f"{b.position.round(3).tolist()} is {gap:.3f} mm from the previous slice "
+                                  f"({a.label}), the series spacing is {step:.3f} mm")
+
+    hu = _read_pixels(slices, workers=workers)
+    if fill:
+        hu = _interpolate_gaps(hu, fill)
+        for w in warnings:
+            log.warning(w)
+
+    sy, sx = float(ref.spacing[0]), float(ref.spacing[1])
+    affine = np.eye(4)
+    affine[:3, 0] = row_cos * sx
+    affine[:3, 1] = col_cos * sy
+    affine[:3, 2] = normal * step
+    affine[:3, 3] = slices[0].position
+
+    ds0 = slices[0].ds
+    return CTVolume(
+        hu=hu, affine=affine, series_uid=chosen,
+        study_uid=str(ds0.get("StudyInstanceUID", "")),
+        patient_id=str(ds0.get("PatientID", "")) or None,
+        study_date=_da_date(str(ds0.get("StudyDate", ""))),
+        modality=str(ds0.get("Modality", "CT")),
+        description=str(ds0.get("SeriesDescription", "")),
+        files=[s.label for s in slices], warnings=warnings, skipped=skipped,
+        frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "")),
+        sop_instance_uids=[str(s.ds.get("SOPInstanceUID", "")) for s in slices],
+    )
+
+
+def _da_date(value: str) -> str | None:
+    """A DICOM DA date (YYYYMMDD) as stored, or None when the element is empty or malformed."""
+    value = value.strip()
+    return value if len(value) == 8 and value.isdigit() else None
+
+
+def _slice_hu(s: _Slice) -> tuple[np.ndarray, bool]:
+    """One slice's pixels in HU; the fast path reads uncompressed 16-bit pixels straight from
+    the buffer, everything else (compressed syntaxes, odd bit depths) goes through pydicom."""
+    ds = _read(s.label, s.opener, pixels=True)
+    if "PixelData" not in ds:
+        raise DicomInputError(f"{s.label}: missing tag PixelData {PIXEL_DATA_TAG}")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    bits = int(ds.get("BitsAllocated", 16))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise DicomInputError(f"{s.label}: SamplesPerPixel (0028,0002) is {ds.SamplesPerPixel}; CT needs 1")
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    try:
+        if (syntax in _UNCOMPRESSED and syntax != "1.2.840.10008.1.2.2" and bits == 16
+                and int(ds.get("BitsStored", 16)) == 16):
+            raw = np.frombuffer(ds.PixelData, dtype="<i2" if signed else "<u2", count=rows * cols)
+            pixels = raw.reshape(rows, cols)
+        else:
+            pixels = ds.pixel_array
+    except Exception as exc:
+        raise DicomInputError(f"{s.label}: cannot decode PixelData {PIXEL_DATA_TAG} (transfer syntax {syntax}; "
+                              f"{type(exc).__name__}: {exc})") from exc
+    if pixels.shape != (rows, cols):
+        raise DicomInputError(f"{s.label}: PixelData {PIXEL_DATA_TAG} holds {pixels.shape}, Rows x Columns is "
+                              f"{rows} x {cols} (multi-frame CT is not supported)")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    integral = slope == int(slope) and intercept == int(intercept)
+    if integral:
+        out = pixels.astype(np.int32)
+        if slope != 1:
+            out *= int(slope)
+        out += int(intercept)
+        return np.clip(out, -32768, 32767).astype(np.int16), True
+    return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)), False
+
+
+def _read_pixels(slices: list[_Slice], *, workers: int) -> np.ndarray:
+    # Reading is mostly I/O and buffer copies that release the GIL, so a few threads help.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(_slice_hu, slices))
+    if all(integral for _, integral in results):
+        return np.stack([r for r, _ in results])
+    return np.stack([r.astype(np.float32) for r, _ in results])
+
+
+def _interpolate_gaps(hu: np.ndarray, fill: list[tuple[int, int]]) -> np.ndarray:
+    parts, last = [], 0
+    for after, missing in fill:
+        parts.append(hu[last:after + 1])
+        a, b = hu[after].astype(np.float32), hu[after + 1].astype(np.float32)
+        for m in range(1, missing + 1):
+            t = m / (missing + 1)
+            parts.append(((1 - t) * a + t * b).astype(hu.dtype)[None])
+        last = after + 1
+    parts.append(hu[last:])
+    return np.concatenate(parts)
+
+
+# --------------------------------------------------------------------------- writing
+
+@dataclass
+class SeriesInfo:
+    """Identity of a written series; UIDs are generated when not given."""
+
+    patient_id: str = "PHANTOM"
+    patient_name: str = "Phantom^Chest"
+    study_uid: str = field(default_factory=generate_uid)
+    series_uid: str = field(default_factory=generate_uid)
+    frame_of_reference_uid: str = field(default_factory=generate_uid)
+    study_date: str = field(default_factory=lambda: date.today().strftime("%Y%m%d"))
+    description: str = "Synthetic chest CT"
+    accession: str = ""
+
+
+def write_ct_series(
+    hu: np.ndarray,
+    out_dir: str | os.PathLike[str],
+    *,
+    spacing: Sequence[float],
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    info: SeriesInfo | None = None,
+    compression: str | None = None,
+    file_names: str = "uid",
+) -> list[Path]:
+    """Write ``hu`` ``[k, j, i]`` as an axial CT series (one file per slice); returns the paths.
+
+    Stored values are signed 16-bit with RescaleIntercept -1024, so a reader that ignores the
+    rescale or the sign is visibly wrong. ``compression="rle"`` writes RLE Lossless.
+    ``file_names`` "uid" names files by SOP Instance UID (as PACS exports do, so order says
+    nothing), "index" by slice number. InstanceNumber counts from the top (feet-last), the
+    opposite of the array order, which a reader sorting by it would get wrong.
+    """
+    info = info or SeriesInfo()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sz, sy, sx = (float(v) for v in spacing)
+    stored = np.clip(np.rint(hu).astype(np.int32) + 1024, -32768, 32767).astype(np.int16)
+    n = stored.shape[0]
+    paths = []
+    for k in range(n):
+        sop_uid = generate_uid()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop_uid
+        ds.Modality = "CT"
+        ds.PatientName = info.patient_name
+        ds.PatientID = info.patient_id
+        ds.StudyInstanceUID = info.study_uid
+        ds.SeriesInstanceUID = info.series_uid
+        ds.FrameOfReferenceUID = info.frame_of_reference_uid
+        ds.StudyDate = info.study_date
+        ds.SeriesDate = info.study_date
+        ds.StudyID = "1"
+        ds.AccessionNumber = info.accession
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = n - k
+        ds.SeriesDescription = info.description
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [float(origin[0]), float(origin[1]), float(origin[2]) + k * sz]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [sy, sx]
+        ds.SliceThickness = sz
+        ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.WindowCenter = -600
+        ds.WindowWidth = 1500
+        if compression == "rle":
+            ds.compress(RLELossless, np.ascontiguousarray(stored[k]))
+        elif compression is None:
+            ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+        else:
+            raise InputValidationError(f"write_ct_series: compression {compression!r} is not one of None, 'rle'")
+        name = f"{sop_uid}.dcm" if file_names == "uid" else f"slice{k:04d}.dcm"
+        path = out / name
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def iter_study_dirs(root: str | os.PathLike[str]) -> list[Path]:
+    """The studies under ``root``: each sub-folder (with everything below it, so a study's
+    per-series sub-folders stay one study) and each zip file directly in ``root``; ``root``
+    itself when it holds DICOM files directly and no sub-folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputValidationError(f"{root}: not a folder")
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    studies = [p for p in entries if p.is_dir() or (p.is_file() and p.suffix.lower() == ".zip")]
+    if not studies and any(p.is_file() for p in entries):
+        return [root]
+    return studies

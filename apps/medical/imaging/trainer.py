@@ -1,0 +1,242 @@
+"""Training the candidate classifier on phantoms, and the detection evaluation (FROC).
+
+No annotated chest-CT series is staged here, so the networks learn from phantom studies whose
+nodules are known exactly (``phantom``). Candidates come from the same detector that runs at
+analysis time, so the false candidates the network learns to reject are the real ones
+(vessel branchings and crossings), not hand-made negatives. Validation studies are held out
+by study, never by patch, and they choose the operating threshold: the highest sensitivity at
+no more than ``max_fp_per_scan`` false positives per scan.
+
+The evaluation runs the whole product path on fresh phantoms written as DICOM (seeds never
+used for training): load, analyse, and compare each finding's ``center_mm`` in patient
+coordinates with the truth, so the geometry is checked along with the detector.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from trillium.core.registry import ModelRecord, ModelRegistry
+from trillium.medical.imaging.analyzer import StudyAnalyzer, detect_candidates
+from trillium.medical.imaging.classifier import (
+    DEFAULT_MODEL_NAME,
+    NoduleClassifier,
+    candidate_features,
+    extract_patches,
+)
+from trillium.medical.imaging.dicom_io import CTVolume
+from trillium.medical.imaging.phantom import PhantomNodule, make_phantom, write_phantom
+
+log = logging.getLogger(__name__)
+
+TRAIN_SHAPE = (140, 256, 256)
+TRAIN_SPACING = (1.5, 1.4, 1.4)
+#: FROC operating points (false positives per scan), as in LUNA16's CPM.
+FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def phantom_volume(n_nodules: int, seed: int, *, shape: tuple[int, int, int] = TRAIN_SHAPE,
+                   spacing: tuple[float, float, float] = TRAIN_SPACING) -> tuple[CTVolume, list[PhantomNodule]]:
+    """A phantom straight into memory (training does not need the DICOM round trip)."""
+    hu, nodules = make_phantom(n_nodules, seed, shape=shape, spacing=spacing)
+    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+    return CTVolume(hu=hu, affine=affine, series_uid=f"phantom-{seed}"), nodules
+
+
+def _match(center_kji: np.ndarray, nodules: list[PhantomNodule], spacing: tuple[float, float, float]) -> int | None:
+    """Index of the truth nodule whose body holds this point (within its radius, at least 3 mm)."""
+    pos = np.asarray(center_kji) * np.array(spacing)
+    best, best_d = None, np.inf
+    for n, nod in enumerate(nodules):
+        d = float(np.linalg.norm(pos - np.array(nod.center_kji) * np.array(spacing)))
+        if d < max(nod.diameter_mm / 2, 3.0) and d < best_d:
+            best, best_d = n, d
+    return best
+
+
+def candidate_set(seeds: list[int], *, nodules_per_study: int = 8, shape: tuple[int, int, int] = TRAIN_SHAPE,
+                  spacing: tuple[float, float, float] = TRAIN_SPACING, log_fn: Callable[[str], Any] | None = None) -> dict[str, np.ndarray]:
+    """Patches and features of every detector candidate on the phantoms of ``seeds``, labelled
+    from the truth (the same candidates, measurements and features as at analysis time)."""
+    patches, feats, is_nodule, malignant, groups = [], [], [], [], []
+    for seed in seeds:
+        t = time.perf_counter()
+        vol, nodules = phantom_volume(nodules_per_study, seed, shape=shape, spacing=spacing)
+        cands, measurements, _lungs = detect_candidates(vol)
+        labels = [_match(c.center_kji, nodules, vol.spacing) for c in cands]
+        if cands:
+            patches.append(extract_patches(vol.hu, np.array([c.center_kji for c in cands]), vol.spacing))
+            feats.append(np.stack([candidate_features(c, m) for c, m in zip(cands, measurements, strict=True)]))
+        is_nodule.extend(lbl is not None for lbl in labels)
+        malignant.extend(lbl is not None and nodules[lbl].malignant for lbl in labels)
+        groups.extend([seed] * len(cands))
+        if log_fn:
+            log_fn(f"study {seed}: {len(cands)} candidates, {sum(lbl is not None for lbl in labels)} "
+                   f"on nodules ({time.perf_counter() - t:.1f}s)")
+    return {"patches": np.concatenate(patches), "features": np.concatenate(feats),
+            "is_nodule": np.array(is_nodule, dtype=np.float32),
+            "malignant": np.array(malignant, dtype=np.float32), "groups": np.array(groups)}
+
+
+def choose_threshold(prob: np.ndarray, is_nodule: np.ndarray, groups: np.ndarray, *,
+                     max_fp_per_scan: float = 0.5) -> float:
+    """Lowest threshold whose false positives per validation scan stay within the budget."""
+    scans = max(1, len(np.unique(groups)))
+    neg = np.sort(prob[is_nodule < 0.5])[::-1]
+    allowed = int(np.floor(max_fp_per_scan * scans))
+    if len(neg) <= allowed:
+        return 0.05
+    return float(min(0.95, max(0.05, neg[allowed] + 1e-6)))
+
+
+@dataclass
+class TrainReport:
+    classifier: NoduleClassifier
+    threshold: float
+    record: ModelRecord | None
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0, epochs: int = 10, width: int = 8,
+                       mc_samples: int = 8,
+                       max_fp_per_scan: float = 0.5, register: bool = True, registry: ModelRegistry | None = None,
+                       name: str = DEFAULT_MODEL_NAME, shape: tuple[int, int, int] = TRAIN_SHAPE,
+                       spacing: tuple[float, float, float] = TRAIN_SPACING,
+                       log_fn: Callable[[str], Any] | None = None) -> TrainReport:
+    """Build the candidate set from ``studies`` phantoms, train both networks, pick the threshold."""
+    t0 = time.perf_counter()
+    seeds = [seed * 10_000 + s for s in range(studies + val_studies)]
+    data = candidate_set(seeds[:-val_studies], shape=shape, spacing=spacing, log_fn=log_fn)
+    clf = NoduleClassifier(width=width, epochs=epochs, seed=seed, mc_samples=mc_samples)
+    clf.fit(data["patches"], data["features"], data["is_nodule"], data["malignant"], data["groups"], log_fn=log_fn)
+    # the operating threshold comes from studies neither stage has seen
+    val = candidate_set(seeds[-val_studies:], shape=shape, spacing=spacing, log_fn=log_fn)
+    pred = clf.predict(val["patches"], val["features"])
+    y_val = val["is_nodule"]
+    threshold = choose_threshold(pred.nodule_probability, y_val, val["groups"], max_fp_per_scan=max_fp_per_scan)
+    pos = y_val > 0.5
+    metrics: dict[str, Any] = {
+        "train_studies": studies, "candidates": len(data["is_nodule"]),
+        "val_candidate_auc": float(roc_auc_score(y_val, pred.nodule_probability)) if 0 < pos.sum() < len(pos) else None,
+        "val_sensitivity_at_threshold": float((pred.nodule_probability[pos] >= threshold).mean()) if pos.any() else None,
+        "threshold": threshold,
+    }
+    mal = val["malignant"][pos]
+    if 0 < mal.sum() < len(mal):
+        metrics["val_malignancy_auc"] = float(roc_auc_score(mal, pred.malignancy[pos]))
+    record = None
+    if register:
+        record = clf.register(registry, name, threshold=threshold, metrics=metrics)
+    return TrainReport(clf, threshold, record, metrics, time.perf_counter() - t0)
+
+
+def evaluate_detection(analyzer: StudyAnalyzer, *, studies: int = 8, seed: int = 900_000, nodules: int = 6,
+                       min_diameter_mm: float = 5.0, workdir: str | Path | None = None,
+                       shape: tuple[int, int, int] = TRAIN_SHAPE, spacing: tuple[float, float, float] = TRAIN_SPACING,
+                       log_fn: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Sensitivity at each FP rate (FROC), centre and diameter errors, type and malignancy figures.
+
+    Nodules smaller than ``min_diameter_mm`` neither count as misses nor, when found, as false
+    positives (LUNA16 treats sub-threshold nodules the same way).
+    """
+    tmp = tempfile.TemporaryDirectory() if workdir is None else None
+    root = Path(workdir) if workdir is not None else Path(tmp.name)  # type: ignore[union-attr]
+    scored: list[tuple[float, bool]] = []  # (probability, is_tp) over all findings of all scans
+    n_truth = 0
+    centre_err, diam_err, type_ok, mal_true, mal_pred, per_study = [], [], [], [], [], []
+    saved_threshold = analyzer.threshold
+    analyzer.threshold = 0.02  # keep low-scoring findings so the whole FROC curve can be drawn
+    try:
+        for s in range(studies):
+            folder = root / f"study-{s}"
+            truth = write_phantom(folder, nodules=nodules, seed=seed + s, shape=shape, spacing=spacing)
+            result = analyzer.analyze(folder)
+            truth_n = truth["nodules"]
+            counted = [n for n in truth_n if n["diameter_mm"] >= min_diameter_mm]
+            n_truth += len(counted)
+            hit: set[int] = set()
+            fp = 0
+            for f in result.findings:
+                best, best_d = None, np.inf
+                for t_idx, n in enumerate(truth_n):
+                    d = float(np.linalg.norm(np.array(f["center_mm"]) - np.array(n["center_mm"])))
+                    if d < max(n["diameter_mm"] / 2, 3.0) and d < best_d:
+                        best, best_d = t_idx, d
+                if best is None:
+                    scored.append((f["nodule_probability"], False))
+                    fp += f["nodule_probability"] >= saved_threshold
+                    continue
+                n = truth_n[best]
+                if n["diameter_mm"] < min_diameter_mm or best in hit:
+                    continue
+                hit.add(best)
+                scored.append((f["nodule_probability"], True))
+                if f["nodule_probability"] >= saved_threshold:
+                    centre_err.append(best_d)
+                    diam_err.append(abs(f["diameter_mm"] - n["diameter_mm"]) / n["diameter_mm"])
+                    type_ok.append(f["type"] == n["type"])
+                    mal_true.append(bool(n["malignant"]))
+                    mal_pred.append(f["malignancy"])
+            per_study.append({"seed": seed + s, "nodules": len(counted), "findings_at_threshold":
+                              sum(f["nodule_probability"] >= saved_threshold for f in result.findings),
+                              "false_positives": int(fp), "seconds": round(result.timings.get("total", 0.0), 2)})
+            if log_fn:
+                log_fn(f"eval study {s}: {per_study[-1]}")
+    finally:
+        analyzer.threshold = saved_threshold
+        if tmp is not None:
+            tmp.cleanup()
+    froc = froc_table(scored, n_truth, studies)
+    at_thr = [p for p, tp in scored if p >= saved_threshold]
+    tps = sum(tp for p, tp in scored if p >= saved_threshold)
+    report: dict[str, Any] = {
+        "studies": studies, "nodules_counted": n_truth, "min_diameter_mm": min_diameter_mm,
+        "threshold": saved_threshold,
+        "sensitivity": tps / n_truth if n_truth else None,
+        "fp_per_scan": (len(at_thr) - tps) / studies,
+        "froc": froc, "cpm": float(np.mean([row["sensitivity"] for row in froc])) if froc else None,
+        "centre_error_mm": _stats(centre_err), "diameter_rel_error": _stats(diam_err),
+        "diameter_within_20pct": float(np.mean(np.array(diam_err) <= 0.2)) if diam_err else None,
+        "type_accuracy": float(np.mean(type_ok)) if type_ok else None,
+        "malignancy_auc": float(roc_auc_score(mal_true, mal_pred)) if 0 < sum(mal_true) < len(mal_true) else None,
+        "per_study": per_study,
+    }
+    return report
+
+
+def froc_table(scored: list[tuple[float, bool]], n_truth: int, scans: int) -> list[dict[str, float]]:
+    """Sensitivity at each FP-per-scan rate of ``FROC_FP_RATES`` (LUNA16's CPM points)."""
+    if not n_truth or not scans:
+        return []
+    ranked = sorted(scored, key=lambda x: -x[0])
+    rows = []
+    for rate in FROC_FP_RATES:
+        fp_budget = rate * scans
+        tp = fp = 0
+        threshold = 1.0
+        for p, is_tp in ranked:
+            if not is_tp and fp + 1 > fp_budget:
+                break
+            tp += is_tp
+            fp += not is_tp
+            threshold = p
+        rows.append({"fp_per_scan": rate, "sensitivity": round(tp / n_truth, 4), "threshold": round(threshold, 4)})
+    return rows
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = np.asarray(values, dtype=float)
+    return {"mean": round(float(a.mean()), 4), "median": round(float(np.median(a)), 4),
+            "p95": round(float(np.percentile(a, 95)), 4), "max": round(float(a.max()), 4), "n": len(a)}

@@ -1,0 +1,207 @@
+"""Chest-CT analysis end to end: phantom DICOM -> findings JSON, database, heatmaps, SEG/SR, batch.
+
+A small classifier is trained once for the module on small phantoms (the product trains on
+larger ones; see the README for the measured detection figures). The geometry and measurement
+checks do not depend on that model: they use the truth of the phantoms directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from trillium.core.db import connect
+from trillium.core.db.models import ImagingFinding, ImagingStudy
+from trillium.core.registry import ModelRegistry
+from trillium.medical.imaging.analyzer import StudyAnalyzer, detect_candidates
+from trillium.medical.imaging.batch import analyze_folder, read_summary
+from trillium.medical.imaging.trainer import _match, choose_threshold, froc_table, phantom_volume, train_nodule_model
+
+SMALL = (72, 160, 160)
+SMALL_SPACING = (2.0, 1.6, 1.6)
+CATEGORIES = {"2", "3", "4A", "4B"}
+TYPES = {"solid", "part-solid", "ground-glass"}
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TRILLIUM_HOME": str(home)}
+    env.pop("TRILLIUM_DB_URL", None)
+    return subprocess.run([sys.executable, "-m", "trillium.core.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def ct_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TRILLIUM_HOME holding a small trained nodule classifier as production."""
+    home = tmp_path_factory.mktemp("cthome")
+    db = connect(f"sqlite:///{home / 'trillium.db'}")
+    registry = ModelRegistry(db, home / "registry")
+    report = train_nodule_model(studies=3, val_studies=1, epochs=2, width=4, mc_samples=4, registry=registry,
+                                shape=SMALL, spacing=SMALL_SPACING)
+    assert report.record is not None and 0.0 < report.threshold < 1.0
+    return home
+
+
+def _phantom(tmp: Path, name: str, seed: int, *, nodules: int = 3, patient: str | None = None) -> tuple[Path, dict]:
+    from trillium.medical.imaging.phantom import write_phantom
+
+    folder = tmp / name
+    truth = write_phantom(folder, nodules=nodules, seed=seed, shape=SMALL, spacing=SMALL_SPACING, patient_id=patient)
+    return folder, truth
+
+
+def test_candidates_and_measurements_meet_the_synthetic_goals_before_any_model() -> None:
+    """Nearly every nodule of 5 mm or more gets a candidate whose refined measurement is within the
+    issue's goals (centre 3 mm, diameter 20 %) on most nodules: the model can only choose among these."""
+    found = total = good = 0
+    for seed in (11, 12):
+        vol, nodules = phantom_volume(8, seed)  # the product's default grid (1.5 mm slices, 1.4 mm pixels)
+        cands, measurements, lungs = detect_candidates(vol)
+        assert 1_000 < lungs.sum() * np.prod(vol.spacing) / 1000 < 12_000  # mL: two lungs, not the body
+        for n_idx, nod in enumerate(nodules):
+            if nod.diameter_mm < 5:
+                continue
+            total += 1
+            hits = [(c, m) for c, m in zip(cands, measurements, strict=True)
+                    if _match(c.center_kji, nodules, vol.spacing) == n_idx and m is not None]
+            if not hits:
+                continue
+            found += 1
+            m = hits[0][1]
+            centre = np.linalg.norm((np.array(m.center_kji) - np.array(nod.center_kji)) * np.array(vol.spacing))
+            if centre <= 3.0 and abs(m.diameter_mm - nod.diameter_mm) <= 0.2 * nod.diameter_mm:
+                good += 1
+    assert total >= 10
+    assert found / total >= 0.9, (found, total)  # 14 of 15 here: a faint 5-6 mm ground-glass one is missed
+    assert good / found >= 0.75, (good, found)  # small part-solid nodules are measured short (README)
+
+
+def test_analyze_cli_writes_findings_stores_them_and_exports(ct_home: Path, tmp_path: Path) -> None:
+    study, truth = _phantom(tmp_path, "study", seed=21, nodules=4, patient="P-CT-1")
+    out = tmp_path / "findings.json"
+    res = _cli("medical", "analyze", str(study), "--json", str(out), "--heatmaps", str(tmp_path / "heat"),
+               "--dicom", str(tmp_path / "dicom"), home=ct_home)
+    assert res.returncode == 0, res.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    assert payload["series_uid"] == truth["series_uid"] and payload["patient_id"] == "P-CT-1"
+    assert payload["n_candidates"] > 0 and payload["timings_s"]["total"] > 0
+    for f in payload["findings"]:
+        assert len(f["center_mm"]) == 3 and f["diameter_mm"] >= 3.0
+        assert 0.0 <= f["malignancy"] <= 1.0 and f["malignancy_std"] >= 0.0
+        assert f["type"] in TYPES and f["category"] in CATEGORIES
+        assert set(f["heatmaps"]) == {"gradcam", "ig"}
+        for png in f["heatmaps"].values():
+            assert (tmp_path / "heat" / png).stat().st_size > 1000
+    # centre_mm is in patient coordinates: a finding on a truth nodule sits within its radius
+    db = connect(f"sqlite:///{ct_home / 'trillium.db'}")
+    with db.session() as s:
+        stored = s.scalars(select(ImagingStudy).where(ImagingStudy.series_uid == truth["series_uid"])).one()
+        n = s.scalar(select(func.count()).select_from(ImagingFinding).where(ImagingFinding.study_pk == stored.id))
+    assert stored.patient_id == "P-CT-1" and n == len(payload["findings"])
+    sr = pydicom.dcmread(payload["dicom"]["sr"])
+    assert sr.StudyInstanceUID == truth["study_uid"]
+    if payload["findings"]:
+        seg = pydicom.dcmread(payload["dicom"]["seg"])
+        assert len(seg.SegmentSequence) == len(payload["findings"])
+    # analysing again replaces the study instead of duplicating it
+    again = _cli("medical", "analyze", str(study), "--json", str(out), home=ct_home)
+    assert again.returncode == 0, again.stderr[-2000:]
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(ImagingStudy)
+                        .where(ImagingStudy.series_uid == truth["series_uid"])) == 1
+
+
+def test_analyze_cli_bad_input_is_one_clear_line(ct_home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "not-dicom"
+    folder.mkdir()
+    (folder / "scan.dcm").write_text("this is a report, not an image")
+    res = _cli("medical", "analyze", str(folder), home=ct_home)
+    assert res.returncode == 1
+    assert "scan.dcm" in res.stderr and "not a DICOM file" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_analyze_without_a_model_says_how_to_train(tmp_path: Path) -> None:
+    study, _ = _phantom(tmp_path, "s", seed=3, nodules=1)
+    res = _cli("medical", "analyze", str(study), home=tmp_path / "empty-home")
+    assert res.returncode == 1 and "trillium medical train" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_analyze_batch_quarantines_a_broken_study_and_resumes_without_duplicates(ct_home: Path,
+                                                                                 tmp_path: Path) -> None:
+    root = tmp_path / "studies"
+    _phantom(root, "a", seed=31, nodules=2)
+    _phantom(root, "b", seed=32, nodules=2)
+    broken, _ = _phantom(root, "c-missing-slice", seed=33, nodules=1)
+    files = sorted(broken.glob("*.dcm"), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    files[len(files) // 2].unlink()
+    db = connect(f"sqlite:///{ct_home / 'trillium.db'}")
+    analyzer = StudyAnalyzer.from_registry(registry=ModelRegistry(db, ct_home / "registry"))
+    out = tmp_path / "summary.csv"
+    res = analyze_folder(analyzer, root, out, db=db, progress=False, chunk_rows=2)
+    assert res.job.status == "done" and res.job.rows_out == 2 and res.job.rows_quarantined == 1
+    text = res.job.quarantine.read_text()
+    assert "c-missing-slice" in text and "missing slice" in text and "(0020,0032)" in text
+    summary = read_summary(out)
+    assert sorted(summary["study"]) == ["a", "b"]
+    assert all(Path(p).exists() for p in summary["json"])
+    again = analyze_folder(analyzer, root, out, db=db, progress=False, chunk_rows=2)
+    assert again.job.rows_out == 2 and len(read_summary(out)) == 2
+
+
+def test_froc_table_and_threshold_rules() -> None:
+    scored = [(0.99, True), (0.9, False), (0.8, True), (0.7, False), (0.6, False), (0.5, True)]
+    rows = {r["fp_per_scan"]: r["sensitivity"] for r in froc_table(scored, n_truth=4, scans=2)}
+    assert rows[0.125] == 0.25 and rows[0.5] == 0.5 and rows[1.0] == 0.5 and rows[2.0] == 0.75
+    prob = np.array([0.9, 0.8, 0.3, 0.2, 0.95])
+    y = np.array([0, 0, 0, 0, 1])
+    groups = np.array([1, 1, 2, 2, 1])
+    t = choose_threshold(prob, y, groups, max_fp_per_scan=0.5)  # 1 FP allowed over 2 scans
+    assert ((prob >= t) & (y == 0)).sum() == 1 and (prob[y == 1] >= t).all()
+
+
+def test_deid_cli_leaves_no_phi_and_keeps_the_series_loadable(tmp_path: Path) -> None:
+    from trillium.medical.imaging.dicom_io import load_ct
+
+    study, truth = _phantom(tmp_path, "phi", seed=41, nodules=1, patient="MRN-12345678")
+    out = tmp_path / "deid"
+    res = _cli("medical", "deid", str(study), str(out), "--salt", "test-salt", home=tmp_path / "home")
+    assert res.returncode == 0, res.stderr[-2000:]
+    files = list(out.rglob("*.dcm"))
+    assert len(files) == SMALL[0]
+    for p in files[:5]:
+        ds = pydicom.dcmread(p)
+        text = "".join(str(e.value) for e in ds.iterall() if e.VR not in ("OB", "OW"))
+        assert "MRN-12345678" not in text and "Phantom" not in text and truth["series_uid"] not in text
+        assert "MRN-12345678" not in str(p) and ds.PatientIdentityRemoved == "YES"
+    vol = load_ct(out)
+    original = load_ct(study)
+    assert np.array_equal(vol.hu, original.hu) and np.allclose(vol.affine, original.affine)
+    assert "truth.json" in res.stderr  # the non-DICOM file is reported as skipped, never copied
+    assert not list(out.rglob("truth.json"))
+
+
+def test_nodule_eval_cli_on_a_file_of_the_medmnist_layout(tmp_path: Path) -> None:
+    from trillium.medical.imaging.nodule_eval import write_synthetic_npz
+
+    npz = tmp_path / "nodulemnist3d.npz"
+    write_synthetic_npz(npz, n_train=60, n_val=16, n_test=20, seed=1)
+    out = tmp_path / "eval.json"
+    res = _cli("medical", "nodule-eval", "--npz", str(npz), "--json", str(out), "--epochs", "3", "--width", "4",
+               home=tmp_path / "home")
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["n_train"] == 60 and report["n_test"] == 20
+    assert 0.0 <= report["acc"] <= 1.0 and report["auc"] > 0.5
+    assert report["anchor"]["best_3d_auc"] == 0.886
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, train_images=np.zeros((2, 28, 28, 28), np.uint8))
+    res = _cli("medical", "nodule-eval", "--npz", str(bad), home=tmp_path / "home")
+    assert res.returncode == 1 and "bad.npz" in res.stderr and "Traceback" not in res.stderr
