@@ -6,12 +6,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.trillium-installed
 
-.PHONY: install demo test test-fast bench dashboard clean
+.PHONY: install browser demo test test-fast bench dashboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,9 +19,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/trillium demo
 
-# The whole suite, PostgreSQL cases included (they fail, not skip, when the server is down).
-test: $(STAMP)
-	TRILLIUM_REQUIRE_POSTGRES=1 $(PY) -m pytest -q
+# The dashboard's browser tests drive Debian's chromium (DEVELOPERS.md); install it when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	    echo "installing Debian's chromium for the dashboard's browser tests"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null \
+	    || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+
+# The whole suite, PostgreSQL and browser cases included (they fail, not skip, when the server
+# or the browser is missing).
+test: $(STAMP) browser
+	TRILLIUM_REQUIRE_POSTGRES=1 TRILLIUM_REQUIRE_BROWSER=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(VENV)/bin/trillium bench core --json benchmarks/results/core.json

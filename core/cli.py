@@ -44,7 +44,9 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at IN
 
 def fail(exc: Exception) -> None:
     """Print a Trillium error as one clear line and exit 2 (no traceback for expected errors)."""
-    console.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")  # escaped: "trillium[ray]" is no style tag
     raise typer.Exit(2)
 
 
@@ -72,9 +74,12 @@ def dashboard(
     """Start the Streamlit dashboard on the configured database."""
     from trillium import dashboards
 
-    script = Path(dashboards.__file__).parent / "app.py"
+    # Home.py is named for the sidebar's first entry; the viewer toolbar hides Streamlit's
+    # developer menu (deploy, rerun settings) that analysts have no use for
+    script = Path(dashboards.__file__).parent / "Home.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
-           "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false"]
+           "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "viewer"]
     raise typer.Exit(subprocess.call(cmd))
 
 

@@ -11,7 +11,7 @@ from trillium import dashboards
 from trillium.core.models.reference import TabularMLP
 from trillium.core.registry import ModelRegistry
 
-APP = str(Path(dashboards.__file__).parent / "app.py")
+APP = str(Path(dashboards.__file__).parent / "Home.py")
 
 
 def test_home_on_empty_database_shows_guidance() -> None:

@@ -29,7 +29,7 @@ def test_wheel_installs_and_imports(tmp_path: Path) -> None:
     wheel = next(wheels.glob("trillium-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "trillium/core/db/migrations/versions/0001_initial.py" in names
-    assert "trillium/dashboards/app.py" in names
+    assert "trillium/dashboards/Home.py" in names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, timeout=300)

@@ -1,0 +1,279 @@
+"""The dashboard in a real headless Chromium: each page loads, its main action is clicked through,
+and the outcome is read back from the page and the database; every step leaves a screenshot.
+
+AppTest (the per-page tests) checks the scripts; these check what an analyst's browser gets:
+the multipage navigation, widgets that really respond to clicks, keys and uploads, images and
+charts that really render, and no traceback anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+try:
+    from playwright.sync_api import Page, expect
+except ImportError:  # `make test` requires it (dev extra); a bare pytest without it skips with the reason
+    if os.environ.get("TRILLIUM_REQUIRE_BROWSER") == "1":
+        raise
+    pytest.skip("the playwright package is not installed (pip install -e '.[dev]')", allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(900)
+
+PAGES = {"home": "", "finance": "Finance", "medical": "Medical", "manufacturing": "Manufacturing"}
+
+
+# ------------------------------------------------------------------ helpers
+@pytest.fixture
+def page(browser, request: pytest.FixtureRequest) -> Page:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield p
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def settle(page: Page) -> None:
+    """Wait until the Streamlit script has run to the end and the page shows no traceback."""
+    app = page.locator('[data-testid="stApp"]')
+    expect(app).to_have_attribute("data-test-connection-state", "CONNECTED", timeout=60_000)
+    page.wait_for_timeout(300)  # a click's rerun starts asynchronously
+    expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=120_000)
+    expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+    assert "Traceback" not in page.inner_text("body")
+
+
+def shoot(page: Page, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000  # a rendered page, not a blank
+    return path
+
+
+def open_page(page: Page, base: str, name: str) -> None:
+    """Go through the sidebar navigation, as a user does (the home page is the app's root)."""
+    page.goto(base)
+    settle(page)
+    if PAGES[name]:
+        page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=PAGES[name]).click()
+        page.wait_for_url(re.compile(rf"/{PAGES[name]}$"))
+        settle(page)
+
+
+def choose(page: Page, key: str, option: str) -> None:
+    """Pick OPTION in the selectbox with widget key KEY."""
+    box = page.locator(f".st-key-{key} [role='combobox']")
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    settle(page)
+    expect(box).to_have_value(option)
+
+
+def cell(page: Page, text: str):
+    """A dataframe cell holding exactly TEXT (the grid is drawn on a canvas; its hidden table has the text)."""
+    return page.locator("[data-testid='stDataFrame']:visible td").filter(has_text=re.compile(rf"^{re.escape(text)}$")).first
+
+
+def metric_value(page: Page, label: str):
+    return page.locator('[data-testid="stMetric"]').filter(has_text=label).locator('[data-testid="stMetricValue"]')
+
+
+def tab(page: Page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(200)
+
+
+def db_url(home: Path) -> str:
+    return f"sqlite:///{home / 'trillium.db'}"
+
+
+# ------------------------------------------------------------------ empty database
+@pytest.mark.parametrize("name", list(PAGES))
+def test_every_page_explains_an_empty_database(page: Page, empty_dashboard: str, screenshots: Path,
+                                               name: str) -> None:
+    open_page(page, empty_dashboard, name)
+    expected = {"home": "No model registered yet", "finance": "No finance alerts yet",
+                "medical": "No CT studies yet", "manufacturing": "No inspections stored yet"}[name]
+    expect(page.get_by_text(expected).first).to_be_visible()
+    shoot(page, screenshots, f"empty-{name}")
+
+
+# ------------------------------------------------------------------ seeded
+def test_home_lists_models_and_jobs(page: Page, seeded_dashboard: str, screenshots: Path) -> None:
+    open_page(page, seeded_dashboard, "home")
+    nav = page.locator('[data-testid="stSidebarNav"] a')
+    assert nav.all_inner_texts() == ["Home", "Finance", "Medical", "Manufacturing"]
+    body = page.inner_text("body")
+    assert "Models" in body and "Batch jobs" in body
+    assert "Deploy" not in body  # the viewer toolbar: no developer menu for analysts
+    grids = page.locator('[data-testid="stDataFrame"]')
+    expect(grids).to_have_count(2)
+    shoot(page, screenshots, "home")
+
+
+def test_finance_label_an_alert_and_move_the_threshold(page: Page, seeded_dashboard: str, seeded: dict,
+                                                       screenshots: Path) -> None:
+    from trillium.core.db import Feedback, connect
+
+    open_page(page, seeded_dashboard, "finance")
+    expect(page.get_by_text(re.compile(r"alerts awaiting review"))).to_be_visible()
+    expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+    # the first alert in the queue is the one shown; its reasons chart renders
+    heading = page.get_by_role("heading", name=re.compile(r"^Transaction \d+"))
+    chosen = heading.inner_text().split()[-1]
+    assert chosen in seeded["finance"]["alerts"]
+    expect(page.locator('[data-testid="stVegaLiteChart"]:visible').first).to_be_visible()
+    shoot(page, screenshots, "finance-queue")
+
+    page.locator(".st-key-comment input").fill("confirmed with the card holder")
+    page.locator(".st-key-label_fraud button").click()
+    settle(page)
+    expect(page.get_by_text(f"Transaction {chosen} labelled fraud")).to_be_visible()
+    shoot(page, screenshots, "finance-labelled")
+    with connect(db_url(seeded["home"])).session() as s:
+        labels = [(f.entity_id, f.label, f.comment) for f in s.scalars(select(Feedback))]
+    assert labels == [(chosen, "fraud", "confirmed with the card holder")]
+
+    # the what-if: raising the threshold with the keyboard never gives more alerts per day
+    tab(page, "Threshold what-if")
+    metric = metric_value(page, "alerts per day")
+    before = float(metric.inner_text().replace(",", ""))
+    thumb = page.locator(".st-key-threshold input[type='range']")
+    thumb.focus()
+    for _ in range(30):
+        thumb.press("ArrowRight")
+    settle(page)
+    expect(thumb).to_have_value("0.8")
+    after = float(metric.inner_text().replace(",", ""))
+    assert after <= before and before > 0
+    shoot(page, screenshots, "finance-whatif")
+
+
+def test_medical_patient_record_ct_viewer_and_note_upload(page: Page, seeded_dashboard: str, seeded: dict,
+                                                          screenshots: Path, tmp_path: Path) -> None:
+    from trillium.core.db import connect
+    from trillium.medical.store import load_note
+
+    med = seeded["medical"]
+    open_page(page, seeded_dashboard, "medical")
+    # CT studies (first tab): the study opens on its finding's slice, the image renders, the slider moves it
+    # dataframes draw on a canvas; their accessible grid holds the cell text
+    expect(cell(page, "4A")).to_be_attached()
+    image = page.locator('[data-testid="stImage"] img').first
+    expect(image).to_be_visible()
+    first_src = image.get_attribute("src")
+    thumb = page.locator(f".st-key-ct-slice-{med['ct_study']} input[type='range']")
+    start = int(thumb.input_value())
+    thumb.focus()
+    thumb.press("Home")
+    settle(page)
+    expect(thumb).to_have_value("0")
+    assert start > 0 and page.locator('[data-testid="stImage"] img').first.get_attribute("src") != first_src
+    page.locator(f".st-key-ct-window-{med['ct_study']}").get_by_text("mediastinum", exact=False).click()
+    settle(page)
+    shoot(page, screenshots, "medical-ct")
+    # a "zip" that is no zip archive: a clear message, nothing stored, no traceback
+    fake = tmp_path / "study.zip"
+    fake.write_bytes(b"DICM but not really a zip archive")
+    page.locator(".st-key-ct-upload input[type='file']").set_input_files(str(fake))
+    settle(page)
+    page.locator(".st-key-ct-analyse button").click()
+    settle(page)
+    expect(page.get_by_text("Cannot analyse this upload: study.zip is not a zip archive")).to_be_visible()
+    shoot(page, screenshots, "medical-ct-bad-upload")
+
+    # the patient view joins the notes and the CT findings of the CT patient
+    tab(page, "Patient view")
+    choose(page, "patient", med["ct_patient"])
+    expect(metric_value(page, "CT findings")).to_have_text("1")
+    page.locator("[data-testid='stDataFrame']:visible").last.scroll_into_view_if_needed()
+    expect(cell(page, med["series_uid"])).to_be_attached()  # the grid renders the columns in view only
+    expect(page.get_by_text("Problems")).to_be_visible()
+    shoot(page, screenshots, "medical-patient")
+
+    # the record viewer highlights entities and strikes negated ones through
+    tab(page, "Record viewer")
+    viewer = page.locator('[data-testid="stMarkdownContainer"] mark, [data-testid="stMarkdownContainer"] span'
+                          '[style*="background"]')
+    expect(viewer.first).to_be_visible()
+    shoot(page, screenshots, "medical-record")
+
+    # upload a note, see it structured, store it
+    note = tmp_path / "upload-note.txt"
+    note.write_text("HPI: 61 year old with cough. Denies fever.\nMedications: metformin 500 mg twice daily.\n"
+                    "Vitals: BP 150/90, HR 88.\n")
+    tab(page, "Upload a note")
+    page.locator(".st-key-upload input[type='file']").set_input_files(str(note))
+    settle(page)
+    expect(page.get_by_text(re.compile(r"\d+ entities \(read as"))).to_be_visible()
+    page.locator(".st-key-store-upload button").click()
+    settle(page)
+    expect(page.get_by_text(re.compile(r"Stored upload-note with \d+ entities"))).to_be_visible()
+    shoot(page, screenshots, "medical-upload")
+    stored = load_note("upload-note", db=connect(db_url(seeded["home"])))
+    assert stored is not None and any(e["normalized"] == "metformin" for e in stored["entities"]
+                                      if e.get("normalized"))
+    # a bad upload (not text) is a clear message, no traceback
+    bad = tmp_path / "binary.txt"
+    bad.write_bytes(bytes(range(256)) * 64)
+    page.locator(".st-key-upload input[type='file']").set_input_files(str(bad))
+    settle(page)
+    expect(page.get_by_text("Cannot read this upload", exact=False)).to_be_visible()
+    shoot(page, screenshots, "medical-bad-upload")
+
+
+def test_manufacturing_gallery_chart_threshold_and_upload(page: Page, seeded_dashboard: str, seeded: dict,
+                                                          screenshots: Path, tmp_path: Path) -> None:
+    from trillium.core.db import AuditEvent, connect
+
+    man = seeded["manufacturing"]
+    open_page(page, seeded_dashboard, "manufacturing")
+    gallery = page.locator('[data-testid="stImage"] img')
+    expect(gallery).to_have_count(man["inspections"])
+    # every overlay really decoded in the browser
+    widths = gallery.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+    assert all(w > 0 for w in widths)
+    shoot(page, screenshots, "manufacturing-gallery")
+
+    tab(page, "p-chart")
+    expect(page.locator('[data-testid="stVegaLiteChart"]:visible').first).to_be_visible()
+    shoot(page, screenshots, "manufacturing-pchart")
+
+    tab(page, "Threshold tuning")
+    thumb = page.locator(".st-key-threshold input[type='range']")
+    thumb.focus()
+    thumb.press("End")
+    settle(page)
+    expect(page.get_by_text("At 1.000:", exact=False)).to_be_visible()
+    page.locator(".st-key-operator input").fill("night-shift")
+    page.locator(".st-key-operator input").press("Enter")
+    settle(page)
+    tab(page, "Threshold tuning")
+    page.locator(".st-key-apply_threshold button").click()
+    settle(page)
+    expect(page.get_by_text("Threshold 1.000 applied for inspector:v1")).to_be_visible()
+    shoot(page, screenshots, "manufacturing-threshold")
+    with connect(db_url(seeded["home"])).session() as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "manufacturing.threshold")).all()
+    assert [(e.actor, e.details["threshold"]) for e in events] == [("night-shift", 1.0)]
+
+    tab(page, "Inspect an image")
+    page.locator(".st-key-upload input[type='file']").set_input_files(man["upload_image"])
+    settle(page)
+    expect(page.get_by_text("anomaly overlay", exact=False)).to_be_visible()
+    expect(page.get_by_text("At your applied threshold 1.000 it would be", exact=False)).to_be_visible()
+    shoot(page, screenshots, "manufacturing-upload")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not an image")
+    page.locator(".st-key-upload input[type='file']").set_input_files(str(broken))
+    settle(page)
+    expect(page.get_by_text("Cannot inspect 'broken.png'", exact=False)).to_be_visible()
+    shoot(page, screenshots, "manufacturing-bad-upload")
+
