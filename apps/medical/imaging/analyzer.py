@@ -160,21 +160,29 @@ class StudyAnalyzer:
         )
 
 
+#: smallest / largest principal extent above which a grown outline counts as one round nodule
+ROUND_ENOUGH = 0.6
+
+
 def recentre_measurement(hu: np.ndarray, m: Measurement | None, spacing: tuple[float, float, float],
-                         lungs: np.ndarray, rounds: int = 2) -> Measurement | None:
+                         lungs: np.ndarray, rounds: int = 3) -> Measurement | None:
     """Measure again from the segmented centre at the segmented size.
 
     A large nodule answers at several blob scales, some off its centre; the candidate the
     classifier ranks first may sit on a lobe, and a measurement from there sees part of the
     nodule. Re-measuring from the segmentation's centroid at its own size converges on the whole
-    nodule in a round or two; a jump in size means the new outline took in a vessel or a
-    neighbour, and the earlier one is kept.
+    nodule in a round or two. A jump in size is kept only when the new outline is still round
+    (a lobe of a large nodule grows into the whole nodule); an elongated one took in a vessel or
+    a neighbour, and the earlier outline is kept.
     """
     for _ in range(rounds):
         if m is None:
             return None
         again = measure_consistent(hu, np.array(m.center_kji), max(m.diameter_mm / 2, 2.0), spacing, lungs)
-        if again is None or not 0.75 <= again.diameter_mm / max(m.diameter_mm, 1e-3) <= 1.6:
+        if again is None:
+            return m
+        ratio = again.diameter_mm / max(m.diameter_mm, 1e-3)
+        if ratio < 0.75 or (ratio > 1.6 and again.elongation < ROUND_ENOUGH):
             return m
         moved = np.linalg.norm((np.array(again.center_kji) - np.array(m.center_kji)) * np.array(spacing))
         m = again
