@@ -43,5 +43,9 @@ class JobError(TrilliumError):
     """A batch job cannot start or continue (bad input path, mismatched resume, ...)."""
 
 
+class EngineUnavailableError(JobError):
+    """A batch engine's optional package is not installed; the message names the extra to install."""
+
+
 class InputValidationError(TrilliumError):
     """An input record or file is invalid; the message names the file, row or field."""

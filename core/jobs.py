@@ -81,6 +81,7 @@ from trillium.core.errors import JobError
 
 __all__ = [
     "CHUNK_COLUMN",
+    "ENGINES",
     "QUARANTINE_COLUMNS",
     "CsvSink",
     "CsvSource",
@@ -89,14 +90,19 @@ __all__ = [
     "ParquetSource",
     "ProcessResult",
     "Processor",
+    "ProcessorFactory",
     "Rejected",
     "Sink",
     "Source",
     "SqlSink",
     "SqlSource",
+    "check_engine",
+    "encode_quarantine",
     "job_key",
+    "quarantine_rows",
     "read_quarantine",
     "reasons_from",
+    "run_batch",
     "run_job",
     "split_valid",
 ]
@@ -127,6 +133,15 @@ class ProcessResult:
 
 Processor = Callable[[pd.DataFrame, int], ProcessResult | pd.DataFrame]
 """``(chunk, chunk_index) -> ProcessResult`` (a bare DataFrame means nothing was rejected)."""
+
+ProcessorFactory = Callable[[], Processor]
+"""Builds a ``Processor``: once for a local job, once in every Ray worker (see ``run_batch``).
+
+Why a factory: a worker must load its model itself (from the registry, sha256 checked), so
+what travels to it is a small picklable object naming the model version, not the model.
+"""
+
+ENGINES = ("local", "ray")
 
 
 def split_valid(frame: pd.DataFrame, reasons: pd.Series | Sequence[str | None]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -256,6 +271,33 @@ class ParquetSource(_FileSource):
 
     def total_rows(self) -> int | None:
         return self._open().metadata.num_rows
+
+    def read_rows(self, start: int, stop: int) -> pd.DataFrame:
+        """Rows ``start`` to ``stop - 1`` of the file, reading only the row groups that hold them.
+
+        Why: a Ray worker reads its own part of a file on shared storage instead of receiving
+        it from the driver; with chunk-aligned bounds this is the frame ``chunks`` yields.
+        """
+        if start < 0 or stop < start:
+            raise JobError(f"bad row range {start}:{stop} of {self.path}")
+        pf = self._open()
+        meta = pf.metadata
+        groups: list[int] = []
+        first = seen = 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if seen + n > start and seen < stop and n:
+                if not groups:
+                    first = seen
+                groups.append(g)
+            seen += n
+        if not groups:
+            return pf.schema_arrow.empty_table().select(self.columns or pf.schema_arrow.names).to_pandas()
+        try:
+            table = pf.read_row_groups(groups, columns=self.columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise JobError(f"cannot read rows {start}:{stop} of {self.path}: {exc}") from exc
+        return table.slice(start - first, stop - start).to_pandas()
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
         rows = _check_rows(chunk_rows or self.chunk_rows)
@@ -820,6 +862,39 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def quarantine_rows(chunk_index: int, quarantined: pd.DataFrame, rejected: Sequence[Rejected]) -> list[list[Any]]:
+    """The quarantine file's rows for one chunk: [chunk_index, row_index, reason, record JSON].
+
+    Shared by both engines so that a record rejected on a Ray worker is written exactly as the
+    local engine writes it (same row number, reason and JSON).
+    """
+    rows: list[list[Any]] = []
+    if len(quarantined):
+        fields = [c for c in quarantined.columns if c != "reason"]
+        for row_index, reason, record in zip(
+            quarantined.index,
+            quarantined["reason"],
+            quarantined[fields].to_dict("records"),
+        ):
+            try:
+                number = int(row_index)
+            except (TypeError, ValueError):
+                number = -1
+            payload = {str(k): _jsonable(v) for k, v in record.items()}
+            rows.append([chunk_index, number, str(reason), json.dumps(payload, default=str, ensure_ascii=False)])
+    for item in rejected:
+        record = [_jsonable(v) for v in item.record] if isinstance(item.record, list) else _jsonable(item.record)
+        rows.append([chunk_index, item.row_index, item.reason, json.dumps(record, default=str, ensure_ascii=False)])
+    return rows
+
+
+def encode_quarantine(rows: list[list[Any]]) -> bytes:
+    """Quarantine rows as the CSV bytes of the quarantine file (UTF-8, ``\\n`` line ends)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
 class _QuarantineFile:
     """The rejected records of a job, as CSV: chunk_index, row_index, reason, record (JSON)."""
 
@@ -834,28 +909,10 @@ class _QuarantineFile:
 
     @staticmethod
     def _encode(rows: list[list[Any]]) -> bytes:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
-        return buf.getvalue().encode("utf-8")
+        return encode_quarantine(rows)
 
     def write(self, chunk_index: int, quarantined: pd.DataFrame, rejected: Sequence[Rejected]) -> int:
-        rows: list[list[Any]] = []
-        if len(quarantined):
-            fields = [c for c in quarantined.columns if c != "reason"]
-            for row_index, reason, record in zip(
-                quarantined.index,
-                quarantined["reason"],
-                quarantined[fields].to_dict("records"),
-            ):
-                try:
-                    number = int(row_index)
-                except (TypeError, ValueError):
-                    number = -1
-                payload = {str(k): _jsonable(v) for k, v in record.items()}
-                rows.append([chunk_index, number, str(reason), json.dumps(payload, default=str, ensure_ascii=False)])
-        for item in rejected:
-            record = [_jsonable(v) for v in item.record] if isinstance(item.record, list) else _jsonable(item.record)
-            rows.append([chunk_index, item.row_index, item.reason, json.dumps(record, default=str, ensure_ascii=False)])
+        rows = quarantine_rows(chunk_index, quarantined, rejected)
         return self._file.append(self._encode(rows)) if rows else self._file.offset
 
     def close(self) -> None:
@@ -894,9 +951,18 @@ class JobResult:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def job_key(name: str, source_uri: str, fingerprint: str, sink_uri: str, chunk_rows: int) -> str:
-    """The identity of a job: same name, input, output and chunking = the same job."""
-    blob = json.dumps([name, source_uri, fingerprint, sink_uri, chunk_rows])
+def job_key(name: str, source_uri: str, fingerprint: str, sink_uri: str, chunk_rows: int,
+            engine: str = "local") -> str:
+    """The identity of a job: same name, input, output, chunking and engine = the same job.
+
+    The engine is part of it because the engines keep their progress differently (checkpoint
+    rows for the local one, done-markers next to the output for Ray), so one cannot resume the
+    other's job; a local job's key is what it was before engines existed.
+    """
+    fields: list[Any] = [name, source_uri, fingerprint, sink_uri, chunk_rows]
+    if engine != "local":
+        fields.append(engine)
+    blob = json.dumps(fields)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -1200,3 +1266,55 @@ def run_job(
             close = getattr(source, "close", None)
             if close is not None:
                 close()
+
+
+# --------------------------------------------------------------------------- engine choice
+
+
+def check_engine(engine: str) -> str:
+    """``engine`` if it is one of ``ENGINES`` and usable here, checked before any work is done:
+    a ``JobError`` naming the choices, or for ``ray`` without Ray installed an
+    ``EngineUnavailableError`` naming the extra to install."""
+    if engine not in ENGINES:
+        raise JobError(f"unknown batch engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "ray":
+        from trillium.core.ray_engine import import_ray
+
+        import_ray()
+    return engine
+
+
+def run_batch(
+    name: str,
+    source: Source,
+    factory: ProcessorFactory,
+    sink: Sink,
+    *,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    db: Database | None = None,
+    chunk_rows: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    quarantine_path: str | os.PathLike[str] | None = None,
+) -> JobResult:
+    """Run a batch job on the chosen engine.
+
+    ``local`` (the default) builds the processor once and runs ``run_job`` in this process,
+    exactly as before engines existed. ``ray`` runs the same chunks as parts on a Ray cluster
+    (``trillium.core.ray_engine``; needs ``pip install 'trillium[ray]'``): ``address`` is the
+    cluster to join (None: ``RAY_ADDRESS`` or a local Ray started for the job), ``workers``
+    the number of actors (default: one per CPU of the cluster). Both give the same output
+    parts and quarantine rows for the same input and ``chunk_rows``.
+    """
+    check_engine(engine)
+    if engine == "local":
+        if address is not None or workers is not None:
+            raise JobError("address and workers apply to the ray engine only (engine='ray')")
+        return run_job(name, source, factory(), sink, db=db, chunk_rows=chunk_rows, resume=resume,
+                       progress=progress, quarantine_path=quarantine_path)
+    from trillium.core.ray_engine import run_ray_job
+
+    return run_ray_job(name, source, factory, sink, address=address, workers=workers, db=db, chunk_rows=chunk_rows,
+                       resume=resume, progress=progress, quarantine_path=quarantine_path)

@@ -31,7 +31,7 @@ from sqlalchemy.orm import selectinload
 from torch import nn
 
 from trillium.core.config import registry_dir
-from trillium.core.db import Database, ModelAlias, ModelVersion, connect
+from trillium.core.db import Database, DatabaseRef, ModelAlias, ModelVersion, connect
 from trillium.core.errors import IntegrityError, RegistryError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
@@ -140,6 +140,48 @@ class ModelRecord:
             autotune=dict(row.autotune or {}), extra=dict(row.extra or {}), description=row.description,
             aliases=tuple(sorted(a.alias for a in row.aliases)), directory=root / row.name / f"v{row.version}",
         )
+
+
+@dataclass(frozen=True)
+class RegistryLocation:
+    """Where a registry lives: its database and its artifact folder.
+
+    Why: a Ray worker does not share the driver's environment (``TRILLIUM_HOME``,
+    ``TRILLIUM_DB_URL``), so what it needs to open the same registry travels with the job.
+    """
+
+    db: DatabaseRef
+    root: str
+
+    @classmethod
+    def of(cls, registry: ModelRegistry) -> RegistryLocation:
+        return cls(DatabaseRef.of(registry.db), str(Path(registry.root).resolve()))
+
+    def open(self) -> ModelRegistry:
+        return ModelRegistry(self.db.connect(), self.root)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One exact registered version and the registry holding it.
+
+    Workers load the model by number, not by alias: an alias moved during a job would
+    otherwise give parts of one output scored by two models.
+    """
+
+    location: RegistryLocation
+    name: str
+    version: int
+
+    @classmethod
+    def of(cls, registry: ModelRegistry, record: ModelRecord) -> ModelRef:
+        return cls(RegistryLocation.of(registry), record.name, record.version)
+
+    def registry(self) -> ModelRegistry:
+        return self.location.open()
+
+    def __str__(self) -> str:
+        return f"{self.name}:v{self.version}"
 
 
 class ModelRegistry:

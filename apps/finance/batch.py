@@ -8,6 +8,12 @@ validation rejected go to the quarantine with their reason. The features are det
 so a killed job recomputes them and resumes at its last checkpoint with nothing lost and
 nothing written twice. Validation on the whole file also catches a transaction id repeated
 in two different chunks.
+
+With ``engine="ray"`` the validation and features stay here (they need every card's whole
+history) and the scoring, the costly part, runs on a Ray cluster: the features travel once
+through Ray's object store, and each worker loads the same registered model version with the
+same threshold from the registry, then scores its parts exactly as the local engine scores
+its chunks.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +31,11 @@ import pandas as pd
 
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
-from trillium.core.jobs import CsvSink, JobResult, ParquetSink, ProcessResult, run_job
+from trillium.core.jobs import CsvSink, JobResult, ParquetSink, Processor, ProcessResult, check_engine, run_batch
+from trillium.core.registry import ModelRef
 from trillium.finance.adapters import PROFILES, detect_format, read_transactions, transaction_source
+from trillium.finance.features import FeatureTable
+from trillium.finance.fraud_model import FraudModel
 from trillium.finance.pipeline import ALERT, REASONS, FraudScorer, store_alerts
 
 log = logging.getLogger(__name__)
@@ -56,13 +66,89 @@ def _raw_columns(path: str | os.PathLike[str]) -> list[str]:
     return list(pd.read_csv(p, nrows=0).columns)
 
 
+@dataclass(frozen=True)
+class ScoringData:
+    """What every chunk's scoring looks up: the valid rows, their features (whole-file card
+    history), input row number -> feature row, and the validation's reason per rejected row."""
+
+    valid: pd.DataFrame
+    table: FeatureTable
+    position: pd.Series
+    reasons_by_row: pd.Series
+
+
+def score_chunk(scorer: FraudScorer, data: ScoringData, reasons: str, chunk: pd.DataFrame,
+                _index: int) -> ProcessResult:
+    """One chunk of a scoring job: its rejected rows with their reasons, the rest scored."""
+    rows = chunk.index
+    bad = rows.intersection(data.reasons_by_row.index)
+    rejected = chunk.loc[bad].assign(reason=data.reasons_by_row.loc[bad].to_numpy())
+    good = rows.difference(bad, sort=False)
+    pos = data.position.loc[good].to_numpy()
+    x, seq = data.table.rows(pos)
+    scored = scorer.score_features(data.valid.iloc[pos], x, seq, reasons)
+    for col in ("transaction_id", "customer_id", "terminal_id"):
+        scored[col] = scored[col].astype(str)  # one schema for every part, whatever the id types
+    return ProcessResult(scored, rejected)
+
+
+@dataclass
+class ScoringFactory:
+    """The job's processor factory (``trillium.core.jobs.ProcessorFactory``).
+
+    Locally it scores with the caller's ``scorer``. On Ray, ``scorer`` is None and each worker
+    loads ``model`` (an exact version, sha256 checked) and decides with the driver's
+    ``threshold``, so every part is scored as the local engine would score it.
+    """
+
+    data: ScoringData
+    reasons: str
+    model: ModelRef | None
+    threshold: float
+    n_reasons: int
+    model_label: str
+    model_version_id: int | None
+    scorer: FraudScorer | None = None  # the local engine's; never shipped to workers
+
+    @classmethod
+    def of(cls, scorer: FraudScorer, data: ScoringData, reasons: str, *, ship: bool) -> ScoringFactory:
+        """For the local engine (``ship=False``: use ``scorer``) or for Ray workers (load it there)."""
+        return cls(data, reasons, scorer.registry_ref, scorer.threshold, scorer.n_reasons, scorer.model_label,
+                   scorer.model_version_id, None if ship else scorer)
+
+    def __call__(self) -> Processor:
+        return partial(score_chunk, self.scorer or self._load(), self.data, self.reasons)
+
+    def _load(self) -> FraudScorer:
+        if self.model is None:
+            raise JobError("a worker cannot load an unregistered model: use FraudScorer.from_registry")
+        model, _ = FraudModel.load(self.model.registry(), self.model.name, self.model.version)
+        scorer = FraudScorer(model, threshold=self.threshold, n_reasons=self.n_reasons, model_label=self.model_label,
+                             model_version_id=self.model_version_id)
+        scorer.registry_ref = self.model
+        return scorer
+
+
 def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: str | os.PathLike[str], *,
                fmt: str = "auto", history: str | os.PathLike[str] | None = None, chunk_rows: int = 100_000,
                db: Database | None = None, store: bool = True, progress: bool = True, reasons: str = "alerts",
-               name: str | None = None, resume: bool = True) -> ScoreJobResult:
-    """Score a transaction file into ``output`` (Parquet parts directory or .csv) as a job."""
+               name: str | None = None, resume: bool = True, engine: str = "local", address: str | None = None,
+               workers: int | None = None) -> ScoreJobResult:
+    """Score a transaction file into ``output`` (Parquet parts directory or .csv) as a job.
+
+    ``engine="ray"`` scores on a Ray cluster (``address``; ``workers`` actors), into a directory
+    of Parquet parts; the scorer must come from the registry, where the workers load it.
+    """
     if reasons not in REASONS:  # refused now: inside the job it would quarantine every row
         raise InputValidationError(f"--reasons {reasons!r}: expected one of {', '.join(REASONS)}")
+    check_engine(engine)
+    if engine == "ray":
+        if Path(output).suffix.lower() == ".csv":
+            raise InputValidationError(f"--output {output}: the ray engine writes a directory of Parquet parts, "
+                                       "not a .csv file")
+        if scorer.registry_ref is None:
+            raise InputValidationError("the ray engine's workers load the model from the registry: score with a "
+                                       "registered model (FraudScorer.from_registry)")
     db = db or connect()
     src = Path(input_path)
     if not src.exists():
@@ -80,22 +166,13 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     feature_seconds = time.perf_counter() - t0
     position = pd.Series(np.arange(len(valid)), index=valid.index)  # input row number -> feature row
     reasons_by_row = quarantined["reason"] if len(quarantined) else pd.Series(dtype=object)
-
-    def process(chunk: pd.DataFrame, _index: int) -> ProcessResult:
-        rows = chunk.index
-        bad = rows.intersection(reasons_by_row.index)
-        rejected = chunk.loc[bad].assign(reason=reasons_by_row.loc[bad].to_numpy())
-        good = rows.difference(bad, sort=False)
-        pos = position.loc[good].to_numpy()
-        x, seq = table.rows(pos)
-        scored = scorer.score_features(valid.iloc[pos], x, seq, reasons)
-        for col in ("transaction_id", "customer_id", "terminal_id"):
-            scored[col] = scored[col].astype(str)  # one schema for every part, whatever the id types
-        return ProcessResult(scored, rejected)
+    data = ScoringData(valid, table, position, reasons_by_row)
+    factory = ScoringFactory.of(scorer, data, reasons, ship=engine != "local")
 
     source = transaction_source(src, chunk_rows=chunk_rows)
-    result = run_job(name or f"finance-score:{src.name}", source, process, _sink(output), db=db,
-                     chunk_rows=chunk_rows, progress=progress, resume=resume)
+    result = run_batch(name or f"finance-score:{src.name}", source, factory, _sink(output), engine=engine,
+                       address=address, workers=workers, db=db, chunk_rows=chunk_rows, progress=progress,
+                       resume=resume)
     if result.status != "done":
         raise JobError(f"scoring job {result.name} ended {result.status}")
     stored = 0
@@ -120,4 +197,4 @@ def read_scores(output: str | os.PathLike[str], decision: str | None = None) -> 
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-__all__ = ["ScoreJobResult", "read_scores", "score_file"]
+__all__ = ["ScoreJobResult", "ScoringData", "ScoringFactory", "read_scores", "score_chunk", "score_file"]

@@ -163,19 +163,26 @@ def score_cmd(
     chunk_rows: int = typer.Option(100_000, "--chunk-rows"),
     store: bool = typer.Option(True, help="Store the alerts in the database (the analysts' queue)."),
     reasons: str = typer.Option("alerts", "--reasons", help="Reasons for: alerts, all or none."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster; needs the "
+                                                        "ray extra; --output must be a directory)."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; "
+                                                              "default RAY_ADDRESS, else a local Ray)."),
+    workers: int | None = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
 ) -> None:
     """Batch scoring as a resumable job: quarantine of bad rows, progress, alerts stored."""
     from trillium.core.cli import fail
     from trillium.core.errors import TrilliumError
+    from trillium.core.jobs import check_engine
     from trillium.finance.batch import score_file
     from trillium.finance.pipeline import FraudScorer
 
     name, _, ref = model.partition(":")
     try:
+        check_engine(engine)  # a missing extra is named before the model is loaded
         scorer = FraudScorer.from_registry(name, ref or "production", threshold=threshold,
                                            alerts_per_day=alerts_per_day)
         res = score_file(scorer, input_path, output, fmt=fmt, history=history, chunk_rows=chunk_rows, store=store,
-                         reasons=reasons)
+                         reasons=reasons, engine=engine, address=address, workers=workers)
     except TrilliumError as exc:
         fail(exc)
         return

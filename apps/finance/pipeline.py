@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from trillium.core.db import Database, Feedback, Prediction, connect
 from trillium.core.errors import InputValidationError
-from trillium.core.registry import ModelRegistry
+from trillium.core.registry import ModelRef, ModelRegistry
 from trillium.finance.features import FeatureTable, OnlineFeatures
 from trillium.finance.fraud_model import FraudModel
 from trillium.finance.reasons import Reason, top_reasons
@@ -89,6 +89,7 @@ class FraudScorer:
         self.model_version_id = model_version_id
         self._alerts_by_day: dict[Any, int] = {}
         self._horizon_days = model.spec.horizon_seconds / 86_400
+        self.registry_ref: ModelRef | None = None  # where the model came from (Ray workers load it there)
 
     @classmethod
     def from_registry(cls, name: str = "fraud", ref: int | str = "production", *,
@@ -97,7 +98,9 @@ class FraudScorer:
         model, record = FraudModel.load(registry, name, ref)
         kwargs.setdefault("model_label", f"{name}:v{record.version}")
         kwargs.setdefault("model_version_id", record.id)
-        return cls(model, **kwargs)
+        scorer = cls(model, **kwargs)
+        scorer.registry_ref = ModelRef.of(registry, record)
+        return scorer
 
     # ----------------------------------------------------------------- real time
     def score(self, tx: Mapping[str, Any], *, explain: bool | str = "alerts") -> ScoreResult:

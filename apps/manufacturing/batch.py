@@ -6,6 +6,11 @@ rewritten. Each chunk is read, inspected, its overlays written, and its rows wri
 output (Parquet parts or CSV); a file that cannot be read goes to the quarantine with the
 reason and the job goes on. After the job, the inspections are stored in the database for the
 line's statistics (idempotent per job, so a rerun writes no duplicates).
+
+With ``engine="ray"`` the chunks of files are inspected on a Ray cluster: each worker loads
+the same registered inspector version (sha256 checked) with the same threshold, reads the
+images and writes the overlays on storage every node mounts at the same path, and the
+verdicts are stored here afterwards from the output, as for the local engine.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,17 @@ import pandas as pd
 
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
-from trillium.core.jobs import CsvSink, JobResult, ParquetSink, ProcessResult, Source, run_job
+from trillium.core.jobs import (
+    CsvSink,
+    JobResult,
+    ParquetSink,
+    Processor,
+    ProcessResult,
+    Source,
+    check_engine,
+    run_batch,
+)
+from trillium.core.registry import ModelRef
 from trillium.manufacturing.images import discover_images
 from trillium.manufacturing.linestats import store_inspections
 from trillium.manufacturing.pipeline import Inspector
@@ -83,30 +99,73 @@ def _sink(output: Path) -> Any:
     raise InputValidationError(f"--output {output}: a .csv file or a directory of Parquet parts (no suffix)")
 
 
+def inspect_chunk(inspector: Inspector, root: Path, overlays: Path, chunk: pd.DataFrame, _index: int) -> ProcessResult:
+    """One chunk of files: a row per inspected image, unreadable files quarantined with the reason."""
+    results, bad = inspector.inspect_files(list(chunk["path"]), overlay_dir=overlays)
+    frame = pd.DataFrame([r.as_dict() for r in results], columns=[c for c in OUTPUT_COLUMNS if c != "path"])
+    frame.insert(1, "path", frame["image_id"])
+    frame["image_id"] = [str(Path(p).relative_to(root)) for p in frame["path"]]
+    frame.index = chunk.index[chunk["path"].isin(frame["path"]).to_numpy()]
+    reasons = dict(bad)
+    rejected = chunk[chunk["path"].isin(reasons)].copy()
+    rejected["reason"] = rejected["path"].map(reasons)
+    return ProcessResult(frame[OUTPUT_COLUMNS], rejected)
+
+
+@dataclass
+class InspectFactory:
+    """The job's processor factory: the caller's inspector locally; on Ray, each worker loads
+    ``model`` (an exact version, sha256 checked) and decides at the caller's ``threshold``."""
+
+    model: ModelRef | None
+    threshold: float
+    root: str
+    overlays: str
+    inspector: Inspector | None = None  # the local engine's; never shipped to workers
+
+    def __call__(self) -> Processor:
+        return partial(inspect_chunk, self.inspector or self._load(), Path(self.root), Path(self.overlays))
+
+    def _load(self) -> Inspector:
+        if self.model is None:
+            raise JobError("a worker cannot load an unregistered inspector: use Inspector.from_registry")
+        inspector = Inspector.from_registry(self.model.name, self.model.version, registry=self.model.registry())
+        if inspector.threshold != self.threshold:
+            inspector.detector.set_threshold(self.threshold)
+        return inspector
+
+
 def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: str | os.PathLike[str], *,
                    overlay_dir: str | os.PathLike[str] | None = None, line: str = "default",
                    chunk_rows: int = 64, db: Database | None = None, store: bool = True,
-                   progress: bool = True, resume: bool = True) -> InspectJobResult:
-    """Inspect every image under ``root`` into ``output`` as a resumable job; store the verdicts."""
+                   progress: bool = True, resume: bool = True, engine: str = "local", address: str | None = None,
+                   workers: int | None = None) -> InspectJobResult:
+    """Inspect every image under ``root`` into ``output`` as a resumable job; store the verdicts.
+
+    ``engine="ray"`` inspects on a Ray cluster (``address``; ``workers`` actors) into a
+    directory of Parquet parts; the inspector must come from the registry, where the workers
+    load it, and the folder, output and overlays must be on storage every node mounts.
+    """
+    check_engine(engine)
+    out = Path(output)
+    if engine == "ray":
+        if out.suffix.lower() == ".csv":
+            raise InputValidationError(f"--output {output}: the ray engine writes a directory of Parquet parts, "
+                                       "not a .csv file")
+        if inspector.registry_ref is None:
+            raise InputValidationError("the ray engine's workers load the inspector from the registry: use a "
+                                       "registered one (Inspector.from_registry)")
     db = db or connect()
     source = ImageFolderSource(root, chunk_rows)
-    out = Path(output)
     overlays = Path(overlay_dir) if overlay_dir is not None else out.with_name(out.stem + "_overlays")
-    root_path = source.root
-
-    def process(chunk: pd.DataFrame, index: int) -> ProcessResult:
-        results, bad = inspector.inspect_files(list(chunk["path"]), overlay_dir=overlays)
-        frame = pd.DataFrame([r.as_dict() for r in results], columns=[c for c in OUTPUT_COLUMNS if c != "path"])
-        frame.insert(1, "path", frame["image_id"])
-        frame["image_id"] = [str(Path(p).relative_to(root_path)) for p in frame["path"]]
-        frame.index = chunk.index[chunk["path"].isin(frame["path"]).to_numpy()]
-        reasons = dict(bad)
-        rejected = chunk[chunk["path"].isin(reasons)].copy()
-        rejected["reason"] = rejected["path"].map(reasons)
-        return ProcessResult(frame[OUTPUT_COLUMNS], rejected)
+    if engine == "ray":
+        overlays = overlays.resolve()  # workers do not share this process's working directory
+    factory = InspectFactory(inspector.registry_ref, inspector.threshold, str(source.root), str(overlays),
+                             inspector if engine == "local" else None)
 
     name = f"manufacturing-inspect-{line}"
-    job = run_job(name, source, process, _sink(out), db=db, chunk_rows=chunk_rows, progress=progress, resume=resume)
+    job = run_batch(name, source, factory, _sink(out), engine=engine, address=address, workers=workers, db=db,
+                    chunk_rows=chunk_rows, progress=progress, resume=resume)
     stored = 0
     if store:
         frame = read_inspections(out)

@@ -168,10 +168,16 @@ def inspect_cmd(
     threshold: float = typer.Option(None, "--threshold", help="Override the registered threshold for this run."),
     explain: bool = typer.Option(False, "--explain", help="Files: also write an Integrated Gradients overlay "
                                                            "(captum) of the score next to each anomaly overlay."),
+    engine: str = typer.Option("local", "--engine", help="Folders: local (this process) or ray (a Ray cluster; "
+                                                        "needs the ray extra; --output a directory)."),
+    address: str = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; default "
+                                                       "RAY_ADDRESS, else a local Ray)."),
+    workers: int = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
 ) -> None:
     """Verdict, score, defect type and an overlay PNG per image; folders run on the batch-job engine."""
     from trillium.core.cli import fail
-    from trillium.core.errors import TrilliumError
+    from trillium.core.errors import InputValidationError, TrilliumError
+    from trillium.core.jobs import check_engine
     from trillium.manufacturing.batch import inspect_folder, read_inspections
     from trillium.manufacturing.images import ImageReadError, iter_video
     from trillium.manufacturing.linestats import store_inspections
@@ -181,6 +187,9 @@ def inspect_cmd(
     rows: list[dict[str, Any]] = []
     direct: list[dict[str, Any]] = []  # inspected here (files, frames); folder jobs store their own
     try:
+        check_engine(engine)  # a missing extra is named before the model is loaded
+        if engine != "local" and not any(Path(p).is_dir() for p in paths):
+            raise InputValidationError(f"--engine {engine} applies to folders; give a folder of images")
         inspector = Inspector.from_registry(name, ref)
         if threshold is not None:
             inspector.detector.set_threshold(threshold)
@@ -189,8 +198,11 @@ def inspect_cmd(
         for p in paths:
             path = Path(p)
             if path.is_dir():
-                out = Path(output) if output else path.with_name(path.name + "_inspections.csv")
-                job = inspect_folder(inspector, path, out, overlay_dir=overlay_dir, line=line, store=store)
+                # the ray engine writes Parquet parts: a directory, by default beside the folder
+                suffix = "_inspections.csv" if engine == "local" else "_inspections"
+                out = Path(output) if output else path.with_name(path.name + suffix)
+                job = inspect_folder(inspector, path, out, overlay_dir=overlay_dir, line=line, store=store,
+                                     engine=engine, address=address, workers=workers)
                 frame = read_inspections(out)
                 rows.extend(frame.to_dict("records"))
                 typer.echo(f"{path}: {job.job.rows_out} inspected, {job.job.rows_quarantined} quarantined "

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from trillium.core.registry import ModelRecord, ModelRegistry
+from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry
 from trillium.manufacturing.anomaly_map import InspectionNet
 from trillium.manufacturing.classify import DefectTypeClassifier, defect_descriptors
 from trillium.manufacturing.detector import DefectDetector
@@ -88,6 +88,7 @@ class Inspector:
         self.detector = detector
         self.classifier = classifier
         self.record = record
+        self.registry_ref: ModelRef | None = None  # where it was loaded from (Ray workers load it there)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -206,7 +207,9 @@ class Inspector:
             clf = DefectTypeClassifier.from_arrays(arrays, meta["classes"], C=meta["C"],
                                                    max_per_type=meta["max_per_type"])
             clf.n_per_type_ = meta.get("n_per_type", {})
-        return cls(det, clf, record)
+        inspector = cls(det, clf, record)
+        inspector.registry_ref = ModelRef.of(registry, record)
+        return inspector
 
 
 def _safe_stem(image_id: str) -> str:

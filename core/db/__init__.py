@@ -11,6 +11,7 @@ import getpass
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Database",
+    "DatabaseRef",
     "Feedback",
     "Job",
     "JobChunk",
@@ -113,6 +115,7 @@ class Database:
 
     def __init__(self, url: str, connect_args: dict[str, Any] | None = None) -> None:
         self.url = url
+        self.connect_args = dict(connect_args or {})  # kept so another process can connect the same way
         try:
             self.engine = _make_engine(url, connect_args)
         except (ArgumentError, NoSuchModuleError) as exc:
@@ -157,6 +160,25 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@dataclass(frozen=True)
+class DatabaseRef:
+    """How another process (a Ray worker) reaches the same database: URL and connection arguments.
+
+    The URL travels as is, a password in it too, to the cluster's workers.
+    """
+
+    url: str
+    connect_args: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, db: Database) -> DatabaseRef:
+        return cls(db.url, dict(db.connect_args) if db.connect_args else None)
+
+    def connect(self) -> Database:
+        """The worker's ``Database`` (not migrated: the driver already did it)."""
+        return connect(self.url, upgrade=False, connect_args=self.connect_args)
 
 
 def _whoami() -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trillium.core.registry import ModelRecord, ModelRegistry
+from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry
 from trillium.medical.imaging.candidates import Candidate, find_candidates
 from trillium.medical.imaging.classifier import (
     DEFAULT_MODEL_NAME,
@@ -81,12 +81,16 @@ class StudyAnalyzer:
         self.threshold = threshold
         self.record = record
         self.min_diameter_mm = min_diameter_mm
+        self.registry_ref: ModelRef | None = None  # where it was loaded from (Ray workers load it there)
 
     @classmethod
     def from_registry(cls, name: str = DEFAULT_MODEL_NAME, ref: int | str = "production", *,
                       registry: ModelRegistry | None = None) -> StudyAnalyzer:
+        registry = registry or ModelRegistry()
         clf, record = NoduleClassifier.from_registry(name, ref, registry=registry)
-        return cls(clf, threshold=float(record.extra.get("threshold", 0.5)), record=record)
+        analyzer = cls(clf, threshold=float(record.extra.get("threshold", 0.5)), record=record)
+        analyzer.registry_ref = ModelRef.of(registry, record)
+        return analyzer
 
     @property
     def model_label(self) -> str:

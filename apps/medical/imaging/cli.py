@@ -150,16 +150,23 @@ def register(app: typer.Typer) -> None:
         restart: bool = typer.Option(False, "--restart", help="Start over instead of resuming."),
         name: str = typer.Option("chest-ct-nodules", "--model"),
         ref: str = typer.Option("production", "--ref"),
+        engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster; needs "
+                                                            "the ray extra; --output a directory)."),
+        address: str = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; default "
+                                                           "RAY_ADDRESS, else a local Ray)."),
+        workers: int = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
     ) -> None:
         """Analyse every study under ROOT as a resumable job; broken studies are quarantined with the reason."""
         from trillium.core.errors import TrilliumError
+        from trillium.core.jobs import check_engine
         from trillium.medical.imaging.analyzer import StudyAnalyzer
         from trillium.medical.imaging.batch import analyze_folder
 
         try:
+            check_engine(engine)  # a missing extra is named before the model is loaded
             analyzer = StudyAnalyzer.from_registry(name, int(ref) if ref.isdigit() else ref)
             res = analyze_folder(analyzer, root, output, json_dir=json_dir, chunk_rows=chunk, store=store,
-                                 resume=not restart)
+                                 resume=not restart, engine=engine, address=address, workers=workers)
         except TrilliumError as exc:
             _fail(exc)
         job = res.job
