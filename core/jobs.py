@@ -77,7 +77,7 @@ from sqlalchemy.orm import Session
 from trillium.core.config import jobs_dir
 from trillium.core.db import Database, Job, JobChunk, connect
 from trillium.core.db.models import utcnow
-from trillium.core.errors import JobError
+from trillium.core.errors import InputValidationError, JobError
 
 __all__ = [
     "CHUNK_COLUMN",
@@ -85,6 +85,7 @@ __all__ = [
     "QUARANTINE_COLUMNS",
     "CsvSink",
     "CsvSource",
+    "FolderSource",
     "JobResult",
     "ParquetSink",
     "ParquetSource",
@@ -99,6 +100,7 @@ __all__ = [
     "check_engine",
     "encode_quarantine",
     "job_key",
+    "output_sink",
     "quarantine_rows",
     "read_quarantine",
     "reasons_from",
@@ -409,6 +411,52 @@ class CsvSource(_FileSource):
     def take_rejected(self) -> list[Rejected]:
         taken, self._rejected = self._rejected, []
         return taken
+
+
+class FolderSource(Source):
+    """The items under a folder (image files, study folders, ...), one row each: ``path``.
+
+    Subclasses say what an item is (``discover``, sorted, so chunk N is the same items after a
+    restart); the fingerprint covers every file of every item (relative path, size, mtime), so
+    adding, removing or rewriting one makes it another job.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], chunk_rows: int) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.chunk_rows = _check_rows(chunk_rows)
+        self._items: list[Path] | None = None
+
+    @abstractmethod
+    def discover(self) -> list[Path]:
+        """The items under ``self.root``, sorted."""
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    def items(self) -> list[Path]:
+        if self._items is None:
+            if not self.root.is_dir():
+                raise JobError(f"input folder not found: {self.root}")
+            self._items = self.discover()
+        return self._items
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for item in self.items():
+            for f in [item] if item.is_file() else sorted(q for q in item.rglob("*") if q.is_file()):
+                st = f.stat()
+                h.update(f"{f.relative_to(self.root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return f"{self.root}:{len(self.items())}:{h.hexdigest()[:16]}"
+
+    def total_rows(self) -> int | None:
+        return len(self.items())
+
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+        rows = chunk_rows or self.chunk_rows
+        paths = [str(p) for p in self.items()]
+        for i in range(0, len(paths), rows):
+            yield pd.DataFrame({"path": paths[i:i + rows]})
 
 
 def _resolve_engine(target: Database | Engine | str) -> tuple[Engine, bool]:
@@ -1268,7 +1316,25 @@ def run_job(
                 close()
 
 
-# --------------------------------------------------------------------------- engine choice
+# --------------------------------------------------------------------------- output and engine choice
+
+
+def output_sink(output: str | os.PathLike[str], engine: str = "local") -> Sink:
+    """The sink a batch command's ``--output`` names: a ``.csv`` file, or a directory of Parquet
+    parts (``.parquet``, no suffix, or an existing folder). The ray engine writes Parquet parts
+    only, so it refuses a ``.csv`` output before any work is done."""
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        if engine == "ray":
+            raise InputValidationError(f"--output {output}: the ray engine writes a directory of Parquet parts, "
+                                       "not a .csv file")
+        return CsvSink(path)
+    if suffix in (".parquet", "") or path.is_dir():
+        return ParquetSink(path)
+    raise InputValidationError(f"--output {output}: a .csv file or a directory of Parquet parts (no suffix)")
+
+
 
 
 def check_engine(engine: str) -> str:

@@ -24,14 +24,13 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
-from trillium.core.jobs import CsvSink, JobResult, ParquetSink, Processor, ProcessResult, check_engine, run_batch
+from trillium.core.jobs import JobResult, Processor, ProcessResult, check_engine, output_sink, run_batch
 from trillium.core.registry import ModelRef
 from trillium.finance.adapters import PROFILES, detect_format, read_transactions, transaction_source
 from trillium.finance.features import FeatureTable
@@ -46,15 +45,6 @@ class ScoreJobResult:
     job: JobResult
     alerts_stored: int
     feature_seconds: float
-
-
-def _sink(output: str | os.PathLike[str]) -> Any:
-    path = Path(output)
-    if path.suffix.lower() == ".csv":
-        return CsvSink(path)
-    if path.suffix.lower() in (".parquet", "") or path.is_dir():
-        return ParquetSink(path)
-    raise InputValidationError(f"--output {output}: a .csv file or a directory of Parquet parts (no suffix)")
 
 
 def _raw_columns(path: str | os.PathLike[str]) -> list[str]:
@@ -142,13 +132,10 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     if reasons not in REASONS:  # refused now: inside the job it would quarantine every row
         raise InputValidationError(f"--reasons {reasons!r}: expected one of {', '.join(REASONS)}")
     check_engine(engine)
-    if engine == "ray":
-        if Path(output).suffix.lower() == ".csv":
-            raise InputValidationError(f"--output {output}: the ray engine writes a directory of Parquet parts, "
-                                       "not a .csv file")
-        if scorer.registry_ref is None:
-            raise InputValidationError("the ray engine's workers load the model from the registry: score with a "
-                                       "registered model (FraudScorer.from_registry)")
+    sink = output_sink(output, engine)
+    if engine == "ray" and scorer.registry_ref is None:
+        raise InputValidationError("the ray engine's workers load the model from the registry: score with a "
+                                   "registered model (FraudScorer.from_registry)")
     db = db or connect()
     src = Path(input_path)
     if not src.exists():
@@ -170,7 +157,7 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     factory = ScoringFactory.of(scorer, data, reasons, ship=engine != "local")
 
     source = transaction_source(src, chunk_rows=chunk_rows)
-    result = run_batch(name or f"finance-score:{src.name}", source, factory, _sink(output), engine=engine,
+    result = run_batch(name or f"finance-score:{src.name}", source, factory, sink, engine=engine,
                        address=address, workers=workers, db=db, chunk_rows=chunk_rows, progress=progress,
                        resume=resume)
     if result.status != "done":

@@ -15,27 +15,23 @@ verdicts are stored here afterwards from the output, as for the local engine.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
 from trillium.core.jobs import (
-    CsvSink,
+    FolderSource,
     JobResult,
-    ParquetSink,
     Processor,
     ProcessResult,
-    Source,
     check_engine,
+    output_sink,
     run_batch,
 )
 from trillium.core.registry import ModelRef
@@ -48,40 +44,14 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = ["image_id", "path", "verdict", "score", "threshold", "defect_type", "type_confidence", "overlay"]
 
 
-class ImageFolderSource(Source):
+class ImageFolderSource(FolderSource):
     """Every image file under ``root`` (recursively, sorted), one row per file: ``path``."""
 
     def __init__(self, root: str | os.PathLike[str], chunk_rows: int = 64) -> None:
-        self.root = Path(root).expanduser().resolve()
-        self.chunk_rows = chunk_rows
-        self._files: list[Path] | None = None
+        super().__init__(root, chunk_rows)
 
-    @property
-    def uri(self) -> str:
-        return str(self.root)
-
-    def files(self) -> list[Path]:
-        if self._files is None:
-            if not self.root.is_dir():
-                raise JobError(f"input folder not found: {self.root}")
-            self._files = discover_images(self.root)
-        return self._files
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for p in self.files():
-            st = p.stat()
-            h.update(f"{p.relative_to(self.root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        return f"{self.root}:{len(self.files())}:{h.hexdigest()[:16]}"
-
-    def total_rows(self) -> int | None:
-        return len(self.files())
-
-    def chunks(self, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
-        rows = chunk_rows or self.chunk_rows
-        files = [str(p) for p in self.files()]
-        for i in range(0, len(files), rows):
-            yield pd.DataFrame({"path": files[i:i + rows]})
+    def discover(self) -> list[Path]:
+        return discover_images(self.root)
 
 
 @dataclass(frozen=True)
@@ -89,14 +59,6 @@ class InspectJobResult:
     job: JobResult
     stored: int
     output: Path
-
-
-def _sink(output: Path) -> Any:
-    if output.suffix.lower() == ".csv":
-        return CsvSink(output)
-    if output.suffix.lower() in (".parquet", ""):
-        return ParquetSink(output)
-    raise InputValidationError(f"--output {output}: a .csv file or a directory of Parquet parts (no suffix)")
 
 
 def inspect_chunk(inspector: Inspector, root: Path, overlays: Path, chunk: pd.DataFrame, _index: int) -> ProcessResult:
@@ -148,13 +110,10 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
     """
     check_engine(engine)
     out = Path(output)
-    if engine == "ray":
-        if out.suffix.lower() == ".csv":
-            raise InputValidationError(f"--output {output}: the ray engine writes a directory of Parquet parts, "
-                                       "not a .csv file")
-        if inspector.registry_ref is None:
-            raise InputValidationError("the ray engine's workers load the inspector from the registry: use a "
-                                       "registered one (Inspector.from_registry)")
+    sink = output_sink(out, engine)
+    if engine == "ray" and inspector.registry_ref is None:
+        raise InputValidationError("the ray engine's workers load the inspector from the registry: use a "
+                                   "registered one (Inspector.from_registry)")
     db = db or connect()
     source = ImageFolderSource(root, chunk_rows)
     overlays = Path(overlay_dir) if overlay_dir is not None else out.with_name(out.stem + "_overlays")
@@ -164,7 +123,7 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
                              inspector if engine == "local" else None)
 
     name = f"manufacturing-inspect-{line}"
-    job = run_batch(name, source, factory, _sink(out), engine=engine, address=address, workers=workers, db=db,
+    job = run_batch(name, source, factory, sink, engine=engine, address=address, workers=workers, db=db,
                     chunk_rows=chunk_rows, progress=progress, resume=resume)
     stored = 0
     if store:

@@ -347,3 +347,18 @@ def test_a_kill_between_write_and_checkpoint_writes_nothing_twice(kind: str, tmp
                           db=db, progress=False)
     assert result.resumed_from_chunk == 4 and result.chunks_processed == 6
     _assert_exactly_once(result, kind, output, db, good, bad)
+
+
+def test_output_sink_follows_the_output_name_and_the_ray_engine_refuses_csv(tmp_path) -> None:
+    from trillium.core.errors import InputValidationError
+    from trillium.core.jobs import CsvSink, ParquetSink, output_sink
+
+    assert isinstance(output_sink(tmp_path / "scores.csv"), CsvSink)
+    assert isinstance(output_sink(tmp_path / "scores"), ParquetSink)
+    assert isinstance(output_sink(tmp_path / "scores.parquet", "ray"), ParquetSink)
+    (tmp_path / "out.v2").mkdir()
+    assert isinstance(output_sink(tmp_path / "out.v2"), ParquetSink)  # an existing folder, whatever its name
+    with pytest.raises(InputValidationError, match=r"scores\.txt: a \.csv file or a directory"):
+        output_sink(tmp_path / "scores.txt")
+    with pytest.raises(InputValidationError, match=r"scores\.csv: the ray engine writes a directory of Parquet"):
+        output_sink(tmp_path / "scores.csv", "ray")

@@ -13,11 +13,9 @@ duplicates).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,13 +26,12 @@ import pandas as pd
 from trillium.core.db import Database, DatabaseRef, connect
 from trillium.core.errors import InputValidationError, JobError, TrilliumError
 from trillium.core.jobs import (
-    CsvSink,
+    FolderSource,
     JobResult,
-    ParquetSink,
     Processor,
     ProcessResult,
-    Source,
     check_engine,
+    output_sink,
     run_batch,
 )
 from trillium.core.registry import ModelRef
@@ -48,42 +45,14 @@ OUTPUT_COLUMNS = ["study", "path", "series_uid", "study_uid", "patient_id", "n_f
 _CATEGORY_ORDER = ["", "2", "3", "4A", "4B", "4X"]
 
 
-class StudyFolderSource(Source):
+class StudyFolderSource(FolderSource):
     """Every study (a folder of DICOM files, or a zip) under ``root``, one row each: ``path``."""
 
     def __init__(self, root: str | os.PathLike[str], chunk_rows: int = 4) -> None:
-        self.root = Path(root).expanduser().resolve()
-        self.chunk_rows = chunk_rows
-        self._studies: list[Path] | None = None
+        super().__init__(root, chunk_rows)
 
-    @property
-    def uri(self) -> str:
-        return str(self.root)
-
-    def studies(self) -> list[Path]:
-        if self._studies is None:
-            if not self.root.is_dir():
-                raise JobError(f"input folder not found: {self.root}")
-            self._studies = iter_study_dirs(self.root)
-        return self._studies
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for p in self.studies():
-            files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-            for q in files:
-                st = q.stat()
-                h.update(f"{q.relative_to(self.root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        return f"{self.root}:{len(self.studies())}:{h.hexdigest()[:16]}"
-
-    def total_rows(self) -> int | None:
-        return len(self.studies())
-
-    def chunks(self, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
-        rows = chunk_rows or self.chunk_rows
-        paths = [str(p) for p in self.studies()]
-        for i in range(0, len(paths), rows):
-            yield pd.DataFrame({"path": paths[i:i + rows]})
+    def discover(self) -> list[Path]:
+        return iter_study_dirs(self.root)
 
 
 @dataclass(frozen=True)
@@ -91,14 +60,6 @@ class AnalyzeJobResult:
     job: JobResult
     output: Path
     json_dir: Path
-
-
-def _sink(output: Path) -> Any:
-    if output.suffix.lower() == ".csv":
-        return CsvSink(output)
-    if output.suffix.lower() in (".parquet", ""):
-        return ParquetSink(output)
-    raise InputValidationError(f"--output {output}: a .csv file or a directory of Parquet parts (no suffix)")
 
 
 def analyze_chunk(analyzer: StudyAnalyzer, root: Path, json_dir: Path, store: bool, db: Database,
@@ -172,13 +133,10 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
     """
     check_engine(engine)
     out = Path(output)
-    if engine == "ray":
-        if out.suffix.lower() == ".csv":
-            raise InputValidationError(f"--output {output}: the ray engine writes a directory of Parquet parts, "
-                                       "not a .csv file")
-        if analyzer.registry_ref is None:
-            raise InputValidationError("the ray engine's workers load the classifier from the registry: use a "
-                                       "registered one (StudyAnalyzer.from_registry)")
+    sink = output_sink(out, engine)
+    if engine == "ray" and analyzer.registry_ref is None:
+        raise InputValidationError("the ray engine's workers load the classifier from the registry: use a "
+                                   "registered one (StudyAnalyzer.from_registry)")
     db = db or connect()
     source = StudyFolderSource(root, chunk_rows)
     jdir = Path(json_dir) if json_dir is not None else out.with_name(out.stem + "_studies")
@@ -189,7 +147,7 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
     factory = AnalyzeFactory(analyzer.registry_ref, analyzer.threshold, str(source.root), str(jdir), store,
                              DatabaseRef.of(db), analyzer if local else None, db if local else None)
 
-    job = run_batch("medical-analyze-batch", source, factory, _sink(out), engine=engine, address=address,
+    job = run_batch("medical-analyze-batch", source, factory, sink, engine=engine, address=address,
                     workers=workers, db=db, chunk_rows=chunk_rows, progress=progress, resume=resume)
     log.info("analysed %d studies (%d quarantined)", job.rows_out, job.rows_quarantined)
     return AnalyzeJobResult(job, out, jdir)
