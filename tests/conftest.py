@@ -74,3 +74,27 @@ def database(request: pytest.FixtureRequest, trillium_home: Path) -> Iterator[db
     else:
         url, args = request.getfixturevalue("pg_schema")
         yield dbmod.connect(url, connect_args=args)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A local Ray cluster of 2 CPUs for the module, with the module's own classes pickled by
+    value (workers cannot import test files). Without Ray the tests skip with the extra to
+    install, unless ``TRILLIUM_REQUIRE_RAY=1`` (set by ``make test``), where they fail."""
+    import logging
+    import sys
+
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("TRILLIUM_REQUIRE_RAY") == "1":
+            raise
+        pytest.skip("the ray extra is not installed: pip install 'trillium[ray]'")
+    module = sys.modules[request.module.__name__]
+    ray.cloudpickle.register_pickle_by_value(module)
+    home = tmp_path_factory.mktemp("ray-home")  # workers never rely on it: every location travels with the job
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"TRILLIUM_HOME": str(home)}})
+    yield ray
+    ray.shutdown()
+    ray.cloudpickle.unregister_pickle_by_value(module)

@@ -9,10 +9,8 @@ the same input and chunk size.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,19 +31,6 @@ N_ROWS = 600
 CHUNK = 100
 FEATURES = ["x0", "x1", "x2", "x3"]
 POISON_ID = 250  # the processor raises on the chunk holding this id: the whole chunk is quarantined
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A local Ray cluster of 2 CPUs for the module; this module's classes pickled by value."""
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'trillium[ray]'")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    home = tmp_path_factory.mktemp("ray-home")  # workers never rely on it: every location travels with the job
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"TRILLIUM_HOME": str(home)}})
-    yield ray
-    ray.shutdown()
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 # --------------------------------------------------------------------------- the job under test

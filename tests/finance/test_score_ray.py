@@ -8,9 +8,7 @@ rows, and their outputs are compared row by row.
 
 from __future__ import annotations
 
-import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +31,6 @@ from trillium.finance.simulate import simulate_transactions
 from trillium.finance.train import TorchTrainSettings
 
 CHUNK = 200
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'trillium[ray]'")
-    home = tmp_path_factory.mktemp("ray-home")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"TRILLIUM_HOME": str(home)}})
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ good one) is fitted once for the module; a local Ray cluster of 2 CPUs is starte
 
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +25,6 @@ from trillium.manufacturing.pipeline import Inspector
 from trillium.manufacturing.synth import write_synthetic_line
 
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'trillium[ray]'")
-    home = tmp_path_factory.mktemp("ray-home")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"TRILLIUM_HOME": str(home)}})
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

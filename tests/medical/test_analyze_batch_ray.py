@@ -9,7 +9,6 @@ write the findings JSON and store the studies in the registry's database.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,16 +32,6 @@ from trillium.medical.imaging.trainer import candidate_set
 
 SMALL = (72, 160, 160)
 SMALL_SPACING = (2.0, 1.6, 1.6)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'trillium[ray]'")
-    home = tmp_path_factory.mktemp("ray-home")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"TRILLIUM_HOME": str(home)}})
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
