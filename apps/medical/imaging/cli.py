@@ -7,13 +7,29 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from trillium.medical.imaging.analyzer import StudyAnalyzer
 
 
 def _fail(exc: Exception) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(code=1)
+
+
+def _analyzer(name: str, ref: str) -> StudyAnalyzer:
+    """The registered nodule model ``name`` at ``ref`` (a version number or an alias); when it
+    is missing the error says how to train one."""
+    from trillium.core.errors import TrilliumError
+    from trillium.medical.imaging.analyzer import StudyAnalyzer
+
+    try:
+        return StudyAnalyzer.from_registry(name, int(ref) if ref.isdigit() else ref)
+    except TrilliumError as exc:
+        raise type(exc)(f"{exc} (train one with: trillium medical train)") from exc
 
 
 def _emit(payload: dict, json_out: str | None) -> None:
@@ -115,12 +131,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find, measure and classify lung nodules in one CT study."""
         from trillium.core.errors import TrilliumError
-        from trillium.medical.imaging.analyzer import StudyAnalyzer, store_result
+        from trillium.medical.imaging.analyzer import store_result
 
         try:
-            analyzer = StudyAnalyzer.from_registry(name, int(ref) if ref.isdigit() else ref)
+            analyzer = _analyzer(name, ref)
         except TrilliumError as exc:
-            _fail(type(exc)(f"{exc} (train one with: trillium medical train)"))
+            _fail(exc)
         try:
             result = analyzer.analyze(study, series_uid=series_uid, interpolate_missing=interpolate)
             if heatmaps is not None:
@@ -159,12 +175,11 @@ def register(app: typer.Typer) -> None:
         """Analyse every study under ROOT as a resumable job; broken studies are quarantined with the reason."""
         from trillium.core.errors import TrilliumError
         from trillium.core.jobs import check_engine
-        from trillium.medical.imaging.analyzer import StudyAnalyzer
         from trillium.medical.imaging.batch import analyze_folder
 
         try:
             check_engine(engine)  # a missing extra is named before the model is loaded
-            analyzer = StudyAnalyzer.from_registry(name, int(ref) if ref.isdigit() else ref)
+            analyzer = _analyzer(name, ref)
             res = analyze_folder(analyzer, root, output, json_dir=json_dir, chunk_rows=chunk, store=store,
                                  resume=not restart, engine=engine, address=address, workers=workers)
         except TrilliumError as exc:
@@ -184,11 +199,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Detection on synthetic studies through DICOM: FROC, sensitivity at the threshold, size and centre errors."""
         from trillium.core.errors import TrilliumError
-        from trillium.medical.imaging.analyzer import StudyAnalyzer
         from trillium.medical.imaging.trainer import evaluate_detection
 
         try:
-            analyzer = StudyAnalyzer.from_registry(name, int(ref) if ref.isdigit() else ref)
+            analyzer = _analyzer(name, ref)
         except TrilliumError as exc:
             _fail(exc)
         report = evaluate_detection(analyzer, studies=studies, seed=seed, nodules=nodules,
