@@ -90,6 +90,23 @@ def tab(page: Page, name: str) -> None:
     page.wait_for_timeout(200)
 
 
+def expect_images_decoded(page: Page, images, timeout_ms: int = 60_000) -> None:
+    """Wait until every image in IMAGES has been fetched and decoded (naturalWidth > 0).
+
+    An <img> is in the DOM as soon as the script has run, but its bytes arrive afterwards; on a
+    loaded machine reading naturalWidth at once sees 0. A broken image (fetch or decode failed)
+    never gets there, so on timeout the message lists each image's state.
+    """
+    handle = images.element_handles()
+    try:
+        page.wait_for_function("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)", arg=handle,
+                               timeout=timeout_ms)
+    except Exception as exc:  # report which image is pending or broken, not just "timeout"
+        states = images.evaluate_all(
+            "imgs => imgs.map(i => ({src: i.currentSrc, complete: i.complete, width: i.naturalWidth}))")
+        raise AssertionError(f"images not decoded after {timeout_ms} ms: {states}") from exc
+
+
 def db_url(home: Path) -> str:
     return f"sqlite:///{home / 'trillium.db'}"
 
@@ -237,9 +254,8 @@ def test_manufacturing_gallery_chart_threshold_and_upload(page: Page, seeded_das
     open_page(page, seeded_dashboard, "manufacturing")
     gallery = page.locator('[data-testid="stImage"] img')
     expect(gallery).to_have_count(man["inspections"])
-    # every overlay really decoded in the browser
-    widths = gallery.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
-    assert all(w > 0 for w in widths)
+    # every overlay really decoded in the browser (the img elements appear before their bytes arrive)
+    expect_images_decoded(page, gallery)
     shoot(page, screenshots, "manufacturing-gallery")
 
     tab(page, "p-chart")
