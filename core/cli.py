@@ -80,6 +80,12 @@ def dashboard(
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "viewer"]
+    # Replace this process with Streamlit's (POSIX): a supervisor's SIGTERM then stops the server
+    # itself instead of orphaning a child that keeps the port. Elsewhere, wait for the child.
+    if os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, cmd)
     raise typer.Exit(subprocess.call(cmd))
 
 
