@@ -192,20 +192,21 @@ def main() -> int:
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
     report["ray_cluster_start_s"] = time.perf_counter() - t0
     workers = args.workers or args.cpus
-    runs = {"ray_1_worker": 1, f"ray_{workers}_workers": workers}
+    def key(n: int) -> str:
+        return "ray_1_worker" if n == 1 else f"ray_{n}_workers"
+
     curve = [int(w) for w in args.workers_curve.split(",") if w.strip()]
-    for w in curve:
-        runs.setdefault(f"ray_{w}_workers", w)
-    for key, n in runs.items():
-        out = work / key
-        report[key] = score(path, fmt, out, args.chunk_rows, engine="ray", workers=n)
-        report[key]["workers"] = n
-        report[key]["equals_local"] = same_rows(work / "local", out)
-        log(f"{key}: {report[key]}")
+    runs = {key(n): n for n in dict.fromkeys([1, workers, *curve])}  # each worker count runs once
+    for name, n in runs.items():
+        out = work / name
+        report[name] = score(path, fmt, out, args.chunk_rows, engine="ray", workers=n)
+        report[name]["workers"] = n
+        report[name]["equals_local"] = same_rows(work / "local", out)
+        log(f"{name}: {report[name]}")
     ray.shutdown()
 
     local, single = report["local"], report["local_1_thread"]
-    one, many = report["ray_1_worker"], report[f"ray_{workers}_workers"]
+    one, many = report["ray_1_worker"], report[key(workers)]
     parts = one["parts"]
     report["comparison"] = {
         "local_rows_per_s": local["rows_per_s"],
@@ -228,8 +229,13 @@ def main() -> int:
                  "spent in parts: actor start, model load, the features through the object store, scheduling."),
     }
     if curve:
-        report["scaling"] = [{"workers": n, "job_rows_per_s": report[k]["job_rows_per_s"],
-                              "rows_per_s": report[k]["rows_per_s"]} for k, n in runs.items() if n in curve]
+        base = report[key(1)]["job_rows_per_s"]
+        report["scaling"] = [{"workers": n, "job_rows_per_s": report[key(n)]["job_rows_per_s"],
+                              "rows_per_s": report[key(n)]["rows_per_s"],
+                              "speedup_vs_1_worker": report[key(n)]["job_rows_per_s"] / base,
+                              "parallel_efficiency": report[key(n)]["job_rows_per_s"] / base / n,
+                              "vs_local_job": report[key(n)]["job_rows_per_s"] / local["job_rows_per_s"]}
+                             for n in sorted(set(curve))]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps(report["comparison"], indent=1))

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The Ray engine's scaling curve on the lent GPU machine's 16 CPU cores (no package registry there).
+# Carried in .whl/ (ignored): the cp312 wheels the image lacks (sqlalchemy, alembic, mako, lightgbm,
+# captum, jsonschema, jsonschema-specifications, referencing, rpds-py) and ray 2.60.0 for cp312 as a
+# tar.xz without its Java jars and dashboard web build (the wheel is 79 MB, over the carry limit;
+# neither part is used by Ray Data in Python). The handbook file does not travel: the benchmark
+# simulates the same-size dataset with the handbook's generator (seed 0). CPU workers only
+# (CUDA_VISIBLE_DEVICES empty): this is the CPU scaling of the batch engine, not a GPU run.
+set -euo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+tar xJf .whl/ray-*-cp312-stripped.tar.xz -C /tmp/site
+mkdir -p /tmp/pkg/trillium
+ln -sfn "$PWD/core" /tmp/pkg/trillium/core
+for d in finance medical manufacturing; do ln -sfn "$PWD/apps/$d" "/tmp/pkg/trillium/$d"; done
+export PYTHONPATH=/tmp/pkg:/tmp/site PATH=/tmp/site/bin:$PATH CUDA_VISIBLE_DEVICES= PYTHONUNBUFFERED=1
+python3 -c "import ray, ray.data, sqlalchemy, lightgbm; print('ray', ray.__version__)"
+python3 benchmarks/ray_engine.py --json "${OUT:-/tmp}/ray_engine_16core.json" --cpus 16 --workers 16 \
+    --workers-curve 1,2,4,8,16 --chunk-rows "${CHUNK_ROWS:-50000}"
