@@ -17,9 +17,12 @@ either idempotent per chunk or undone on resume:
 
 Bad records never stop a job: processors route them to the quarantine with a reason, a CSV
 line that cannot be split into the header's fields is quarantined by the reader, and a chunk
-on which the processor raises is quarantined whole with the exception text. Anything else
-(disk full, database gone, output schema drift) marks the job ``failed`` and raises
-``JobError``; running the same job again resumes it.
+on which the processor raises is quarantined whole with the exception text. A processor that
+keeps raising is not bad input but a broken model or a bug: once it has failed on
+``max_failed_chunks`` chunks of a run (default 3) the job stops (``FailedChunksError``) instead
+of quarantining the whole input and reporting "done", and those chunks are not checkpointed, so
+the run after the fix redoes them. Anything else (disk full, database gone, output schema drift)
+marks the job ``failed`` and raises ``JobError``; running the same job again resumes it.
 
 A job is identified by a key: the sha256 of its name, input (URI and fingerprint: size and
 mtime, or table row count), output URI and chunk size. Running a finished job again is a no-op;
@@ -81,10 +84,12 @@ from trillium.core.errors import InputValidationError, JobError
 
 __all__ = [
     "CHUNK_COLUMN",
+    "DEFAULT_MAX_FAILED_CHUNKS",
     "ENGINES",
     "QUARANTINE_COLUMNS",
     "CsvSink",
     "CsvSource",
+    "FailedChunksError",
     "FolderSource",
     "JobResult",
     "ParquetSink",
@@ -99,6 +104,7 @@ __all__ = [
     "SqlSource",
     "check_engine",
     "encode_quarantine",
+    "failed_chunks_message",
     "job_key",
     "output_sink",
     "quarantine_rows",
@@ -115,6 +121,27 @@ DEFAULT_CHUNK_ROWS = 10_000
 CHUNK_COLUMN = "_chunk"
 QUARANTINE_COLUMNS = ("chunk_index", "row_index", "reason", "record")
 RUNNING, DONE, FAILED = "running", "done", "failed"
+# A chunk whose processor raises is quarantined whole; this many in one run stop the job.
+DEFAULT_MAX_FAILED_CHUNKS = 3
+
+
+class FailedChunksError(JobError):
+    """The processor raised on ``max_failed_chunks`` chunks of one run: the job was stopped
+    (a broken model or a bug, not bad records) and those chunks were left for the next run."""
+
+
+def _check_failed_limit(max_failed_chunks: int | None) -> int | None:
+    if max_failed_chunks is not None and (not isinstance(max_failed_chunks, int) or max_failed_chunks < 1):
+        raise JobError(f"max_failed_chunks must be a positive integer or None, got {max_failed_chunks!r}")
+    return max_failed_chunks
+
+
+def failed_chunks_message(name: str, failed: Sequence[int], last_error: str, unit: str = "chunk") -> str:
+    """What a stopped job says: which chunks failed, the last error, and what happens on rerun."""
+    shown = ", ".join(str(k) for k in failed[:10]) + (", ..." if len(failed) > 10 else "")
+    return (f"job {name!r}: the processor failed on {len(failed)} {unit}s of this run ({unit}s {shown}; last: "
+            f"{last_error}), so the job was stopped rather than quarantine the whole input. Those {unit}s are "
+            "not marked done: fix the model or processor and run the job again to redo them.")
 
 
 # --------------------------------------------------------------------------- processors
@@ -1063,10 +1090,11 @@ def _result(job: Job, *, resumed_from: int, processed: int, started: float) -> J
 
 def _process(
     processor: Processor, frame: pd.DataFrame, chunk_index: int, name: str
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run the processor on a chunk; if it raises, the whole chunk is quarantined instead."""
+) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """Run the processor on a chunk: (output, quarantined rows, None), or, if it raises, the
+    whole chunk quarantined and the error text as the third item."""
     if len(frame) == 0:
-        return pd.DataFrame(), pd.DataFrame(columns=["reason"])
+        return pd.DataFrame(), pd.DataFrame(columns=["reason"]), None
     try:
         result = processor(frame.copy(), chunk_index)
         if isinstance(result, pd.DataFrame):
@@ -1081,14 +1109,14 @@ def _process(
             quarantined = pd.DataFrame(columns=["reason"])
         elif "reason" not in quarantined.columns:
             raise TypeError("processor's quarantined frame has no 'reason' column")
-        return output, quarantined
+        return output, quarantined, None
     except Exception as exc:
         logger.warning(
             "job %s: processor failed on chunk %d; quarantining its %d rows", name, chunk_index, len(frame),
             exc_info=True,
         )
-        reason = f"processor failed on chunk {chunk_index}: {type(exc).__name__}: {exc}"
-        return pd.DataFrame(), frame.assign(reason=reason)
+        error = f"{type(exc).__name__}: {exc}"
+        return pd.DataFrame(), frame.assign(reason=f"processor failed on chunk {chunk_index}: {error}"), error
 
 
 def _chunks_with_rejects(source: Source, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, list[Rejected]]]:
@@ -1201,6 +1229,17 @@ def _checkpoint(s: Session, job_id: int, chunk: JobChunk) -> None:
     )
 
 
+def _uncheckpoint_from(db: Database, job_id: int, first: int) -> None:
+    """Drop the checkpoints of chunks >= ``first`` and recount the job's totals from the rest: the
+    next run resumes at ``first`` and each sink truncates its output back to chunk ``first - 1``'s."""
+    with db.session() as s:
+        s.execute(delete(JobChunk).where(JobChunk.job_id == job_id, JobChunk.chunk_index >= first))
+        kept = s.scalars(select(JobChunk).where(JobChunk.job_id == job_id)).all()
+        s.execute(update(Job).where(Job.id == job_id).values(
+            rows_in=sum(c.rows_in for c in kept), rows_out=sum(c.rows_out for c in kept),
+            rows_quarantined=sum(c.rows_quarantined for c in kept), chunks_done=len(kept), updated_at=utcnow()))
+
+
 def _set_status(db: Database, job_id: int, status: str, error: str | None = None) -> Job:
     with db.session() as s:
         s.execute(update(Job).where(Job.id == job_id).values(status=status, error=error, updated_at=utcnow()))
@@ -1220,6 +1259,7 @@ def run_job(
     resume: bool = True,
     progress: bool = True,
     quarantine_path: str | os.PathLike[str] | None = None,
+    max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS,
 ) -> JobResult:
     """Run (or resume, or skip if finished) the job ``name`` over ``source`` into ``sink``.
 
@@ -1228,6 +1268,9 @@ def run_job(
     nothing and duplicates nothing. ``chunk_rows`` overrides the source's. ``resume=False``
     discards the job's checkpoints and starts over. The quarantine defaults to
     ``<output>.quarantine.csv`` (or ``$TRILLIUM_HOME/jobs/`` for a SQL sink).
+    ``max_failed_chunks``: after the processor has raised on this many chunks of the run, the
+    job stops with ``FailedChunksError`` and the checkpoints from the first of them on are
+    dropped, so the next run redoes them (None: never stop; every such chunk is quarantined).
     Raises ``JobError`` when the job cannot start or fails; the job is then marked "failed"
     and running it again resumes it.
     """
@@ -1235,6 +1278,7 @@ def run_job(
     if not name or len(name) > 200:
         raise JobError(f"job name must be 1-200 characters, got {name!r}")
     rows = _check_rows(chunk_rows if chunk_rows is not None else source.chunk_rows)
+    _check_failed_limit(max_failed_chunks)
     db = db or connect()
     fingerprint = source.fingerprint()  # raises JobError naming a missing input
     key = job_key(name, source.uri, fingerprint, sink.uri, rows)
@@ -1258,6 +1302,7 @@ def run_job(
         quarantine = _QuarantineFile(qpath)
         chunk_index = resume_from
         processed = 0
+        failed: list[int] = []  # chunks of this run on which the processor raised
         try:
             sink.bind(db)
             sink.prepare(resume_from, last.output_offset if last else 0)
@@ -1278,7 +1323,12 @@ def run_job(
                             )
                         bar.advance(task, rows_in)
                         continue
-                    output, bad = _process(processor, frame, chunk_index, name)
+                    output, bad, error = _process(processor, frame, chunk_index, name)
+                    if error is not None:
+                        failed.append(chunk_index)
+                        if max_failed_chunks is not None and len(failed) >= max_failed_chunks:
+                            _uncheckpoint_from(db, job_id, failed[0])
+                            raise FailedChunksError(failed_chunks_message(name, failed, error))
                     with db.session() as s:  # its commit is the checkpoint
                         out_offset = sink.write(chunk_index, output, s)
                         q_offset = quarantine.write(chunk_index, bad, rejected)
@@ -1303,6 +1353,8 @@ def run_job(
             except Exception:  # the database may be the cause; the original error matters more
                 logger.exception("job %s: could not record the failure", name)
             if not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, FailedChunksError):
                 raise
             raise JobError(
                 f"job {name!r} (id {job_id}) failed at chunk {chunk_index}: {text}. "
@@ -1364,6 +1416,7 @@ def run_batch(
     resume: bool = True,
     progress: bool = True,
     quarantine_path: str | os.PathLike[str] | None = None,
+    max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS,
 ) -> JobResult:
     """Run a batch job on the chosen engine.
 
@@ -1379,8 +1432,9 @@ def run_batch(
         if address is not None or workers is not None:
             raise JobError("address and workers apply to the ray engine only (engine='ray')")
         return run_job(name, source, factory(), sink, db=db, chunk_rows=chunk_rows, resume=resume,
-                       progress=progress, quarantine_path=quarantine_path)
+                       progress=progress, quarantine_path=quarantine_path, max_failed_chunks=max_failed_chunks)
     from trillium.core.ray_engine import run_ray_job
 
     return run_ray_job(name, source, factory, sink, address=address, workers=workers, db=db, chunk_rows=chunk_rows,
-                       resume=resume, progress=progress, quarantine_path=quarantine_path)
+                       resume=resume, progress=progress, quarantine_path=quarantine_path,
+                       max_failed_chunks=max_failed_chunks)

@@ -33,6 +33,10 @@ How a job runs:
 * **Poison parts.** A part whose worker dies on it ``max_attempts`` times (a decoder that
   segfaults, memory exhausted) is quarantined whole with that reason on the next attempt,
   so one part cannot keep the job in Ray's retries for ever.
+* **A failing processor.** As in the local engine, a part on which the processor raises is
+  quarantined whole; once ``max_failed_chunks`` parts of a run have (a broken model, not bad
+  records), the driver stops taking results, the job fails with ``FailedChunksError`` and the
+  failed parts' files and markers are removed, so the run after the fix redoes them.
 * **The end.** The driver concatenates the parts' quarantine rows, in part order, into the
   job's quarantine file (the local engine's format and default path) and records the job's
   counters in the database.
@@ -65,9 +69,11 @@ from trillium.core.db import Database, Job, connect
 from trillium.core.db.models import utcnow
 from trillium.core.errors import EngineUnavailableError, JobError, TrilliumError
 from trillium.core.jobs import (
+    DEFAULT_MAX_FAILED_CHUNKS,
     DONE,
     FAILED,
     QUARANTINE_COLUMNS,
+    FailedChunksError,
     JobResult,
     ParquetSink,
     ParquetSource,
@@ -76,6 +82,7 @@ from trillium.core.jobs import (
     Rejected,
     Sink,
     Source,
+    _check_failed_limit,
     _check_rows,
     _chunks_with_rejects,
     _finished,
@@ -87,6 +94,7 @@ from trillium.core.jobs import (
     _result,
     _set_status,
     encode_quarantine,
+    failed_chunks_message,
     job_key,
     quarantine_rows,
 )
@@ -97,7 +105,7 @@ logger = logging.getLogger(__name__)
 
 RAY_EXTRA = "pip install 'trillium[ray]'"
 DEFAULT_MAX_ATTEMPTS = 3
-_STATS = ("part", "rows_in", "rows_out", "rows_quarantined", "attempt", "seconds")
+_STATS = ("part", "rows_in", "rows_out", "rows_quarantined", "attempt", "seconds", "failed")
 
 
 def import_ray() -> ModuleType:
@@ -179,6 +187,11 @@ class _Layout:
             for tmp in folder.glob(".part-*.tmp"):
                 tmp.unlink(missing_ok=True)
 
+    def forget(self, k: int) -> None:
+        """Remove part ``k``'s output, quarantine rows and marker: the next run does it again."""
+        for path in (self.marker(k), self.part(k), self.quarantine(k)):
+            path.unlink(missing_ok=True)
+
     def bump_attempt(self, k: int) -> int:
         """Count one more attempt at part ``k`` (the count survives its worker's death)."""
         path = self.attempts(k)
@@ -235,12 +248,13 @@ class _Plan:
         layout = _Layout(self.sink)
         attempt = layout.bump_attempt(k)
         frame, rejected = self.read(k)
+        error = None
         if attempt > self.max_attempts:
             output = pd.DataFrame()
             bad = frame.assign(reason=f"part {k}: its worker died on each of {attempt - 1} attempts (killed, out "
                                       "of memory or crashed); quarantined whole")
         else:
-            output, bad = _process(processor, frame, k, self.name)
+            output, bad, error = _process(processor, frame, k, self.name)
         final = layout.part(k)
         if len(output):
             table = pa.Table.from_pandas(output, preserve_index=False)
@@ -250,8 +264,9 @@ class _Plan:
         rows = quarantine_rows(k, bad, rejected)
         _write_atomic(layout.quarantine(k), lambda fh: fh.write(encode_quarantine(rows)))
         stats = {"part": k, "rows_in": len(frame) + len(rejected), "rows_out": len(output),
-                 "rows_quarantined": len(rows), "attempt": attempt, "seconds": time.perf_counter() - t0}
-        marker = {**stats, "key": self.key, "row_start": int(frame.index[0]) if len(frame) else None,
+                 "rows_quarantined": len(rows), "attempt": attempt, "seconds": time.perf_counter() - t0,
+                 "failed": error is not None}
+        marker = {**stats, "key": self.key, "error": error, "row_start": int(frame.index[0]) if len(frame) else None,
                   "host": socket.gethostname(), "pid": os.getpid()}
         _write_atomic(layout.marker(k), lambda fh: fh.write(json.dumps(marker).encode()))
         return stats
@@ -390,6 +405,7 @@ def run_ray_job(
     resume: bool = True,
     progress: bool = True,
     quarantine_path: str | os.PathLike[str] | None = None,
+    max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS,
 ) -> JobResult:
     """Run (or resume, or skip if finished) the job ``name`` on Ray; see the module docstring.
 
@@ -412,6 +428,7 @@ def run_ray_job(
     if max_attempts < 1:
         raise JobError(f"max_attempts must be at least 1, got {max_attempts}")
     rows = _check_rows(chunk_rows if chunk_rows is not None else source.chunk_rows)
+    _check_failed_limit(max_failed_chunks)
     db = db or connect()
     fingerprint = source.fingerprint()
     key = job_key(name, source.uri, fingerprint, sink.uri, rows, engine="ray")
@@ -427,6 +444,7 @@ def run_ray_job(
         )
         layout = _Layout(sink)
         processed = 0
+        failed: list[int] = []  # parts of this run on which the processor raised
         try:
             with _session(ray, address):
                 done = layout.done(key) if resume else {}
@@ -452,9 +470,29 @@ def run_ray_job(
                     with _progress_bar(progress) as bar:
                         task = bar.add_task(f"{name} (ray, {size} workers)", total=total)
                         bar.advance(task, sum(m["rows_in"] for m in done.values()))
-                        for row in ds.iter_rows():
-                            processed += 1
-                            bar.advance(task, int(row["rows_in"]))
+                        results = iter(ds.iter_rows())
+                        try:
+                            for row in results:
+                                processed += 1
+                                bar.advance(task, int(row["rows_in"]))
+                                if row["failed"]:
+                                    failed.append(int(row["part"]))
+                                    if max_failed_chunks is not None and len(failed) >= max_failed_chunks:
+                                        break
+                        finally:
+                            # closing the iterator shuts the dataset's execution down (its actor
+                            # pool included), so no part is still running when failed ones are removed
+                            close = getattr(results, "close", None)
+                            if close is not None:
+                                close()
+            if max_failed_chunks is not None and len(failed) >= max_failed_chunks:
+                markers = layout.done(key)
+                error = str(markers.get(failed[-1], {}).get("error"))
+                # every part of this run that failed, those finished after the last one read included
+                failed = sorted({k for k, m in markers.items() if k in set(todo) and m.get("error")} | set(failed))
+                for k in failed:
+                    layout.forget(k)
+                raise FailedChunksError(failed_chunks_message(name, failed, error, unit="part"))
             markers = layout.done(key)
             missing = sorted(set(range(parts)) - set(markers))
             if missing:
@@ -474,6 +512,8 @@ def run_ray_job(
             except Exception:  # the database may be the cause; the original error matters more
                 logger.exception("job %s: could not record the failure", name)
             if not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, FailedChunksError):
                 raise
             raise JobError(
                 f"job {name!r} (id {job_id}) failed on the ray engine: {text}. Fix the cause and run it again: "

@@ -199,6 +199,66 @@ def test_processor_error_quarantines_the_chunk_and_the_job_goes_on(tmp_path: Pat
     assert "processor failed on chunk 2" in caplog.text
 
 
+class _Breakable:
+    """A processor that raises on every chunk >= ``from_chunk`` while ``broken`` (a model file gone bad)."""
+
+    def __init__(self, from_chunk: int) -> None:
+        self.from_chunk, self.broken, self.calls = from_chunk, True, []
+
+    def __call__(self, frame: pd.DataFrame, chunk_index: int) -> jobs.ProcessResult:
+        self.calls.append(chunk_index)
+        if self.broken and chunk_index >= self.from_chunk:
+            raise RuntimeError("weights file truncated")
+        return worker.score(frame, chunk_index)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_a_processor_failing_on_every_chunk_stops_the_job_and_the_fixed_rerun_redoes_them(
+        tmp_path: Path, kind: str) -> None:
+    src = tmp_path / "tx.parquet"
+    good, bad = _write_input(src, 200)  # 10 chunks of 20
+    out = tmp_path / ("out" if kind == "parquet" else "out.csv")
+    sink = (lambda: jobs.ParquetSink(out)) if kind == "parquet" else (lambda: jobs.CsvSink(out))
+    proc = _Breakable(from_chunk=1)
+    with pytest.raises(jobs.FailedChunksError, match=r"failed on 3 chunks of this run \(chunks 1, 2, 3; last: "
+                                                     r"RuntimeError: weights file truncated\)"):
+        jobs.run_job("broken-model", jobs.ParquetSource(src, 20), proc, sink(), progress=False)
+    assert proc.calls == [0, 1, 2, 3]  # stopped at the third failure, not after quarantining all 10 chunks
+    db = connect()
+    with db.session() as s:
+        job = s.scalars(select(Job).where(Job.name == "broken-model")).one()
+        chunks = s.scalars(select(JobChunk).where(JobChunk.job_id == job.id)).all()
+    # only chunk 0 stays checkpointed; the totals say so
+    assert job.status == "failed" and "failed on 3 chunks" in (job.error or "")
+    assert [c.chunk_index for c in chunks] == [0] and (job.chunks_done, job.rows_in) == (1, 20)
+
+    proc.broken = False  # the model is fixed
+    result = jobs.run_job("broken-model", jobs.ParquetSource(src, 20), proc, sink(), progress=False)
+    assert result.status == "done" and result.resumed_from_chunk == 1 and result.chunks == 10
+    assert proc.calls[4:] == list(range(1, 10))
+    # every row exactly once: the good ones in the output, the bad ones in the quarantine, and no
+    # whole-chunk "processor failed" rows left from the stopped run
+    assert _output_ids(kind, out, db) == good
+    q = jobs.read_quarantine(result.quarantine)
+    assert sorted(q["row_index"]) == bad and not q["reason"].str.contains("processor failed").any()
+    assert (result.rows_in, result.rows_out, result.rows_quarantined) == (200, len(good), len(bad))
+
+
+def test_the_failed_chunk_limit_can_be_raised_or_turned_off(tmp_path: Path) -> None:
+    src = tmp_path / "tx.parquet"
+    _write_input(src, 100)
+    two = _Breakable(from_chunk=3)  # fails on chunks 3 and 4 only: under the default limit of 3
+    assert jobs.run_job("two-fail", jobs.ParquetSource(src, 20), two, jobs.ParquetSink(tmp_path / "a"),
+                        progress=False).status == "done"
+    every = _Breakable(from_chunk=0)
+    result = jobs.run_job("never-stop", jobs.ParquetSource(src, 20), every, jobs.ParquetSink(tmp_path / "b"),
+                          progress=False, max_failed_chunks=None)
+    assert result.status == "done" and result.rows_quarantined == 100 and result.rows_out == 0
+    with pytest.raises(JobError, match="max_failed_chunks must be a positive integer"):
+        jobs.run_job("bad-limit", jobs.ParquetSource(src, 20), every, jobs.ParquetSink(tmp_path / "c"),
+                     progress=False, max_failed_chunks=0)
+
+
 def test_missing_input_is_a_job_error_naming_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.parquet"
     with pytest.raises(JobError, match="nope.parquet"):

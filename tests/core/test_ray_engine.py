@@ -50,6 +50,7 @@ class Scoring:
     crash_part: int = -1
     crash_marker: str = ""
     always: bool = False
+    broken_marker: str = ""  # while this file exists the model is "broken": every part raises
 
     def __call__(self) -> jobs.Processor:
         runtime = self.model.registry().load_runtime(self.model.name, self.model.version, device="cpu")
@@ -60,6 +61,8 @@ class Scoring:
             if index == self.crash_part and (self.always or not os.path.exists(self.crash_marker)):
                 Path(self.crash_marker).touch()
                 os._exit(1)
+            if self.broken_marker and os.path.exists(self.broken_marker):
+                raise RuntimeError("weights file truncated")
             if (chunk["id"] == POISON_ID).any():
                 raise ValueError(f"poison row {POISON_ID}")
             why = jobs.reasons_from({"negative amount": chunk["amount"] < 0, "missing x0": chunk["x0"].isna()})
@@ -198,6 +201,34 @@ def test_ray_matches_the_local_engine_row_by_row_and_loads_the_model_once_per_ac
     loads = [pid for pid, e in events if e == "load"]
     assert 1 <= len(loads) <= 2 and len(set(loads)) == len(loads)  # once per actor, not per part
     assert sorted(e for _, e in events if e != "load") == [f"part {k}" for k in range(N_ROWS // CHUNK)]
+
+
+def test_a_processor_failing_on_every_part_stops_the_ray_job_and_the_fixed_rerun_redoes_them(
+    ray_cluster: Any, model: ModelRef, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.parquet"
+    _frame().to_parquet(src, index=False, row_group_size=64)
+    broken = tmp_path / "model-is-broken"
+    broken.touch()
+    factory = Scoring(model, str(tmp_path / "events.log"), broken_marker=str(broken))
+    out = tmp_path / "ray"
+    with pytest.raises(jobs.FailedChunksError, match=r"failed on \d parts of this run .*last: RuntimeError: "
+                                                     r"weights file truncated"):
+        jobs.run_batch("broken", jobs.ParquetSource(src), factory, jobs.ParquetSink(out), engine="ray",
+                       chunk_rows=CHUNK, progress=False, max_failed_chunks=2)
+    # nothing of the failed parts is kept as done: no markers, no whole-part quarantine rows
+    assert not list((out / "_ray" / "done").glob("part-*.json"))
+    assert not list((out / "_ray" / "quarantine").glob("part-*.csv"))
+    with connect().session() as s:
+        assert s.query(Job).filter(Job.name == "broken").one().status == "failed"
+
+    broken.unlink()  # the model is fixed: the rerun redoes every part, as the local engine would
+    local = jobs.run_batch("broken", jobs.ParquetSource(src), factory, jobs.ParquetSink(tmp_path / "local"),
+                           chunk_rows=CHUNK, progress=False)
+    ray = jobs.run_batch("broken", jobs.ParquetSource(src), factory, jobs.ParquetSink(out), engine="ray",
+                         chunk_rows=CHUNK, progress=False, max_failed_chunks=2)
+    assert ray.status == "done" and ray.chunks_processed == N_ROWS // CHUNK
+    _assert_same(local, ray)
 
 
 def test_csv_input_read_by_the_driver_gives_the_local_rows_and_reader_rejects(
