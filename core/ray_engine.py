@@ -187,6 +187,19 @@ class _Layout:
             for tmp in folder.glob(".part-*.tmp"):
                 tmp.unlink(missing_ok=True)
 
+    @property
+    def redo_flag(self) -> Path:
+        """Left by a run stopped for failing parts: the next run of that job redoes every part
+        whose processor raised, including one still in flight when the run stopped (its
+        marker can land after the stop removed the others)."""
+        return self.state / "redo-failed.json"
+
+    def redo_failed(self, key: str) -> bool:
+        try:
+            return json.loads(self.redo_flag.read_text()).get("key") == key
+        except (OSError, ValueError):
+            return False
+
     def forget(self, k: int) -> None:
         """Remove part ``k``'s output, quarantine rows and marker: the next run does it again."""
         for path in (self.marker(k), self.part(k), self.quarantine(k)):
@@ -448,11 +461,14 @@ def run_ray_job(
         try:
             with _session(ray, address):
                 done = layout.done(key) if resume else {}
+                if layout.redo_failed(key):
+                    done = {k: m for k, m in done.items() if not m.get("error")}
                 plan = _Plan(name=name, key=key, sink=sink, factory=factory, chunk_rows=rows,
                              max_attempts=max_attempts)
                 parts, total = _plan_parts(ray, plan, source, done)
                 done = {k: m for k, m in done.items() if k < parts}
                 layout.reset(keep=set(done))
+                layout.redo_flag.unlink(missing_ok=True)
                 todo = [k for k in range(parts) if k not in done]
                 logger.info("job %s (id %d) on ray: %d parts, %d done before, %d to do",
                             name, job_id, parts, len(done), len(todo))
@@ -490,6 +506,7 @@ def run_ray_job(
                 error = str(markers.get(failed[-1], {}).get("error"))
                 # every part of this run that failed, those finished after the last one read included
                 failed = sorted({k for k, m in markers.items() if k in set(todo) and m.get("error")} | set(failed))
+                _write_atomic(layout.redo_flag, lambda fh: fh.write(json.dumps({"key": key}).encode()))
                 for k in failed:
                     layout.forget(k)
                 raise FailedChunksError(failed_chunks_message(name, failed, error, unit="part"))
