@@ -30,7 +30,15 @@ import pandas as pd
 
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
-from trillium.core.jobs import JobResult, Processor, ProcessResult, check_engine, output_sink, run_batch
+from trillium.core.jobs import (
+    DEFAULT_MAX_FAILED_CHUNKS,
+    JobResult,
+    Processor,
+    ProcessResult,
+    check_engine,
+    output_sink,
+    run_batch,
+)
 from trillium.core.registry import ModelRef
 from trillium.finance.adapters import PROFILES, detect_format, read_transactions, transaction_source
 from trillium.finance.features import FeatureTable
@@ -123,7 +131,7 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
                fmt: str = "auto", history: str | os.PathLike[str] | None = None, chunk_rows: int = 100_000,
                db: Database | None = None, store: bool = True, progress: bool = True, reasons: str = "alerts",
                name: str | None = None, resume: bool = True, engine: str = "local", address: str | None = None,
-               workers: int | None = None) -> ScoreJobResult:
+               workers: int | None = None, max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS) -> ScoreJobResult:
     """Score a transaction file into ``output`` (Parquet parts directory or .csv) as a job.
 
     ``engine="ray"`` scores on a Ray cluster (``address``; ``workers`` actors), into a directory
@@ -159,7 +167,7 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     source = transaction_source(src, chunk_rows=chunk_rows)
     result = run_batch(name or f"finance-score:{src.name}", source, factory, sink, engine=engine,
                        address=address, workers=workers, db=db, chunk_rows=chunk_rows, progress=progress,
-                       resume=resume)
+                       resume=resume, max_failed_chunks=max_failed_chunks)
     if result.status != "done":
         raise JobError(f"scoring job {result.name} ended {result.status}")
     stored = 0

@@ -26,6 +26,7 @@ import pandas as pd
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
 from trillium.core.jobs import (
+    DEFAULT_MAX_FAILED_CHUNKS,
     FolderSource,
     JobResult,
     Processor,
@@ -101,7 +102,8 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
                    overlay_dir: str | os.PathLike[str] | None = None, line: str = "default",
                    chunk_rows: int = 64, db: Database | None = None, store: bool = True,
                    progress: bool = True, resume: bool = True, engine: str = "local", address: str | None = None,
-                   workers: int | None = None) -> InspectJobResult:
+                   workers: int | None = None,
+                   max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS) -> InspectJobResult:
     """Inspect every image under ``root`` into ``output`` as a resumable job; store the verdicts.
 
     ``engine="ray"`` inspects on a Ray cluster (``address``; ``workers`` actors) into a
@@ -124,7 +126,7 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
 
     name = f"manufacturing-inspect-{line}"
     job = run_batch(name, source, factory, sink, engine=engine, address=address, workers=workers, db=db,
-                    chunk_rows=chunk_rows, progress=progress, resume=resume)
+                    chunk_rows=chunk_rows, progress=progress, resume=resume, max_failed_chunks=max_failed_chunks)
     stored = 0
     if store:
         frame = read_inspections(out)

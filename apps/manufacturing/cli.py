@@ -173,6 +173,7 @@ def inspect_cmd(
     address: str = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; default "
                                                        "RAY_ADDRESS, else a local Ray)."),
     workers: int = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
+    max_failed_chunks: int = typer.Option(3, "--max-failed-chunks", help="Folders: stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop."),
 ) -> None:
     """Verdict, score, defect type and an overlay PNG per image; folders run on the batch-job engine."""
     from trillium.core.cli import fail
@@ -202,7 +203,8 @@ def inspect_cmd(
                 suffix = "_inspections.csv" if engine == "local" else "_inspections"
                 out = Path(output) if output else path.with_name(path.name + suffix)
                 job = inspect_folder(inspector, path, out, overlay_dir=overlay_dir, line=line, store=store,
-                                     engine=engine, address=address, workers=workers)
+                                     engine=engine, address=address, workers=workers,
+                                     max_failed_chunks=max_failed_chunks or None)
                 frame = read_inspections(out)
                 rows.extend(frame.to_dict("records"))
                 typer.echo(f"{path}: {job.job.rows_out} inspected, {job.job.rows_quarantined} quarantined "

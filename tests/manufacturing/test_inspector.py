@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from trillium.core.db import Database, Prediction
 from trillium.core.errors import IntegrityError
-from trillium.core.jobs import read_quarantine
+from trillium.core.jobs import FailedChunksError, read_quarantine
 from trillium.manufacturing.batch import OUTPUT_COLUMNS, inspect_folder, read_inspections
 from trillium.manufacturing.classify import DefectTypeClassifier
 from trillium.manufacturing.detector import DefectDetector
@@ -424,3 +424,31 @@ def test_overlays_of_same_named_files_in_different_folders_do_not_collide(fitted
     b = fitted.root / "test" / "good" / "000.png"
     results, _ = fitted.inspector.inspect_files([a, b], overlay_dir=tmp_path / "ov")
     assert results[0].overlay != results[1].overlay
+
+
+def test_inspect_folder_stops_when_the_model_fails_on_every_chunk_and_the_rerun_inspects_all(
+    fitted: Fitted, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "incoming"
+    root.mkdir()
+    for i, p in enumerate(sorted((fitted.root / "test" / "good").glob("*.png"))[:4]):
+        shutil.copy(p, root / f"good{i}.png")
+    insp = Inspector(fitted.inspector.detector, fitted.inspector.classifier)
+    working = insp.inspect_files
+
+    def broken(paths: list[str], **kwargs: Any) -> Any:
+        raise RuntimeError("ONNX graph failed to load")
+
+    monkeypatch.setattr(insp, "inspect_files", broken)
+    output = tmp_path / "verdicts.csv"
+    with pytest.raises(FailedChunksError, match="failed on 2 chunks of this run.*ONNX graph failed to load"):
+        inspect_folder(insp, root, output, line="L9", chunk_rows=1, db=database, progress=False,
+                       max_failed_chunks=2)
+    assert _count(database, "L9") == 0  # nothing stored, nothing checkpointed as done
+
+    monkeypatch.setattr(insp, "inspect_files", working)  # the model is fixed
+    again = inspect_folder(insp, root, output, line="L9", chunk_rows=1, db=database, progress=False,
+                           max_failed_chunks=2)
+    assert again.job.status == "done" and again.job.rows_out == 4 and again.job.rows_quarantined == 0
+    assert again.stored == 4 and _count(database, "L9") == 4
+    assert len(read_quarantine(again.job.quarantine)) == 0

@@ -26,6 +26,7 @@ import pandas as pd
 from trillium.core.db import Database, DatabaseRef, connect
 from trillium.core.errors import InputValidationError, JobError, TrilliumError
 from trillium.core.jobs import (
+    DEFAULT_MAX_FAILED_CHUNKS,
     FolderSource,
     JobResult,
     Processor,
@@ -123,7 +124,8 @@ class AnalyzeFactory:
 def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output: str | os.PathLike[str], *,
                    json_dir: str | os.PathLike[str] | None = None, chunk_rows: int = 4, db: Database | None = None,
                    store: bool = True, progress: bool = True, resume: bool = True, engine: str = "local",
-                   address: str | None = None, workers: int | None = None) -> AnalyzeJobResult:
+                   address: str | None = None, workers: int | None = None,
+                   max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS) -> AnalyzeJobResult:
     """Analyse every study under ``root``: one summary row per study into ``output``, the full
     findings JSON per study into ``json_dir``, and (with ``store``) the findings into the database.
 
@@ -148,7 +150,8 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
                              DatabaseRef.of(db), analyzer if local else None, db if local else None)
 
     job = run_batch("medical-analyze-batch", source, factory, sink, engine=engine, address=address,
-                    workers=workers, db=db, chunk_rows=chunk_rows, progress=progress, resume=resume)
+                    workers=workers, db=db, chunk_rows=chunk_rows, progress=progress, resume=resume,
+                    max_failed_chunks=max_failed_chunks)
     log.info("analysed %d studies (%d quarantined)", job.rows_out, job.rows_quarantined)
     return AnalyzeJobResult(job, out, jdir)
 

@@ -171,6 +171,7 @@ def register(app: typer.Typer) -> None:
         address: str = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; default "
                                                            "RAY_ADDRESS, else a local Ray)."),
         workers: int = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
+        max_failed_chunks: int = typer.Option(3, "--max-failed-chunks", help="Stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop."),
     ) -> None:
         """Analyse every study under ROOT as a resumable job; broken studies are quarantined with the reason."""
         from trillium.core.errors import TrilliumError
@@ -181,7 +182,8 @@ def register(app: typer.Typer) -> None:
             check_engine(engine)  # a missing extra is named before the model is loaded
             analyzer = _analyzer(name, ref)
             res = analyze_folder(analyzer, root, output, json_dir=json_dir, chunk_rows=chunk, store=store,
-                                 resume=not restart, engine=engine, address=address, workers=workers)
+                                 resume=not restart, engine=engine, address=address, workers=workers,
+                                 max_failed_chunks=max_failed_chunks or None)
         except TrilliumError as exc:
             _fail(exc)
         job = res.job
