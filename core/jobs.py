@@ -104,7 +104,7 @@ __all__ = [
     "SqlSource",
     "check_engine",
     "encode_quarantine",
-    "failed_chunks_message",
+    "failed_chunk_limit",
     "job_key",
     "output_sink",
     "quarantine_rows",
@@ -130,13 +130,17 @@ class FailedChunksError(JobError):
     (a broken model or a bug, not bad records) and those chunks were left for the next run."""
 
 
-def _check_failed_limit(max_failed_chunks: int | None) -> int | None:
+def _check_failed_limit(max_failed_chunks: int | None) -> None:
     if max_failed_chunks is not None and (not isinstance(max_failed_chunks, int) or max_failed_chunks < 1):
         raise JobError(f"max_failed_chunks must be a positive integer or None, got {max_failed_chunks!r}")
-    return max_failed_chunks
 
 
-def failed_chunks_message(name: str, failed: Sequence[int], last_error: str, unit: str = "chunk") -> str:
+def failed_chunk_limit(option: int | None) -> int | None:
+    """The limit a command-line ``--max-failed-chunks`` gives: unset -> the default, 0 -> never stop."""
+    return DEFAULT_MAX_FAILED_CHUNKS if option is None else (option or None)
+
+
+def _failed_chunks_message(name: str, failed: Sequence[int], last_error: str, unit: str = "chunk") -> str:
     """What a stopped job says: which chunks failed, the last error, and what happens on rerun."""
     shown = ", ".join(str(k) for k in failed[:10]) + (", ..." if len(failed) > 10 else "")
     return (f"job {name!r}: the processor failed on {len(failed)} {unit}s of this run ({unit}s {shown}; last: "
@@ -1328,7 +1332,7 @@ def run_job(
                         failed.append(chunk_index)
                         if max_failed_chunks is not None and len(failed) >= max_failed_chunks:
                             _uncheckpoint_from(db, job_id, failed[0])
-                            raise FailedChunksError(failed_chunks_message(name, failed, error))
+                            raise FailedChunksError(_failed_chunks_message(name, failed, error))
                     with db.session() as s:  # its commit is the checkpoint
                         out_offset = sink.write(chunk_index, output, s)
                         q_offset = quarantine.write(chunk_index, bad, rejected)

@@ -35,8 +35,8 @@ How a job runs:
   so one part cannot keep the job in Ray's retries for ever.
 * **A failing processor.** As in the local engine, a part on which the processor raises is
   quarantined whole; once ``max_failed_chunks`` parts of a run have (a broken model, not bad
-  records), the driver stops taking results, the job fails with ``FailedChunksError`` and the
-  failed parts' files and markers are removed, so the run after the fix redoes them.
+  records), the driver stops taking results, the job fails with ``FailedChunksError`` and
+  leaves a redo flag: the run after the fix redoes every part whose processor raised.
 * **The end.** The driver concatenates the parts' quarantine rows, in part order, into the
   job's quarantine file (the local engine's format and default path) and records the job's
   counters in the database.
@@ -85,6 +85,7 @@ from trillium.core.jobs import (
     _check_failed_limit,
     _check_rows,
     _chunks_with_rejects,
+    _failed_chunks_message,
     _finished,
     _fsync_dir,
     _job_lock,
@@ -94,7 +95,6 @@ from trillium.core.jobs import (
     _result,
     _set_status,
     encode_quarantine,
-    failed_chunks_message,
     job_key,
     quarantine_rows,
 )
@@ -190,8 +190,8 @@ class _Layout:
     @property
     def redo_flag(self) -> Path:
         """Left by a run stopped for failing parts: the next run of that job redoes every part
-        whose processor raised, including one still in flight when the run stopped (its
-        marker can land after the stop removed the others)."""
+        whose processor raised (their markers stay until then, and a part still in flight when
+        the run stopped may add one after the stop)."""
         return self.state / "redo-failed.json"
 
     def redo_failed(self, key: str) -> bool:
@@ -199,11 +199,6 @@ class _Layout:
             return json.loads(self.redo_flag.read_text()).get("key") == key
         except (OSError, ValueError):
             return False
-
-    def forget(self, k: int) -> None:
-        """Remove part ``k``'s output, quarantine rows and marker: the next run does it again."""
-        for path in (self.marker(k), self.part(k), self.quarantine(k)):
-            path.unlink(missing_ok=True)
 
     def bump_attempt(self, k: int) -> int:
         """Count one more attempt at part ``k`` (the count survives its worker's death)."""
@@ -496,20 +491,17 @@ def run_ray_job(
                                     if max_failed_chunks is not None and len(failed) >= max_failed_chunks:
                                         break
                         finally:
-                            # closing the iterator shuts the dataset's execution down (its actor
-                            # pool included), so no part is still running when failed ones are removed
+                            # closing the iterator asks Ray to stop the dataset's execution, so a
+                            # stopped job does not go on scoring the rest of the input
                             close = getattr(results, "close", None)
                             if close is not None:
                                 close()
             if max_failed_chunks is not None and len(failed) >= max_failed_chunks:
                 markers = layout.done(key)
                 error = str(markers.get(failed[-1], {}).get("error"))
-                # every part of this run that failed, those finished after the last one read included
-                failed = sorted({k for k, m in markers.items() if k in set(todo) and m.get("error")} | set(failed))
+                # the next run drops the failed parts' markers and files (reset) and redoes them
                 _write_atomic(layout.redo_flag, lambda fh: fh.write(json.dumps({"key": key}).encode()))
-                for k in failed:
-                    layout.forget(k)
-                raise FailedChunksError(failed_chunks_message(name, failed, error, unit="part"))
+                raise FailedChunksError(_failed_chunks_message(name, failed, error, unit="part"))
             markers = layout.done(key)
             missing = sorted(set(range(parts)) - set(markers))
             if missing:

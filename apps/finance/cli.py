@@ -168,12 +168,12 @@ def score_cmd(
     address: str | None = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; "
                                                               "default RAY_ADDRESS, else a local Ray)."),
     workers: int | None = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
-    max_failed_chunks: int = typer.Option(3, "--max-failed-chunks", help="Stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop."),
+    max_failed_chunks: int | None = typer.Option(None, "--max-failed-chunks", help="Stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop; default 3."),
 ) -> None:
     """Batch scoring as a resumable job: quarantine of bad rows, progress, alerts stored."""
     from trillium.core.cli import fail
     from trillium.core.errors import TrilliumError
-    from trillium.core.jobs import check_engine
+    from trillium.core.jobs import check_engine, failed_chunk_limit
     from trillium.finance.batch import score_file
     from trillium.finance.pipeline import FraudScorer
 
@@ -184,7 +184,7 @@ def score_cmd(
                                            alerts_per_day=alerts_per_day)
         res = score_file(scorer, input_path, output, fmt=fmt, history=history, chunk_rows=chunk_rows, store=store,
                          reasons=reasons, engine=engine, address=address, workers=workers,
-                         max_failed_chunks=max_failed_chunks or None)
+                         max_failed_chunks=failed_chunk_limit(max_failed_chunks))
     except TrilliumError as exc:
         fail(exc)
         return

@@ -173,12 +173,12 @@ def inspect_cmd(
     address: str = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; default "
                                                        "RAY_ADDRESS, else a local Ray)."),
     workers: int = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
-    max_failed_chunks: int = typer.Option(3, "--max-failed-chunks", help="Folders: stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop."),
+    max_failed_chunks: int | None = typer.Option(None, "--max-failed-chunks", help="Folders: stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop; default 3."),
 ) -> None:
     """Verdict, score, defect type and an overlay PNG per image; folders run on the batch-job engine."""
     from trillium.core.cli import fail
     from trillium.core.errors import InputValidationError, TrilliumError
-    from trillium.core.jobs import check_engine
+    from trillium.core.jobs import check_engine, failed_chunk_limit
     from trillium.manufacturing.batch import inspect_folder, read_inspections
     from trillium.manufacturing.images import ImageReadError, iter_video
     from trillium.manufacturing.linestats import store_inspections
@@ -204,7 +204,7 @@ def inspect_cmd(
                 out = Path(output) if output else path.with_name(path.name + suffix)
                 job = inspect_folder(inspector, path, out, overlay_dir=overlay_dir, line=line, store=store,
                                      engine=engine, address=address, workers=workers,
-                                     max_failed_chunks=max_failed_chunks or None)
+                                     max_failed_chunks=failed_chunk_limit(max_failed_chunks))
                 frame = read_inspections(out)
                 rows.extend(frame.to_dict("records"))
                 typer.echo(f"{path}: {job.job.rows_out} inspected, {job.job.rows_quarantined} quarantined "

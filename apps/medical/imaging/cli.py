@@ -171,11 +171,11 @@ def register(app: typer.Typer) -> None:
         address: str = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; default "
                                                            "RAY_ADDRESS, else a local Ray)."),
         workers: int = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
-        max_failed_chunks: int = typer.Option(3, "--max-failed-chunks", help="Stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop."),
+        max_failed_chunks: int | None = typer.Option(None, "--max-failed-chunks", help="Stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop; default 3."),
     ) -> None:
         """Analyse every study under ROOT as a resumable job; broken studies are quarantined with the reason."""
         from trillium.core.errors import TrilliumError
-        from trillium.core.jobs import check_engine
+        from trillium.core.jobs import check_engine, failed_chunk_limit
         from trillium.medical.imaging.batch import analyze_folder
 
         try:
@@ -183,7 +183,7 @@ def register(app: typer.Typer) -> None:
             analyzer = _analyzer(name, ref)
             res = analyze_folder(analyzer, root, output, json_dir=json_dir, chunk_rows=chunk, store=store,
                                  resume=not restart, engine=engine, address=address, workers=workers,
-                                 max_failed_chunks=max_failed_chunks or None)
+                                 max_failed_chunks=failed_chunk_limit(max_failed_chunks))
         except TrilliumError as exc:
             _fail(exc)
         job = res.job
