@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 try:
     from playwright.sync_api import Page, expect
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 except ImportError:  # `make test` requires it (dev extra); a bare pytest without it skips with the reason
     if os.environ.get("TRILLIUM_REQUIRE_BROWSER") == "1":
         raise
@@ -101,7 +102,7 @@ def expect_images_decoded(page: Page, images, timeout_ms: int = 60_000) -> None:
     try:
         page.wait_for_function("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)", arg=handle,
                                timeout=timeout_ms)
-    except Exception as exc:  # report which image is pending or broken, not just "timeout"
+    except PlaywrightTimeout as exc:  # report which image is pending or broken, not just "timeout"
         states = images.evaluate_all(
             "imgs => imgs.map(i => ({src: i.currentSrc, complete: i.complete, width: i.naturalWidth}))")
         raise AssertionError(f"images not decoded after {timeout_ms} ms: {states}") from exc
