@@ -136,8 +136,11 @@ def _check_failed_limit(max_failed_chunks: int | None) -> None:
 
 
 def failed_chunk_limit(option: int | None) -> int | None:
-    """The limit a command-line ``--max-failed-chunks`` gives: unset -> the default, 0 -> never stop."""
-    return DEFAULT_MAX_FAILED_CHUNKS if option is None else (option or None)
+    """The limit a command-line ``--max-failed-chunks`` gives: unset -> the default, 0 -> never stop.
+    A negative value is refused here, before a command spends time reading its input."""
+    limit = DEFAULT_MAX_FAILED_CHUNKS if option is None else (option or None)
+    _check_failed_limit(limit)
+    return limit
 
 
 def _failed_chunks_message(name: str, failed: Sequence[int], last_error: str, unit: str = "chunk") -> str:

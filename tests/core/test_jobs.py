@@ -257,6 +257,8 @@ def test_the_failed_chunk_limit_can_be_raised_or_turned_off(tmp_path: Path) -> N
     # the command-line option: unset gives the default, 0 turns the stop off
     assert (jobs.failed_chunk_limit(None), jobs.failed_chunk_limit(0), jobs.failed_chunk_limit(5)) == (
         jobs.DEFAULT_MAX_FAILED_CHUNKS, None, 5)
+    with pytest.raises(JobError, match="max_failed_chunks must be a positive integer or None, got -1"):
+        jobs.failed_chunk_limit(-1)
     with pytest.raises(JobError, match="max_failed_chunks must be a positive integer"):
         jobs.run_job("bad-limit", jobs.ParquetSource(src, 20), every, jobs.ParquetSink(tmp_path / "c"),
                      progress=False, max_failed_chunks=0)
