@@ -65,6 +65,11 @@ def train_cmd(
     defects: str = typer.Option(None, "--defects", help="Folder of <type>/ sub-folders: labelled defects (<= 20 each)."),
     shots: int = typer.Option(0, "--shots", help="Instead of --defects: this many labelled defects per type from "
                                                   "the data's test split (for evaluation on public sets)."),
+    learn_share: float = typer.Option(0.0, "--learn-share", help="Share of each type's labelled defects the "
+                                      "segmenter also learns from (pixel masks where the data has them); the rest "
+                                      "set the threshold. 0: good images only."),
+    real_fraction: float = typer.Option(0.25, "--real-fraction", help="With --learn-share: share of each "
+                                        "training batch drawn from those real defects."),
     autotune: bool = typer.Option(True, "--autotune/--no-autotune", help="Measure the runtime backends here."),
     json_out: str = typer.Option(None, "--json", help="Write a JSON summary here."),
 ) -> None:
@@ -76,7 +81,8 @@ def train_cmd(
     try:
         result = train_inspector(data, size=size, steps=steps, batch_size=batch_size, lr=lr, crop=crop or None,
                                  width=width, flips=flips, device=device, seed=seed, false_alarm_rate=false_alarm_rate,
-                                 defects=defects, shots=shots or None, name=name, autotune=autotune)
+                                 defects=defects, shots=shots or None, learn_share=learn_share,
+                                 real_defect_fraction=real_fraction, name=name, autotune=autotune)
     except (TrilliumError, ValueError) as exc:
         fail(exc)
         return
@@ -98,6 +104,8 @@ def adopt_cmd(
     seed: int = typer.Option(0, "--seed", help="The training seed (fixes the held-out split and --shots draw)."),
     defects: str = typer.Option(None, "--defects", help="Folder of <type>/ sub-folders: labelled defects."),
     shots: int = typer.Option(0, "--shots", help="Instead of --defects: labelled defects per type from the test split."),
+    learn_share: float = typer.Option(0.0, "--learn-share", help="The training's --learn-share (those defects do "
+                                      "not set the threshold)."),
     trained: str = typer.Option("{}", "--trained", help="JSON of the training settings, kept as metadata."),
     json_out: str = typer.Option(None, "--json", help="Write a JSON summary here."),
 ) -> None:
@@ -108,7 +116,7 @@ def adopt_cmd(
 
     try:
         result = adopt_weights(weights, data, size=size, width=width, flips=flips, seed=seed, defects=defects,
-                               shots=shots or None, trained=json.loads(trained))
+                               shots=shots or None, learn_share=learn_share, trained=json.loads(trained))
     except (TrilliumError, ValueError, OSError, RuntimeError) as exc:
         fail(exc)
         return

@@ -10,6 +10,11 @@ the validation data:
 - without them (the usual start of a line), it is the score that keeps the false-alarm rate on
   held-out good parts at ``false_alarm_rate``.
 
+A line that has a few labelled defects can also let the segmenter learn from them
+(``fit(..., learn_defects=...)``): they join the synthetic defects in training. Those images
+must then not also set the threshold, which would be chosen on defects the network has seen;
+the caller keeps them apart (``lifecycle.py`` splits each type's labelled images).
+
 The threshold stays adjustable (``set_threshold``), and ``validation_scores_`` keeps what it was
 chosen on, so a dashboard can show the effect of moving it.
 """
@@ -65,6 +70,8 @@ class DefectDetector:
         flips: test-time mirror averaging at inference (1 = off, 2, 3); see ``InspectionNet``.
         val_fraction: share of good images held out for the threshold.
         false_alarm_rate: the target rate on held-out good parts when no defects are given.
+        real_defect_fraction: share of each training batch drawn from ``learn_defects`` (when
+            ``fit`` gets any).
         norm: input standardisation of the segmenter (``"dataset"`` or ``"image"``).
         device: where training runs ("cpu" or "cuda"); inference always returns CPU arrays.
         seed: makes the split, the synthetic defects and the initialisation reproducible.
@@ -72,8 +79,8 @@ class DefectDetector:
 
     def __init__(self, *, size: int = 256, channels: int = 1, width: int = 16, steps: int = 1500,
                  batch_size: int = 16, lr: float = 1e-3, crop: int | None = None, pool: int = 9, flips: int = 1, val_fraction: float = 0.1,
-                 false_alarm_rate: float = 0.01, norm: str = "dataset", device: str = "cpu",
-                 seed: int = 0) -> None:
+                 false_alarm_rate: float = 0.01, real_defect_fraction: float = 0.25, norm: str = "dataset",
+                 device: str = "cpu", seed: int = 0) -> None:
         self.size = size
         self.channels = channels
         self.width = width
@@ -85,6 +92,7 @@ class DefectDetector:
         self.flips = flips
         self.val_fraction = val_fraction
         self.false_alarm_rate = false_alarm_rate
+        self.real_defect_fraction = real_defect_fraction
         self.norm = norm
         self.device = device
         self.seed = seed
@@ -92,7 +100,8 @@ class DefectDetector:
     # ------------------------------------------------------------------ fitting
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("size", "channels", "width", "steps", "batch_size", "lr", "crop", "pool", "flips",
-                                               "val_fraction", "false_alarm_rate", "norm", "device", "seed")}
+                                               "val_fraction", "false_alarm_rate", "real_defect_fraction", "norm",
+                                               "device", "seed")}
 
     def _check_images(self, x: torch.Tensor, what: str) -> None:
         if x.shape[1] != self.channels or x.shape[-2:] != (self.size, self.size):
@@ -103,20 +112,34 @@ class DefectDetector:
         if float(x.min()) < 0 or float(x.max()) > 1:
             raise ValueError(f"{what} must be scaled to [0, 1]")
 
-    def fit(self, good: np.ndarray | torch.Tensor, *, val_defects: np.ndarray | torch.Tensor | None = None
-            ) -> DefectDetector:
-        """Train on good images (N, C, H, W); choose the threshold on held-out validation data."""
+    def fit(self, good: np.ndarray | torch.Tensor, *, val_defects: np.ndarray | torch.Tensor | None = None,
+            learn_defects: np.ndarray | torch.Tensor | None = None,
+            learn_masks: np.ndarray | torch.Tensor | None = None) -> DefectDetector:
+        """Train on good images (N, C, H, W); choose the threshold on held-out validation data.
+
+        ``learn_defects`` (M, C, H, W): labelled defects the segmenter also learns from, with
+        ``learn_masks`` (M, 1, H, W) in {0, 1} (a row of ``train.NO_MASK`` where only the image
+        label is known; None when none has a mask). Keep them out of ``val_defects``.
+        """
         x = _as_batch(good)
         self._check_images(x, "good images")
+        real = masks = None
+        if learn_defects is not None:
+            real = _as_batch(learn_defects)
+            self._check_images(real, "defect images to learn from")
+            if learn_masks is not None:
+                masks = torch.as_tensor(learn_masks, dtype=torch.float32)
         train_idx, val_idx = self.validation_split(x.shape[0])
         self.net_kwargs_ = self._net_kwargs()
         torch.manual_seed(self.seed)  # the initialisation, too, must not depend on earlier draws
         net = InspectionNet(**self.net_kwargs_)
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, crop=self.crop,
-                          seed=self.seed, device=self.device)
-        self.loss_curve_ = fit_segmenter(net.segmenter, x[torch.from_numpy(train_idx)], cfg)
+                          seed=self.seed, device=self.device, real_defect_fraction=self.real_defect_fraction)
+        self.loss_curve_ = fit_segmenter(net.segmenter, x[torch.from_numpy(train_idx)], cfg,
+                                         real_defects=real, real_masks=masks)
         self.net_ = net.eval()
         self.n_train_ = len(train_idx)
+        self.n_learnt_defects_ = 0 if real is None else len(real)
         return self.calibrate(x[torch.from_numpy(val_idx)], val_defects)
 
     def _net_kwargs(self) -> dict[str, Any]:

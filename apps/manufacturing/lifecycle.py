@@ -5,6 +5,11 @@ few-shot type classifier come either from a folder of ``<type>/`` sub-folders (a
 labelled examples) or, for evaluation on a public dataset, from ``shots`` examples per type
 drawn from the dataset's test split; those are then left out of every evaluation figure. The
 labelled defects also set the decision threshold (max Youden J against held-out good images).
+
+With ``learn_share`` > 0 the segmenter also learns from that share of each type's labelled
+defects (pixel masks where the dataset has them, the image label otherwise); only the rest set
+the threshold, so that it is chosen on defects the network has not seen. The split is seeded,
+so ``adopt`` rebuilds it from the same settings.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from trillium.manufacturing.images import (
     load_batch,
     mvtec_split,
     read_image,
+    read_mask,
 )
 from trillium.manufacturing.pipeline import DEFAULT_NAME, Inspector
+from trillium.manufacturing.train import NO_MASK
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +71,42 @@ class _LineData:
     defects: np.ndarray | None
     types: list[str]
     quarantined: list[tuple[str, str]]
+    masks: np.ndarray | None = None  # (M, 1, H, W) of ``defects``; rows of NO_MASK where none is known
+    learn: np.ndarray | None = None  # indices into ``defects`` the segmenter learns from
+
+    def calibration_defects(self) -> np.ndarray | None:
+        """The labelled defects that set the threshold: those the segmenter did not learn from."""
+        if self.defects is None or self.learn is None:
+            return self.defects
+        keep = np.setdiff1d(np.arange(len(self.defects)), self.learn)
+        return self.defects[keep] if len(keep) else None
+
+
+def learning_split(types: list[str], share: float, seed: int) -> np.ndarray:
+    """Indices of the labelled defects the segmenter learns from: ``share`` of each type (seeded),
+    always leaving at least one image of every type to the threshold."""
+    if not 0 <= share < 1:
+        raise InputValidationError(f"learn share must be in [0, 1), got {share}")
+    rng = np.random.default_rng(seed + 1)
+    picked: list[int] = []
+    for t in sorted(set(types)):
+        rows = np.flatnonzero(np.array(types) == t)
+        k = min(len(rows) - 1, round(share * len(rows)))
+        picked.extend(rng.permutation(rows)[:k].tolist())
+    return np.array(sorted(picked), dtype=int)
+
+
+def _mask_rows(paths: list[Path | None], size: int) -> np.ndarray:
+    out = np.full((len(paths), 1, size, size), NO_MASK, np.float32)
+    for i, path in enumerate(paths):
+        if path is not None:
+            out[i, 0] = read_mask(path, (size, size))
+    return out
 
 
 def _load_line(data: str | os.PathLike[str], size: int, channels: int | None,
-               defects: str | os.PathLike[str] | None, shots: int | None, seed: int) -> tuple[_LineData, int]:
+               defects: str | os.PathLike[str] | None, shots: int | None, seed: int,
+               learn_share: float = 0.0) -> tuple[_LineData, int]:
     samples = discover_mvtec(data)
     good = [s.path for s in mvtec_split(samples, "train") if not s.is_defect]
     if len(good) < 4:
@@ -78,19 +117,26 @@ def _load_line(data: str | os.PathLike[str], size: int, channels: int | None,
     for path, reason in bad:
         log.warning("quarantined training image %s: %s", path, reason)
     labelled: list[tuple[Path, str]] = []
+    mask_paths: dict[str, Path | None] = {}
     if defects is not None:
         labelled = labelled_defects(defects)
     elif shots:
         picked, _ = few_shot_split(mvtec_split(samples, "test"), shots, seed)
         labelled = [(s.path, s.label) for s in picked]
-    xd = None
-    types: list[str] = []
+        mask_paths = {str(s.path): s.mask_path for s in picked}
+    if learn_share and not labelled:
+        raise InputValidationError("learning from labelled defects needs some: give --defects or --shots")
+    line = _LineData(x, None, [], bad)
     if labelled:
-        xd, bad_d = load_batch([p for p, _ in labelled], (size, size), channels)
+        line.defects, bad_d = load_batch([p for p, _ in labelled], (size, size), channels)
         bad.extend(bad_d)
         unreadable = {str(p) for p, _ in bad_d}
-        types = [t for p, t in labelled if str(p) not in unreadable]
-    return _LineData(x, xd, types, bad), channels
+        kept = [(p, t) for p, t in labelled if str(p) not in unreadable]
+        line.types = [t for _, t in kept]
+        if learn_share:
+            line.learn = learning_split(line.types, learn_share, seed)
+            line.masks = _mask_rows([mask_paths.get(str(p)) for p, _ in kept], size)
+    return line, channels
 
 
 def _finish(detector: DefectDetector, line: _LineData, *, name: str, register: bool, autotune: bool,
@@ -115,39 +161,50 @@ def train_inspector(data: str | os.PathLike[str], *, size: int = 256, channels: 
                     steps: int = 1500, batch_size: int = 16, lr: float = 1e-3, crop: int | None = None,
                     width: int = 16, flips: int = 1, device: str = "cpu", seed: int = 0, false_alarm_rate: float = 0.01,
                     defects: str | os.PathLike[str] | None = None, shots: int | None = None,
+                    learn_share: float = 0.0, real_defect_fraction: float = 0.25,
                     name: str = DEFAULT_NAME, register: bool = True, autotune: bool = True,
                     registry: ModelRegistry | None = None) -> TrainResult:
-    """Fit detector (+ classifier when labelled defects are given), autotune, register as production."""
+    """Fit detector (+ classifier when labelled defects are given), autotune, register as production.
+
+    ``learn_share``: share of each type's labelled defects the segmenter also learns from
+    (0: good images only); ``real_defect_fraction``: their share of each training batch.
+    """
     started = time.perf_counter()
-    line, channels = _load_line(data, size, channels, defects, shots, seed)
+    line, channels = _load_line(data, size, channels, defects, shots, seed, learn_share)
     detector = DefectDetector(size=size, channels=channels, width=width, steps=steps, batch_size=batch_size, lr=lr,
                               crop=crop, flips=flips, device=device, seed=seed,
-                              false_alarm_rate=false_alarm_rate)
-    # The labelled defects, when there are any, also set the threshold (max Youden J with held-out good).
-    detector.fit(line.good, val_defects=line.defects)
+                              false_alarm_rate=false_alarm_rate, real_defect_fraction=real_defect_fraction)
+    learn = masks = None
+    if line.learn is not None and len(line.learn):
+        learn, masks = line.defects[line.learn], line.masks[line.learn]
+    # The labelled defects the segmenter did not learn from set the threshold (max Youden J with held-out good).
+    detector.fit(line.good, val_defects=line.calibration_defects(), learn_defects=learn, learn_masks=masks)
     return _finish(detector, line, name=name, register=register, autotune=autotune, registry=registry,
-                   started=started)
+                   started=started, extra_metrics={"learn_share": learn_share,
+                                                   "n_learnt_defects": detector.n_learnt_defects_})
 
 
 def adopt_weights(weights: str | os.PathLike[str], data: str | os.PathLike[str], *, size: int = 256,
                   channels: int | None = None, width: int = 16, flips: int = 1, seed: int = 0,
                   false_alarm_rate: float = 0.01, defects: str | os.PathLike[str] | None = None,
-                  shots: int | None = None, trained: dict[str, Any] | None = None, name: str = DEFAULT_NAME,
+                  shots: int | None = None, learn_share: float = 0.0, trained: dict[str, Any] | None = None,
+                  name: str = DEFAULT_NAME,
                   register: bool = True, autotune: bool = True, registry: ModelRegistry | None = None
                   ) -> TrainResult:
     """Everything ``train_inspector`` does after training, for segmenter weights trained elsewhere
     (e.g. ``train --device cuda`` on a GPU machine): the same held-out good images (same seed),
-    the same labelled draw, threshold, classifier, autotune and registration."""
+    the same labelled draw, threshold, classifier, autotune and registration. ``learn_share`` must
+    be the training's, so that the threshold is set on the defects the weights did not learn from."""
     started = time.perf_counter()
-    line, channels = _load_line(data, size, channels, defects, shots, seed)
+    line, channels = _load_line(data, size, channels, defects, shots, seed, learn_share)
     detector = DefectDetector(size=size, channels=channels, width=width, flips=flips, seed=seed,
                               false_alarm_rate=false_alarm_rate, **(trained or {}))
     detector.load_weights(load_file(str(weights)))
     _, val_idx = detector.validation_split(len(line.good))
     detector.n_train_ = len(line.good) - len(val_idx)
-    detector.calibrate(line.good[val_idx], line.defects)
+    detector.calibrate(line.good[val_idx], line.calibration_defects())
     return _finish(detector, line, name=name, register=register, autotune=autotune, registry=registry,
-                   started=started, extra_metrics={"weights": str(weights)})
+                   started=started, extra_metrics={"weights": str(weights), "learn_share": learn_share})
 
 
 def _p99(values: list[float]) -> float | None:

@@ -4,6 +4,13 @@ One step: draw a batch of good images, apply normal-preserving jitter (flips, sm
 and contrast changes), paste synthetic defects onto part of the batch (``augment.py``), and
 minimise focal loss plus soft Dice against the pasted masks. Focal loss keeps the rare defect
 pixels from being swamped by the background; Dice keeps thin cracks from being ignored.
+
+When a line has a few labelled real defects, they can join the synthetic ones
+(``real_defects``): a share of each batch is then drawn from them, with the same crops and
+jitter. A real defect with a pixel mask is learnt pixel by pixel like a synthetic one; one with
+only an image label teaches through its strongest pixels (multiple-instance learning: the top
+``IMAGE_LABEL_TOP`` share of the logits must say "defect"), because where the defect lies is
+unknown.
 """
 
 from __future__ import annotations
@@ -42,6 +49,15 @@ class TrainConfig:
     flips: bool = True
     crop: int | None = None  # train on random crops of this size (None: whole images)
     defects: SyntheticDefects = field(default_factory=SyntheticDefects)
+    real_defect_fraction: float = 0.25  # share of each batch drawn from labelled real defects, when given
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.real_defect_fraction < 1:
+            raise ValueError(f"real_defect_fraction must be in [0, 1), got {self.real_defect_fraction}")
+
+
+IMAGE_LABEL_TOP = 0.01  # share of pixels whose logits carry an image-level label (no mask)
+NO_MASK = -1.0  # fill of a target row whose defect has an image label only
 
 
 def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -80,29 +96,91 @@ def _crop(x: torch.Tensor, rng: np.random.Generator, size: int | None) -> torch.
     return out
 
 
-def _jitter(x: torch.Tensor, rng: np.random.Generator, flips: bool) -> torch.Tensor:
-    b = x.shape[0]
+def _flip(x: torch.Tensor, rng: np.random.Generator, flips: bool, *others: torch.Tensor
+          ) -> tuple[torch.Tensor, ...]:
+    """The batch mirrored (left-right, up-down at random), and ``others`` (its masks) alike."""
+    out = (x, *others)
     if flips:
         if rng.random() < 0.5:
-            x = x.flip(3)
+            out = tuple(t.flip(3) for t in out)
         if rng.random() < 0.5:
-            x = x.flip(2)
+            out = tuple(t.flip(2) for t in out)
+    return out
+
+
+def _jitter(x: torch.Tensor, rng: np.random.Generator, flips: bool) -> torch.Tensor:
+    (x,) = _flip(x, rng, flips)
+    return _gain(x, rng)
+
+
+def _gain(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    b = x.shape[0]
     gain = torch.from_numpy(rng.uniform(0.9, 1.1, (b, 1, 1, 1))).float()
     bias = torch.from_numpy(rng.uniform(-0.04, 0.04, (b, 1, 1, 1))).float()
     return (x * gain + bias).clamp(0, 1)
 
 
+def _real_batch(defects: torch.Tensor, masks: torch.Tensor, idx: np.ndarray, rng: np.random.Generator,
+                config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labelled real defects ``idx`` cropped and jittered like the good images, with their targets.
+
+    A defect with a mask is cropped together with it. One without (target row ``NO_MASK``) is
+    shrunk to the crop instead of cut, so that the defect its label speaks of stays in view.
+    """
+    x, y = defects[idx], masks[idx]
+    size = config.crop
+    if size is not None and size < max(x.shape[-2:]):
+        side = (min(size, x.shape[-2]), min(size, x.shape[-1]))
+        has = y.flatten(1)[:, 0] != NO_MASK
+        pair = _crop(torch.cat([x, y], dim=1), rng, size)
+        shrunk = F.interpolate(x, size=side, mode="bilinear", align_corners=False, antialias=True)
+        x = torch.where(has[:, None, None, None], pair[:, :-1], shrunk)
+        y = torch.where(has[:, None, None, None], pair[:, -1:], torch.full_like(pair[:, -1:], NO_MASK))
+    x, y = _flip(x, rng, config.flips, y)
+    return _gain(x, rng), y
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Focal + Dice on rows with a pixel target; image-level BCE on the top logits of rows
+    whose target is ``NO_MASK`` (a labelled defect without a mask)."""
+    weak = target.flatten(1)[:, 0] == NO_MASK
+    if not bool(weak.any()):
+        return focal_dice_loss(logits, target)
+    loss = focal_dice_loss(logits[~weak], target[~weak]) if bool((~weak).any()) else logits.sum() * 0
+    flat = logits[weak].flatten(1)
+    k = max(1, round(IMAGE_LABEL_TOP * flat.shape[1]))
+    top = flat.topk(k, dim=1).values.mean(dim=1)
+    return loss + F.binary_cross_entropy_with_logits(top, torch.ones_like(top))
+
+
 def fit_segmenter(model: nn.Module, images: torch.Tensor, config: TrainConfig = TrainConfig(),
-                  *, log_every: int = 100) -> list[float]:
+                  *, real_defects: torch.Tensor | None = None, real_masks: torch.Tensor | None = None,
+                  log_every: int = 100) -> list[float]:
     """Train ``model`` in place on good ``images`` (N, C, H, W) in [0, 1]; returns the loss curve.
 
-    The model's ``mean``/``std`` buffers are set from the images first, so that inference takes
-    raw pixels.
+    ``real_defects`` (M, C, H, W): labelled defect images that join the synthetic ones
+    (``config.real_defect_fraction`` of each batch); ``real_masks`` (M, 1, H, W) their pixel
+    masks in {0, 1}, a row filled with ``NO_MASK`` where only the image label is known, or None
+    when no defect has a mask.
+
+    The model's ``mean``/``std`` buffers are set from the good images first, so that inference
+    takes raw pixels.
     """
     if config.steps < 1:
         raise ValueError(f"steps must be at least 1, got {config.steps}")
     if images.ndim != 4 or images.shape[0] < 2:
         raise ValueError(f"need at least 2 good images as (N, C, H, W), got shape {tuple(images.shape)}")
+    n_real = 0
+    if real_defects is not None and len(real_defects):
+        if real_defects.ndim != 4 or real_defects.shape[1:] != images.shape[1:]:
+            raise ValueError(f"real defects must be (M, {', '.join(map(str, images.shape[1:]))}) like the good "
+                             f"images, got shape {tuple(real_defects.shape)}")
+        if real_masks is None:
+            real_masks = torch.full((real_defects.shape[0], 1, *images.shape[-2:]), NO_MASK)
+        if real_masks.shape != (real_defects.shape[0], 1, *images.shape[-2:]):
+            raise ValueError(f"real defect masks must be (M, 1, H, W) matching the images, got {tuple(real_masks.shape)}")
+        rows = min(config.batch_size, images.shape[0])  # at least one good row stays in every batch
+        n_real = min(rows - 1, max(1, round(config.real_defect_fraction * rows))) if config.real_defect_fraction else 0
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -124,8 +202,11 @@ def fit_segmenter(model: nn.Module, images: torch.Tensor, config: TrainConfig = 
         idx = torch.from_numpy(rng.integers(0, n, min(config.batch_size, n)))
         batch = _jitter(_crop(images[idx], rng, config.crop), rng, config.flips)
         x, y = config.defects(batch, gen, rng)
+        if n_real:
+            rx, ry = _real_batch(real_defects, real_masks, rng.integers(0, len(real_defects), n_real), rng, config)
+            x, y = torch.cat([x[:len(x) - n_real], rx]), torch.cat([y[:len(y) - n_real], ry])
         logits = model(x.to(device))
-        loss = focal_dice_loss(logits, y.to(device))
+        loss = segmentation_loss(logits, y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
