@@ -19,7 +19,14 @@ from trillium.core.errors import InputValidationError
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.lifecycle import learning_split, train_inspector
 from trillium.manufacturing.synth import synthetic_images, write_synthetic_line
-from trillium.manufacturing.train import NO_MASK, TrainConfig, _real_batch, fit_segmenter, focal_dice_loss, segmentation_loss
+from trillium.manufacturing.train import (
+    NO_MASK,
+    TrainConfig,
+    _real_batch,
+    fit_segmenter,
+    focal_dice_loss,
+    segmentation_loss,
+)
 
 
 def _nchw(images: np.ndarray) -> np.ndarray:
