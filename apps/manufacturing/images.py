@@ -345,7 +345,7 @@ def discover_mvtec(root: str | os.PathLike[str]) -> list[ImageSample]:
         labels.sort(key=lambda d: (d.name != GOOD, d.name))
         for label_dir in labels:
             label = label_dir.name
-            masks = _mask_index(base / "ground_truth" / label) if label != GOOD else {}
+            masks = mask_index(base / "ground_truth" / label) if label != GOOD else {}
             for img in _image_files(label_dir):
                 mask = None
                 if label != GOOD:
@@ -359,8 +359,9 @@ def discover_mvtec(root: str | os.PathLike[str]) -> list[ImageSample]:
     return samples
 
 
-def _mask_index(folder: Path) -> dict[str, Path]:
-    """Mask files of one defect type by lower-case stem; PNG wins over other formats."""
+def mask_index(folder: Path) -> dict[str, Path]:
+    """Mask files of one defect type by lower-case stem; PNG wins over other formats.
+    An image ``<stem>.*`` has its mask under the key ``<stem>_mask`` (MVTec) or ``<stem>``."""
     if not folder.is_dir():
         return {}
     index: dict[str, Path] = {}

@@ -30,9 +30,11 @@ from trillium.manufacturing.classify import DefectTypeClassifier
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.evaluate import few_shot_split
 from trillium.manufacturing.images import (
+    ImageReadError,
     discover_images,
     discover_mvtec,
     load_batch,
+    mask_index,
     mvtec_split,
     read_image,
     read_mask,
@@ -51,13 +53,25 @@ class TrainResult:
     quarantined: list[tuple[str, str]] = field(default_factory=list)
 
 
-def labelled_defects(folder: str | os.PathLike[str]) -> list[tuple[Path, str]]:
-    """(path, type) of every image in ``folder/<type>/`` (types other than "good")."""
+MASKS_FOLDER = "ground_truth"
+
+
+def labelled_defects(folder: str | os.PathLike[str]) -> list[tuple[Path, str, Path | None]]:
+    """(path, type, mask or None) of every image in ``folder/<type>/`` (types other than "good").
+
+    Masks are optional and laid out as in MVTec AD: ``folder/ground_truth/<type>/<stem>_mask.png``.
+    With ``--learn-share`` a defect with a mask is learnt pixel by pixel, one without by its label.
+    """
     root = Path(folder)
     if not root.is_dir():
         raise InputValidationError(f"labelled defects folder not found: {root}")
-    out = [(p, sub.name) for sub in sorted(root.iterdir()) if sub.is_dir() and sub.name != "good"
-           for p in discover_images(sub)]
+    out: list[tuple[Path, str, Path | None]] = []
+    for sub in sorted(root.iterdir()):
+        if not sub.is_dir() or sub.name in ("good", MASKS_FOLDER) or sub.name.startswith("."):
+            continue
+        masks = mask_index(root / MASKS_FOLDER / sub.name)
+        for p in discover_images(sub):
+            out.append((p, sub.name, masks.get(p.stem.lower() + "_mask") or masks.get(p.stem.lower())))
     if not out:
         raise InputValidationError(f"{root} holds no images in <type>/ sub-folders")
     return out
@@ -96,12 +110,20 @@ def learning_split(types: list[str], share: float, seed: int) -> np.ndarray:
     return np.array(sorted(picked), dtype=int)
 
 
-def _mask_rows(paths: list[Path | None], size: int) -> np.ndarray:
+def _mask_rows(paths: list[Path | None], size: int) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+    """Masks (M, 1, size, size); rows of NO_MASK where there is none or it cannot be read (those
+    come back as (path, reason): the defect is then learnt from its label, and training goes on)."""
     out = np.full((len(paths), 1, size, size), NO_MASK, np.float32)
+    bad: list[tuple[Path, str]] = []
     for i, path in enumerate(paths):
-        if path is not None:
+        if path is None:
+            continue
+        try:
             out[i, 0] = read_mask(path, (size, size))
-    return out
+        except ImageReadError as exc:
+            log.warning("unreadable mask %s (its defect is learnt from the label only): %s", path, exc.reason)
+            bad.append((path, f"mask: {exc.reason}"))
+    return out, bad
 
 
 def _load_line(data: str | os.PathLike[str], size: int, channels: int | None,
@@ -116,26 +138,25 @@ def _load_line(data: str | os.PathLike[str], size: int, channels: int | None,
     x, bad = load_batch(good, (size, size), channels)
     for path, reason in bad:
         log.warning("quarantined training image %s: %s", path, reason)
-    labelled: list[tuple[Path, str]] = []
-    mask_paths: dict[str, Path | None] = {}
+    labelled: list[tuple[Path, str, Path | None]] = []
     if defects is not None:
         labelled = labelled_defects(defects)
     elif shots:
         picked, _ = few_shot_split(mvtec_split(samples, "test"), shots, seed)
-        labelled = [(s.path, s.label) for s in picked]
-        mask_paths = {str(s.path): s.mask_path for s in picked}
+        labelled = [(s.path, s.label, s.mask_path) for s in picked]
     if learn_share and not labelled:
         raise InputValidationError("learning from labelled defects needs some: give --defects or --shots")
     line = _LineData(x, None, [], bad)
     if labelled:
-        line.defects, bad_d = load_batch([p for p, _ in labelled], (size, size), channels)
+        line.defects, bad_d = load_batch([p for p, _, _ in labelled], (size, size), channels)
         bad.extend(bad_d)
         unreadable = {str(p) for p, _ in bad_d}
-        kept = [(p, t) for p, t in labelled if str(p) not in unreadable]
-        line.types = [t for _, t in kept]
+        kept = [item for item in labelled if str(item[0]) not in unreadable]
+        line.types = [t for _, t, _ in kept]
         if learn_share:
             line.learn = learning_split(line.types, learn_share, seed)
-            line.masks = _mask_rows([mask_paths.get(str(p)) for p, _ in kept], size)
+            line.masks, bad_m = _mask_rows([m for _, _, m in kept], size)
+            bad.extend(bad_m)
     return line, channels
 
 

@@ -5,6 +5,7 @@ defect the synthetic generator does not draw."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from trillium.core.cli import app
 from trillium.core.errors import InputValidationError
 from trillium.manufacturing.detector import DefectDetector
-from trillium.manufacturing.lifecycle import learning_split, train_inspector
+from trillium.manufacturing.lifecycle import _load_line, labelled_defects, learning_split, train_inspector
 from trillium.manufacturing.synth import synthetic_images, write_synthetic_line
 from trillium.manufacturing.train import (
     NO_MASK,
@@ -202,3 +203,31 @@ def test_train_with_learn_share_sets_the_threshold_on_the_other_defects_only(
     # Learning from defects without any labelled ones is refused with what to give.
     with pytest.raises(InputValidationError, match="--defects or --shots"):
         train_inspector(data, size=64, steps=2, learn_share=0.5, autotune=False)
+
+
+def test_a_labelled_folder_brings_its_own_masks_and_a_bad_one_is_set_aside(
+        one_thread: None, tmp_path: Path) -> None:
+    line = tmp_path / "line"
+    write_synthetic_line(line, kind="surface", n_train=8, n_test_good=2, n_test_per_defect=4, size=64, seed=0,
+                         defects=("hole", "scratch"))
+    labelled = tmp_path / "labelled"
+    for kind in ("hole", "scratch"):
+        shutil.copytree(line / "test" / kind, labelled / kind)
+    # Holes come with masks (MVTec layout under ground_truth/), scratches without; one mask is corrupt.
+    shutil.copytree(line / "ground_truth" / "hole", labelled / "ground_truth" / "hole")
+    broken = min((labelled / "ground_truth" / "hole").iterdir())
+    broken.write_bytes(b"not a png")
+    found = labelled_defects(labelled)
+    assert [t for _, t, _ in found] == ["hole"] * 4 + ["scratch"] * 4  # ground_truth/ is not a defect type
+    assert [m is not None for _, _, m in found] == [True] * 4 + [False] * 4
+
+    data, _ = _load_line(line, 64, 1, labelled, None, 0, learn_share=0.5)
+    assert data.masks is not None and len(data.learn) == 4
+    has_mask = (data.masks != NO_MASK).reshape(8, -1).all(axis=1)
+    assert has_mask.tolist() == [False, True, True, True] + [False] * 4  # the corrupt one falls back to its label
+    assert set(np.unique(data.masks[1:4]).tolist()) == {0.0, 1.0} and data.masks[1:4].max(axis=(1, 2, 3)).all()
+    assert [(p, r.split(":")[0]) for p, r in data.quarantined] == [(broken, "mask")]
+    # Training goes on and reports the mask it set aside.
+    result = train_inspector(line, size=64, steps=2, batch_size=4, defects=labelled, learn_share=0.5,
+                             autotune=False, register=False)
+    assert [p for p, _ in result.quarantined] == [broken]
