@@ -129,6 +129,8 @@ def _mask_rows(paths: list[Path | None], size: int) -> tuple[np.ndarray, list[tu
 def _load_line(data: str | os.PathLike[str], size: int, channels: int | None,
                defects: str | os.PathLike[str] | None, shots: int | None, seed: int,
                learn_share: float = 0.0) -> tuple[_LineData, int]:
+    if not 0 <= learn_share < 1:  # before reading a folder of images
+        raise InputValidationError(f"learn share must be in [0, 1), got {learn_share}")
     samples = discover_mvtec(data)
     good = [s.path for s in mvtec_split(samples, "train") if not s.is_defect]
     if len(good) < 4:

@@ -181,6 +181,9 @@ def fit_segmenter(model: nn.Module, images: torch.Tensor, config: TrainConfig = 
             raise ValueError(f"real defect masks must be (M, 1, H, W) matching the images, got {tuple(real_masks.shape)}")
         rows = min(config.batch_size, images.shape[0])  # at least one good row stays in every batch
         n_real = min(rows - 1, max(1, round(config.real_defect_fraction * rows))) if config.real_defect_fraction else 0
+        if n_real == 0:  # the defects would be given and silently never learnt
+            raise ValueError(f"real defects were given but none would join a batch of {rows} (real_defect_fraction "
+                             f"{config.real_defect_fraction:g}); use a fraction above 0 and batches of 2 or more")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)

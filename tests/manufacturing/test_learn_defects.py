@@ -119,6 +119,10 @@ def test_real_defects_must_match_the_good_images() -> None:
                       real_masks=torch.zeros(2, 1, 16, 16))
     with pytest.raises(ValueError, match="real_defect_fraction"):
         TrainConfig(real_defect_fraction=1.0)
+    # Defects given but never drawn into a batch would be silently ignored: refused instead.
+    with pytest.raises(ValueError, match="none would join a batch"):
+        fit_segmenter(AnomalySegmenter(), good, TrainConfig(steps=1, real_defect_fraction=0.0),
+                      real_defects=torch.rand(2, 1, 32, 32))
 
 
 # --------------------------------------------------------------------------- it pays off
@@ -203,6 +207,8 @@ def test_train_with_learn_share_sets_the_threshold_on_the_other_defects_only(
     # Learning from defects without any labelled ones is refused with what to give.
     with pytest.raises(InputValidationError, match="--defects or --shots"):
         train_inspector(data, size=64, steps=2, learn_share=0.5, autotune=False)
+    with pytest.raises(InputValidationError, match="learn share"):
+        train_inspector(tmp_path / "not-read", size=64, steps=2, shots=5, learn_share=1.5, autotune=False)
 
 
 def test_a_labelled_folder_brings_its_own_masks_and_a_bad_one_is_set_aside(
