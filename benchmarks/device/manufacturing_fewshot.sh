@@ -7,11 +7,8 @@
 # RUNS: "name=extra train options" entries separated by ';'. Weights come back in $OUT as NAME.safetensors;
 # register them here with `trillium manufacturing adopt` (same --shots/--seed/--learn-share).
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whlm/*.whl
-mkdir -p /tmp/pkg/trillium
-ln -sfn "$PWD/core" /tmp/pkg/trillium/core
-for d in finance medical manufacturing; do ln -sfn "$PWD/apps/$d" "/tmp/pkg/trillium/$d"; done
-export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${THREADS:-5}
+source benchmarks/device/trillium_env.sh .whlm
+export OMP_NUM_THREADS=${THREADS:-5}
 RUNS=${RUNS:-"unsup=;learn75f25=--learn-share 0.75 --real-fraction 0.25;learn75f50=--learn-share 0.75 --real-fraction 0.5"}
 IFS=';' read -ra entries <<< "$RUNS"
 for entry in "${entries[@]}"; do

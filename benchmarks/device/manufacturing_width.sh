@@ -6,11 +6,8 @@
 # but --width; the widths train side by side, 8 CPU threads each (the synthetic defects are drawn on
 # the CPU). Weights come back in $OUT; register them here with `trillium manufacturing adopt`.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whlm/*.whl
-mkdir -p /tmp/pkg/trillium
-ln -sfn "$PWD/core" /tmp/pkg/trillium/core
-for d in finance medical manufacturing; do ln -sfn "$PWD/apps/$d" "/tmp/pkg/trillium/$d"; done
-export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
+source benchmarks/device/trillium_env.sh .whlm
+export OMP_NUM_THREADS=8
 for w in ${WIDTHS:-32 48}; do
   TRILLIUM_HOME=/tmp/home-w$w python3 -m trillium.core.cli manufacturing train --data .mt/magnetic-tile \
       --size 320 --steps ${STEPS:-6000} --batch-size 32 --width $w --flips 2 --device cuda --shots 20 \

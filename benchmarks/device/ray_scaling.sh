@@ -7,12 +7,9 @@
 # simulates the same-size dataset with the handbook's generator (seed 0). CPU workers only
 # (CUDA_VISIBLE_DEVICES empty): this is the CPU scaling of the batch engine, not a GPU run.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+source benchmarks/device/trillium_env.sh .whl
 tar xJf .whl/ray-*-cp312-stripped.tar.xz -C /tmp/site
-mkdir -p /tmp/pkg/trillium
-ln -sfn "$PWD/core" /tmp/pkg/trillium/core
-for d in finance medical manufacturing; do ln -sfn "$PWD/apps/$d" "/tmp/pkg/trillium/$d"; done
-export PYTHONPATH=/tmp/pkg:/tmp/site PATH=/tmp/site/bin:$PATH CUDA_VISIBLE_DEVICES= PYTHONUNBUFFERED=1
+export PATH=/tmp/site/bin:$PATH CUDA_VISIBLE_DEVICES=
 python3 -c "import ray, ray.data, sqlalchemy, lightgbm; print('ray', ray.__version__)"
 python3 benchmarks/ray_engine.py --json "${OUT:-/tmp}/ray_engine_16core.json" --cpus 16 --workers 16 \
     --workers-curve 1,2,4,8,16 --chunk-rows "${CHUNK_ROWS:-50000}"
