@@ -130,12 +130,13 @@ def _real_batch(defects: torch.Tensor, masks: torch.Tensor, idx: np.ndarray, rng
     x, y = defects[idx], masks[idx]
     size = config.crop
     if size is not None and size < max(x.shape[-2:]):
-        side = (min(size, x.shape[-2]), min(size, x.shape[-1]))
-        has = y.flatten(1)[:, 0] != NO_MASK
+        weak = y.flatten(1)[:, 0] == NO_MASK
+        whole = x[weak]
         pair = _crop(torch.cat([x, y], dim=1), rng, size)
-        shrunk = F.interpolate(x, size=side, mode="bilinear", align_corners=False, antialias=True)
-        x = torch.where(has[:, None, None, None], pair[:, :-1], shrunk)
-        y = torch.where(has[:, None, None, None], pair[:, -1:], torch.full_like(pair[:, -1:], NO_MASK))
+        x, y = pair[:, :-1], pair[:, -1:]
+        if len(whole):
+            x[weak] = F.interpolate(whole, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+            y[weak] = NO_MASK
     x, y = _flip(x, rng, config.flips, y)
     return _gain(x, rng), y
 
