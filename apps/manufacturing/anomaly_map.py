@@ -62,3 +62,11 @@ class InspectionNet(nn.Module):
                 logits = logits + self.segmenter(x.flip(2)).flip(2)
             logits = logits / self.flips
         return self.maps(logits)
+
+    # ---------------------------------------------------------------- defect-type descriptors
+    def descriptor_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The map that weights the type descriptor: the segmenter's probabilities (one pass)."""
+        return torch.sigmoid(self.segmenter(x))
+
+    def embed(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return self.segmenter.embed(x, weight=weight)

