@@ -14,7 +14,12 @@ map. Measured, each on the same 256 synthetic PNG files (``trillium manufacturin
 3. On a CUDA machine (the lent GPU): the network's throughput at batch 64 and 256 in eager fp32
    and fp16 autocast.
 
-The weights do not change the speed, so the inspector is fitted for a few steps only.
+The weights do not change the speed, so the segmenter is fitted for a few steps only. With
+``--detector patchcore`` the same is measured for the patch-memory detector, whose speed does
+depend on its memory: ``--memory`` rows (default 7,000, the 1 % coreset of 700 good images at
+256 px, Magnetic Tile's size), selected from a synthetic line's good images.
+
+    .venv/bin/python benchmarks/manufacturing.py --detector patchcore --json benchmarks/results/manufacturing_patchcore_cpu.json
 """
 
 from __future__ import annotations
@@ -40,11 +45,18 @@ def percentiles(times: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": len(a)}
 
 
-def make_inspector(size: int, files: list[Path]) -> object:
+def make_inspector(size: int, files: list[Path], detector: str = "segmenter", memory: int = 7000) -> object:
     from trillium.manufacturing.detector import DefectDetector
     from trillium.manufacturing.images import load_batch
     from trillium.manufacturing.pipeline import Inspector
 
+    if detector == "patchcore":
+        x, _ = load_batch(files, (size, size), 1)
+        n_fit = len(files) - max(1, round(len(files) * 0.1))
+        coreset = memory / (n_fit * (size // 8) ** 2)
+        det = DefectDetector(model="patchcore", size=size, coreset=coreset).fit(x)
+        log(f"patchcore memory: {det.net_.memory.shape[0]} rows")
+        return Inspector(det)
     x, _ = load_batch(files[:16], (size, size), 1)
     det = DefectDetector(size=size, steps=3, batch_size=4, val_fraction=0.25).fit(x)
     return Inspector(det)
@@ -80,6 +92,8 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--detector", choices=("segmenter", "patchcore"), default="segmenter")
+    ap.add_argument("--memory", type=int, default=7000, help="patchcore: memory rows")
     args = ap.parse_args()
     torch.manual_seed(0)
     from trillium.manufacturing.synth import write_synthetic_line
@@ -89,11 +103,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "line"
         per = max(1, (args.images - 20) // 5)
-        write_synthetic_line(root, n_train=20, n_test_good=args.images - 5 * per, n_test_per_defect=per,
+        # patchcore's coreset is drawn from a tenth of each image's patches: enough images for --memory rows
+        n_train = 20 if args.detector == "segmenter" else int(np.ceil(args.memory / (0.1 * (args.size // 8) ** 2) / 0.9)) + 1
+        write_synthetic_line(root, n_train=n_train, n_test_good=args.images - 5 * per, n_test_per_defect=per,
                              size=args.size, seed=0)
         files = sorted((root / "test").rglob("*.png"))
         log(f"{len(files)} files of {args.size}x{args.size}")
-        inspector = make_inspector(args.size, sorted((root / "train").rglob("*.png")))
+        inspector = make_inspector(args.size, sorted((root / "train").rglob("*.png")), args.detector, args.memory)
         det = inspector.detector
 
         for f in files:  # every configuration reads the files from the page cache, not the disk
@@ -106,7 +122,7 @@ def main() -> None:
         log(f"eager one-by-one: {naive['images_per_s']:.1f} img/s")
 
         t0 = time.perf_counter()
-        rt = det.use_runtime(sizes=(1, 8, 32))
+        rt = det.use_runtime(sizes=(1, 8, 32) if args.detector == "segmenter" else (1, 8))
         tune_s = time.perf_counter() - t0
         log(f"autotune {tune_s:.1f} s: {rt.report['choice']}")
         tuned = end_to_end(inspector, files, 32)
@@ -127,6 +143,8 @@ def main() -> None:
                     f"batch{k}": {"p50_ms": v["p50_ms"], "images_per_s": int(k) / (v["p50_ms"] / 1000)}
                     for k, v in c["by_size"].items()}}
         report["cpu"] = {
+            "detector": args.detector,
+            "memory_rows": int(det.net_.memory.shape[0]) if args.detector == "patchcore" else None,
             "size": args.size,
             "end_to_end_runtime": tuned,
             "end_to_end_eager": eager,

@@ -14,8 +14,9 @@ so pip puts them on disk at install time like any other package data. This modul
   never arbitrary objects, so a swapped file cannot run code; a file with another digest is
   refused outright.
 
-Only the layers up to stride 16 are kept: patch-level anomaly detection uses the mid-level
-features (strides 8 and 16), which describe local texture, not the ImageNet class.
+Only the blocks up to the last one asked for are built: patch-level anomaly detection uses
+mid-level features (strides 8 to 32), which describe local texture and shape, not the ImageNet
+class, so the last block and the classifier are never needed.
 """
 
 from __future__ import annotations

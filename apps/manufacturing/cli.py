@@ -83,8 +83,8 @@ def train_cmd(
     from trillium.manufacturing.lifecycle import describe, train_inspector
 
     try:
-        result = train_inspector(data, model=detector, coreset=coreset, size=size, steps=steps, batch_size=batch_size, lr=lr, crop=crop or None,
-                                 width=width, flips=flips, device=device, seed=seed, false_alarm_rate=false_alarm_rate,
+        result = train_inspector(data, model=detector, coreset=coreset, size=size, steps=steps, batch_size=batch_size,
+                                 lr=lr, crop=crop or None, width=width, flips=flips, device=device, seed=seed, false_alarm_rate=false_alarm_rate,
                                  defects=defects, shots=shots or None, learn_share=learn_share,
                                  real_defect_fraction=real_fraction, name=name, autotune=autotune)
     except (TrilliumError, ValueError) as exc:

@@ -243,6 +243,7 @@ def _p99(values: list[float]) -> float | None:
 def describe(record: ModelRecord) -> dict[str, Any]:
     """A short JSON view of a registered inspector (for the CLI)."""
     return {"name": record.name, "version": record.version, "aliases": list(record.aliases),
+            "detector": record.extra.get("detector_params", {}).get("model", "segmenter"),
             "threshold": record.extra.get("threshold"), "threshold_rule": record.extra.get("threshold_rule"),
             "classes": (record.extra.get("classifier") or {}).get("classes"),
             "backends": record.autotune.get("choice") if record.autotune else None}

@@ -26,8 +26,9 @@ from torch import nn
 
 from trillium.manufacturing.backbone import MobileNetV2Features
 
-#: Blocks of MobileNetV2 whose outputs describe a patch: stride 8 (32 ch) and 16 (96 ch).
-DEFAULT_TAPS = (6, 13)
+#: Blocks of MobileNetV2 whose outputs describe a patch: strides 8 (32 ch), 16 (96 ch) and 32 (160 ch),
+#: chosen on Magnetic Tile validation (manufacturing_selection_magnetic_tile.json, "patchcore").
+DEFAULT_TAPS = (6, 13, 16)
 
 
 class PatchFeatures(nn.Module):

@@ -23,7 +23,7 @@ from trillium.manufacturing.patchcore import PatchCoreNet
 from trillium.manufacturing.pipeline import Inspector
 from trillium.manufacturing.synth import write_synthetic_line
 
-SIZE = 128
+SIZE = 256
 TYPES = ("hole", "scratch", "contamination")
 
 
@@ -117,20 +117,20 @@ def fitted(line: Path) -> Inspector:
 def test_patchcore_finds_and_locates_defects_with_no_training(fitted: Inspector, line: Path) -> None:
     labelled, _ = few_shot_split(mvtec_split(discover_mvtec(line), "test"), 4, seed=0)
     report = evaluate_inspector(fitted, line, exclude=labelled)
-    # measured: image 0.84, pixel 0.84; holes 1.0 / 0.997; thin low-contrast scratches are the
-    # weak type at 128 px (0.70), where a stride-8 patch is wider than the scratch
-    assert report["image_auroc"] > 0.75, report
+    # measured: image 0.95, pixel 0.95, holes 1.0; thin low-contrast scratches are the weak type
+    assert report["image_auroc"] > 0.85, report
+    assert report["pixel_auroc"] > 0.85, report
     assert report["per_type"]["hole"]["image_auroc"] > 0.95, report
     assert report["per_type"]["hole"]["pixel_auroc"] > 0.95, report
     det = fitted.detector
     assert det.threshold_rule_.startswith("max Youden J")
-    assert det.net_kwargs_["memory_size"] == det.net_.memory.shape[0] == round(det.n_train_ * 16 * 16 * 0.05)
+    assert det.net_kwargs_["memory_size"] == det.net_.memory.shape[0] == round(det.n_train_ * (SIZE // 8) ** 2 * 0.05)
     assert report["classification"]["accuracy"] > 1 / len(TYPES) + 0.2, report["classification"]
 
 
 def test_the_pretrained_weights_carry_the_result(fitted: Inspector, line: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same memory on a randomly initialised MobileNetV2 does much worse (measured 0.68 vs
-    0.84 image AUROC): the shipped weights are loaded into the right places and they matter."""
+    """The same memory on a randomly initialised MobileNetV2 does much worse (measured 0.77 vs
+    0.95 image AUROC): the shipped weights are loaded into the right places and they matter."""
     labelled, _ = few_shot_split(mvtec_split(discover_mvtec(line), "test"), 4, seed=0)
     x_lab, _ = load_batch([s.path for s in labelled], (SIZE, SIZE), 1)
     good, _ = load_batch([s.path for s in mvtec_split(discover_mvtec(line), "train")], (SIZE, SIZE), 1)
@@ -188,7 +188,7 @@ def test_cli_trains_and_evaluates_patchcore(line: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", "--data", str(line), "--model", "pc", "--shots", "4", "--json", str(out)])
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    assert report["image_auroc"] > 0.75 and report["n_test"] == 36
+    assert report["image_auroc"] > 0.85 and report["n_test"] == 36
     res = runner.invoke(app, ["train", "--data", str(line), "--detector", "patchcore", "--shots", "4",
                               "--learn-share", "0.5", "--name", "pc"])
     assert res.exit_code != 0 and "needs the segmenter" in res.output
