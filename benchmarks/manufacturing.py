@@ -45,7 +45,8 @@ def percentiles(times: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": len(a)}
 
 
-def make_inspector(size: int, files: list[Path], detector: str = "segmenter", memory: int = 7000) -> object:
+def make_inspector(size: int, files: list[Path], detector: str = "segmenter", memory: int = 7000,
+                   patch_dims: int | None = None) -> object:
     from trillium.manufacturing.detector import DefectDetector
     from trillium.manufacturing.images import load_batch
     from trillium.manufacturing.pipeline import Inspector
@@ -54,7 +55,7 @@ def make_inspector(size: int, files: list[Path], detector: str = "segmenter", me
         x, _ = load_batch(files, (size, size), 1)
         n_fit = len(files) - max(1, round(len(files) * 0.1))
         coreset = memory / (n_fit * (size // 8) ** 2)
-        det = DefectDetector(model="patchcore", size=size, coreset=coreset).fit(x)
+        det = DefectDetector(model="patchcore", size=size, coreset=coreset, patch_dims=patch_dims).fit(x)
         log(f"patchcore memory: {det.net_.memory.shape[0]} rows")
         return Inspector(det)
     x, _ = load_batch(files[:16], (size, size), 1)
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--detector", choices=("segmenter", "patchcore"), default="segmenter")
     ap.add_argument("--memory", type=int, default=7000, help="patchcore: memory rows")
+    ap.add_argument("--patch-dims", type=int, default=0, help="patchcore: principal components compared (0: all)")
     args = ap.parse_args()
     torch.manual_seed(0)
     from trillium.manufacturing.synth import write_synthetic_line
@@ -109,7 +111,8 @@ def main() -> None:
                              size=args.size, seed=0)
         files = sorted((root / "test").rglob("*.png"))
         log(f"{len(files)} files of {args.size}x{args.size}")
-        inspector = make_inspector(args.size, sorted((root / "train").rglob("*.png")), args.detector, args.memory)
+        inspector = make_inspector(args.size, sorted((root / "train").rglob("*.png")), args.detector, args.memory,
+                                   args.patch_dims or None)
         det = inspector.detector
 
         for f in files:  # every configuration reads the files from the page cache, not the disk
@@ -145,6 +148,7 @@ def main() -> None:
         report["cpu"] = {
             "detector": args.detector,
             "memory_rows": int(det.net_.memory.shape[0]) if args.detector == "patchcore" else None,
+            "patch_dims": args.patch_dims or None,
             "size": args.size,
             "end_to_end_runtime": tuned,
             "end_to_end_eager": eager,

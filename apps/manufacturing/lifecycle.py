@@ -181,7 +181,7 @@ def _finish(detector: DefectDetector, line: _LineData, *, name: str, register: b
 
 
 def train_inspector(data: str | os.PathLike[str], *, model: str = "segmenter", coreset: float = 0.01,
-                    size: int = 256, channels: int | None = None,
+                    patch_dims: int | None = None, size: int = 256, channels: int | None = None,
                     steps: int = 1500, batch_size: int = 16, lr: float = 1e-3, crop: int | None = None,
                     width: int = 16, flips: int = 1, device: str = "cpu", seed: int = 0, false_alarm_rate: float = 0.01,
                     defects: str | os.PathLike[str] | None = None, shots: int | None = None,
@@ -200,7 +200,7 @@ def train_inspector(data: str | os.PathLike[str], *, model: str = "segmenter", c
         raise InputValidationError(f"--learn-share needs the segmenter detector; {model} remembers good parts only")
     started = time.perf_counter()
     line, channels = _load_line(data, size, channels, defects, shots, seed, learn_share)
-    detector = DefectDetector(model=model, coreset=coreset, size=size, channels=channels, width=width, steps=steps, batch_size=batch_size, lr=lr,
+    detector = DefectDetector(model=model, coreset=coreset, patch_dims=patch_dims, size=size, channels=channels, width=width, steps=steps, batch_size=batch_size, lr=lr,
                               crop=crop, flips=flips, device=device, seed=seed,
                               false_alarm_rate=false_alarm_rate, real_defect_fraction=real_defect_fraction)
     learn = masks = None

@@ -71,13 +71,23 @@ def coreset_size(n_images: int, patches_per_image: int, fraction: float) -> int:
 
 
 @torch.no_grad()
+def principal_axes(patches: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre (D,), basis (D, dims)): the mean and the top ``dims`` principal axes of ``patches``."""
+    centre = patches.mean(0)
+    x = (patches - centre).double()
+    _, vectors = torch.linalg.eigh(x.T @ x)  # ascending eigenvalues
+    return centre, vectors[:, -dims:].flip(1).float().contiguous()
+
+
+@torch.no_grad()
 def fit_patchcore(good: torch.Tensor, *, fraction: float = 0.01, taps: tuple[int, ...] | None = None,
-                  sigma: float = 4.0, seed: int = 0, scale_images: int = 64) -> PatchCoreNet:
+                  sigma: float = 4.0, dims: int | None = None, seed: int = 0, scale_images: int = 64) -> PatchCoreNet:
     """A ``PatchCoreNet`` whose memory is the coreset of ``good`` (N, C, H, W) in [0, 1].
 
     The distance scale is the median, over up to ``scale_images`` of the good images, of each
     image's largest smoothed distance (most of their patches are not in the coreset, so their
-    distances are those of typical good patches).
+    distances are those of typical good patches). ``dims``: see ``PatchCoreNet``; the axes are
+    those of the candidate patches.
     """
     from trillium.manufacturing.backbone import load_pretrained
 
@@ -88,9 +98,12 @@ def fit_patchcore(good: torch.Tensor, *, fraction: float = 0.01, taps: tuple[int
     size = coreset_size(good.shape[0], h * w, fraction)
     candidates = candidate_patches(probe, good, seed=seed)
     size = min(size, candidates.shape[0])
-    memory = candidates[greedy_coreset(candidates, size, seed=seed)]
-    net = PatchCoreNet(size, probe.backbone.taps, sigma=sigma)
+    net = PatchCoreNet(size, probe.backbone.taps, sigma=sigma, dims=dims)
     net.features = probe
+    if dims is not None:
+        net.set_projection(*principal_axes(candidates, dims))
+        candidates = net.project(candidates)
+    memory = candidates[greedy_coreset(candidates, size, seed=seed)]
     net.set_memory(memory, 1.0)
     rng = np.random.default_rng(seed)
     sample = torch.from_numpy(np.sort(rng.choice(good.shape[0], min(scale_images, good.shape[0]), replace=False)))

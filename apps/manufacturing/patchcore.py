@@ -74,21 +74,41 @@ class PatchCoreNet(nn.Module):
         taps: MobileNetV2 blocks whose features describe a patch.
         sigma: Gaussian smoothing of the map at input resolution, in pixels (PatchCore's 4).
         chunk: memory rows compared at once; bounds the distance matrix's memory per image.
+        dims: compare patches on their first ``dims`` principal components (of the good patches)
+            instead of all features; the search's cost is proportional to it. None: all.
     """
 
     def __init__(self, memory_size: int, taps: tuple[int, ...] | list[int] = DEFAULT_TAPS,
-                 sigma: float = 4.0, chunk: int = 4096) -> None:
+                 sigma: float = 4.0, chunk: int = 4096, dims: int | None = None) -> None:
         super().__init__()
         if memory_size < 1:
             raise ValueError(f"memory_size must be >= 1, got {memory_size}")
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.features = PatchFeatures(tuple(taps))
-        self.register_buffer("memory", torch.zeros(memory_size, self.features.dim))
+        if dims is not None and not 1 <= dims <= self.features.dim:
+            raise ValueError(f"dims must be in 1..{self.features.dim}, got {dims}")
+        self.dims = dims
+        if dims is not None:
+            self.register_buffer("centre", torch.zeros(self.features.dim))
+            self.register_buffer("basis", torch.zeros(self.features.dim, dims))
+        self.register_buffer("memory", torch.zeros(memory_size, dims or self.features.dim))
         self.register_buffer("memory_sq", torch.zeros(memory_size))
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("kernel", gaussian_kernel(sigma))
         self.chunk = chunk
+
+    def set_projection(self, centre: torch.Tensor, basis: torch.Tensor) -> PatchCoreNet:
+        """Install the principal axes (D,) and (D, dims) the memory and queries are compared on."""
+        if self.dims is None:
+            raise ValueError("this PatchCoreNet compares all features (dims=None)")
+        self.centre.copy_(centre)
+        self.basis.copy_(basis)
+        return self
+
+    def project(self, rows: torch.Tensor) -> torch.Tensor:
+        """Patch descriptors (..., D) in the space the memory lives in."""
+        return rows if self.dims is None else (rows - self.centre) @ self.basis
 
     def set_memory(self, memory: torch.Tensor, scale: float) -> PatchCoreNet:
         """Install the coreset (K, D) and the distance scale (a typical good image's maximum)."""
@@ -105,7 +125,7 @@ class PatchCoreNet(nn.Module):
         """Each patch's distance to its nearest remembered patch, (B, 1, H/8, W/8)."""
         f = self.features(x)
         b, d, h, w = f.shape
-        q = f.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        q = self.project(f.permute(0, 2, 3, 1).reshape(b, h * w, d))
         q_sq = (q * q).sum(-1, keepdim=True)
         nearest = None
         for start in range(0, self.memory.shape[0], self.chunk):

@@ -92,6 +92,26 @@ def test_patch_distance_is_the_exact_nearest_neighbour_whatever_the_chunking() -
     torch.testing.assert_close(score, amap.flatten(1).amax(1))
 
 
+def test_principal_axes_keep_distances_when_all_are_kept_and_rank_them_when_few() -> None:
+    from trillium.manufacturing.memory_bank import principal_axes
+
+    gen = torch.Generator().manual_seed(1)
+    d = PatchCoreNet(memory_size=1).features.dim
+    # patches that vary along 3 directions only, plus a little noise
+    directions = torch.linalg.qr(torch.randn(d, 3, generator=gen)).Q
+    patches = torch.randn(2000, 3, generator=gen) * torch.tensor([5.0, 3.0, 2.0]) @ directions.T
+    patches = patches + 0.01 * torch.randn(2000, d, generator=gen) + 7.0
+    full, few = PatchCoreNet(memory_size=50, dims=d), PatchCoreNet(memory_size=50, dims=3)
+    full.set_projection(*principal_axes(patches, d))
+    few.set_projection(*principal_axes(patches, 3))
+    a, b = patches[:50], patches[50:60]
+    want = torch.cdist(b, a)
+    torch.testing.assert_close(torch.cdist(full.project(b), full.project(a)), want, rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(torch.cdist(few.project(b), few.project(a)), want, rtol=0.05, atol=0.2)
+    with pytest.raises(ValueError, match="dims must be"):
+        PatchCoreNet(memory_size=1, dims=d + 1)
+
+
 # --------------------------------------------------------------------------- the detector on a line
 
 
@@ -148,6 +168,20 @@ def test_the_map_is_highest_inside_the_defect(fitted: Inspector, line: Path) -> 
     mask = read_mask(hole.mask_path, (SIZE, SIZE)).astype(bool)
     assert amap[mask].mean() > amap[~mask].mean() + 0.1
     assert roc_auc_score(mask.ravel(), amap.ravel()) > 0.9
+
+
+def test_integrated_gradients_of_the_patchcore_score_point_at_the_defect(fitted: Inspector, line: Path) -> None:
+    from trillium.manufacturing.explain import explain_score
+    from trillium.manufacturing.images import read_image
+
+    hole = [s for s in mvtec_split(discover_mvtec(line), "test") if s.label == "hole"][-1]
+    heat = explain_score(fitted, read_image(hole.path), steps=16)
+    mask = read_mask(hole.mask_path, (SIZE, SIZE)).astype(bool)
+    ys, xs = np.nonzero(mask)
+    near = np.zeros_like(mask)
+    near[max(0, ys.min() - 16):ys.max() + 17, max(0, xs.min() - 16):xs.max() + 17] = True  # the hole, its patches
+    assert heat.shape == (SIZE, SIZE)
+    assert heat[near].mean() > 3 * heat[~near].mean()
 
 
 def test_registry_round_trip_and_runtime_give_the_same_scores(fitted: Inspector, line: Path, tmp_path: Path,
