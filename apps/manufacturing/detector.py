@@ -87,7 +87,9 @@ class DefectDetector:
         norm: input standardisation of the segmenter (``"dataset"`` or ``"image"``).
         device: where training runs ("cpu" or "cuda"); inference always returns CPU arrays.
         coreset: (patchcore) share of the good images' patches kept in the memory.
-        patch_dims: (patchcore) principal components the patches are compared on (None: all).
+        patch_dims: (patchcore) principal components the patches are compared on (None: all 288
+            features); 64 was chosen on Magnetic Tile validation (0.957 vs 0.955 with all) and
+            makes the search 4.5x cheaper.
         seed: makes the split, the synthetic defects and the initialisation reproducible.
     """
 
@@ -96,7 +98,7 @@ class DefectDetector:
     def __init__(self, *, model: str = "segmenter", size: int = 256, channels: int = 1, width: int = 16, steps: int = 1500,
                  batch_size: int = 16, lr: float = 1e-3, crop: int | None = None, pool: int = 9, flips: int = 1, val_fraction: float = 0.1,
                  false_alarm_rate: float = 0.01, real_defect_fraction: float = 0.25, norm: str = "dataset",
-                 coreset: float = 0.01, patch_dims: int | None = None, device: str = "cpu", seed: int = 0) -> None:
+                 coreset: float = 0.01, patch_dims: int | None = 64, device: str = "cpu", seed: int = 0) -> None:
         self.model = model
         self.size = size
         self.channels = channels

@@ -181,7 +181,7 @@ def _finish(detector: DefectDetector, line: _LineData, *, name: str, register: b
 
 
 def train_inspector(data: str | os.PathLike[str], *, model: str = "segmenter", coreset: float = 0.01,
-                    patch_dims: int | None = None, size: int = 256, channels: int | None = None,
+                    patch_dims: int | None = 64, size: int = 256, channels: int | None = None,
                     steps: int = 1500, batch_size: int = 16, lr: float = 1e-3, crop: int | None = None,
                     width: int = 16, flips: int = 1, device: str = "cpu", seed: int = 0, false_alarm_rate: float = 0.01,
                     defects: str | os.PathLike[str] | None = None, shots: int | None = None,
