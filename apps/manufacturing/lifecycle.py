@@ -39,6 +39,7 @@ from trillium.manufacturing.images import (
     read_image,
     read_mask,
 )
+from trillium.manufacturing.memory_bank import check_settings
 from trillium.manufacturing.pipeline import DEFAULT_NAME, Inspector
 from trillium.manufacturing.train import NO_MASK
 
@@ -196,6 +197,11 @@ def train_inspector(data: str | os.PathLike[str], *, model: str = "segmenter", c
     """
     if model not in DefectDetector.MODELS:  # before reading a folder of images
         raise InputValidationError(f"model must be one of {', '.join(DefectDetector.MODELS)}, got {model!r}")
+    if model == "patchcore":
+        try:
+            check_settings(coreset, patch_dims)
+        except ValueError as exc:
+            raise InputValidationError(str(exc)) from None
     if model != "segmenter" and learn_share:
         raise InputValidationError(f"--learn-share needs the segmenter detector; {model} remembers good parts only")
     started = time.perf_counter()

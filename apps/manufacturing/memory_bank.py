@@ -19,7 +19,9 @@ import math
 import numpy as np
 import torch
 
-from trillium.manufacturing.patchcore import PatchCoreNet, PatchFeatures
+from trillium.manufacturing import backbone
+from trillium.manufacturing.backbone import tap_channels
+from trillium.manufacturing.patchcore import DEFAULT_TAPS, PatchCoreNet, PatchFeatures
 
 
 @torch.no_grad()
@@ -63,10 +65,18 @@ def greedy_coreset(patches: torch.Tensor, size: int, *, projection_dim: int = 64
     return chosen
 
 
-def coreset_size(n_images: int, patches_per_image: int, fraction: float) -> int:
-    """Memory rows for ``fraction`` of all patches of the good images (at least 1)."""
+def check_settings(fraction: float, dims: int | None, taps: tuple[int, ...] = DEFAULT_TAPS) -> None:
+    """Refuse a coreset share or a number of components that cannot work, before any image is read."""
     if not 0 < fraction <= 1:
         raise ValueError(f"coreset fraction must be in (0, 1], got {fraction}")
+    total = sum(tap_channels(taps))
+    if dims is not None and not 1 <= dims <= total:
+        raise ValueError(f"patch dims must be in 1..{total} (the patch features), got {dims}")
+
+
+def coreset_size(n_images: int, patches_per_image: int, fraction: float) -> int:
+    """Memory rows for ``fraction`` of all patches of the good images (at least 1)."""
+    check_settings(fraction, None)
     return max(1, round(n_images * patches_per_image * fraction))
 
 
@@ -89,11 +99,9 @@ def fit_patchcore(good: torch.Tensor, *, fraction: float = 0.01, taps: tuple[int
     distances are those of typical good patches). ``dims``: see ``PatchCoreNet``; the axes are
     those of the candidate patches.
     """
-    from trillium.manufacturing.backbone import load_pretrained
-
-    kwargs = {} if taps is None else {"taps": tuple(taps)}
-    probe = PatchFeatures(**kwargs)
-    probe.backbone = load_pretrained(probe.backbone.taps)
+    taps = tuple(taps) if taps is not None else DEFAULT_TAPS
+    check_settings(fraction, dims, taps)
+    probe = PatchFeatures(taps, backbone=backbone.load_pretrained(taps))
     h, w = (math.ceil(good.shape[-2] / 8), math.ceil(good.shape[-1] / 8))
     size = coreset_size(good.shape[0], h * w, fraction)
     candidates = candidate_patches(probe, good, seed=seed)

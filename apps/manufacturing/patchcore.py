@@ -39,9 +39,9 @@ class PatchFeatures(nn.Module):
     average-pooled down, coarser ones bilinearly upsampled, and all are concatenated.
     """
 
-    def __init__(self, taps: tuple[int, ...] = DEFAULT_TAPS) -> None:
+    def __init__(self, taps: tuple[int, ...] = DEFAULT_TAPS, backbone: MobileNetV2Features | None = None) -> None:
         super().__init__()
-        self.backbone = MobileNetV2Features(tuple(taps))
+        self.backbone = backbone if backbone is not None else MobileNetV2Features(tuple(taps))
         self.dim = sum(self.backbone.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +89,7 @@ class PatchCoreNet(nn.Module):
         if dims is not None and not 1 <= dims <= self.features.dim:
             raise ValueError(f"dims must be in 1..{self.features.dim}, got {dims}")
         self.dims = dims
+        self.sigma = sigma
         if dims is not None:
             self.register_buffer("centre", torch.zeros(self.features.dim))
             self.register_buffer("basis", torch.zeros(self.features.dim, dims))
