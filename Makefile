@@ -30,10 +30,10 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null \
 	    || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 
-# The whole suite, PostgreSQL, browser and Ray cases included (they fail, not skip, when the server,
-# the browser or the ray extra is missing).
+# The whole suite, PostgreSQL, browser, Ray and published-data cases included (they fail, not skip,
+# when the server, the browser, the ray extra, a [dev] extra or ../shared/data is missing).
 test: $(STAMP) browser
-	TRILLIUM_REQUIRE_POSTGRES=1 TRILLIUM_REQUIRE_BROWSER=1 TRILLIUM_REQUIRE_RAY=1 $(PY) -m pytest -q
+	TRILLIUM_REQUIRE_POSTGRES=1 TRILLIUM_REQUIRE_BROWSER=1 TRILLIUM_REQUIRE_RAY=1 TRILLIUM_REQUIRE_DATA=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(VENV)/bin/trillium bench core --json benchmarks/results/core.json

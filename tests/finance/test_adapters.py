@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, insert, select
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, require_shared
 from trillium.core import jobs
 from trillium.core.db import Database
 from trillium.core.errors import InputValidationError
@@ -71,8 +71,7 @@ def _assert_canonical_dtypes(frame: pd.DataFrame, *, card: bool = True) -> None:
 
 
 def test_handbook_real_file_first_100k_rows_all_valid() -> None:
-    if not HANDBOOK_RAW.exists():
-        pytest.skip(f"shared handbook data not found at {HANDBOOK_RAW} (see ../shared/data/finance)")
+    require_shared(HANDBOOK_RAW, "the handbook's simulated transactions")
     raw = next(pq.ParquetFile(HANDBOOK_RAW).iter_batches(batch_size=100_000)).to_pandas()
     assert len(raw) == 100_000
     assert detect_format(raw.columns) == "handbook"

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REQUIRE_PG, SHARED_DATA
+from tests.conftest import REQUIRE_PG, SHARED_DATA, require_shared
 from trillium.core.errors import InputValidationError
 from trillium.finance.features import (
     FeatureSpec,
@@ -134,8 +134,7 @@ def test_batch_equals_online_in_redis(sim: pd.DataFrame, redis_state: object) ->
 
 # ----------------------------------------------------------------------- the handbook's own features
 def test_baseline_reproduces_handbook_feature_file() -> None:
-    if not HANDBOOK_FEATURES.exists():
-        pytest.skip(f"the handbook reference features are not staged at {HANDBOOK_FEATURES}")
+    require_shared(HANDBOOK_FEATURES, "the handbook's reference feature file")
     ref = pd.read_parquet(HANDBOOK_FEATURES).iloc[:150_000]
     missing = [c for c in [*HANDBOOK_RENAME, *HANDBOOK_COLUMNS] if c not in ref.columns]
     assert not missing, f"{HANDBOOK_FEATURES} lacks {missing}"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, require_shared
 from trillium.core.errors import InputValidationError
 from trillium.manufacturing.images import (
     ImageReadError,
@@ -329,8 +329,8 @@ def test_discover_images_recursive_sorted(tmp_path: Path) -> None:
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.jpg", "a/deep/3.TIFF", "b/2.png", "top.bmp"]
 
 
-@pytest.mark.skipif(not MAGNETIC_TILE.is_dir(), reason=f"shared magnetic-tile dataset not found at {MAGNETIC_TILE}")
 def test_discover_mvtec_magnetic_tile() -> None:
+    require_shared(MAGNETIC_TILE, "the Magnetic Tile dataset")
     samples = discover_mvtec(MAGNETIC_TILE)
     counts: dict[tuple[str, str], int] = {}
     for s in samples:

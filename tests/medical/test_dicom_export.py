@@ -24,8 +24,9 @@ from trillium.medical.imaging.dicom_export import (
     write_sr,
 )
 from trillium.medical.imaging.dicom_io import SeriesInfo, load_ct, write_ct_series
+from tests.conftest import require_module
 
-hd = pytest.importorskip("highdicom")  # the optional "dicom-export" extra
+hd = require_module("highdicom", "dicom-export")  # an optional extra; in [dev], so `make test` requires it
 
 SHAPE = (12, 64, 64)
 SPACING = (2.0, 0.7, 0.7)  # (slice, row, column) mm

@@ -39,7 +39,7 @@ def test_shapes_and_gradcam_layer(side: int, fmap: int) -> None:
     assert model.features(x).shape == (2, 16, fmap, fmap, fmap)
     # last_conv is a property, not a second registration: each tensor appears once in the state dict
     assert not any(k.startswith("last_conv") for k in model.state_dict())
-    captum_attr = pytest.importorskip("captum.attr")
+    import captum.attr as captum_attr  # a core dependency: its absence is a failure, not a skip
     cam = captum_attr.LayerGradCam(model, model.last_conv).attribute(x, target=1)
     assert cam.shape == (2, 1, fmap, fmap, fmap)
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, require_shared
 from trillium.core.cli import app
 from trillium.medical.records.synth import synthetic_notes, write_mtsamples_csv, write_notes_folder
 
@@ -86,8 +86,8 @@ def test_specialty_eval_beats_or_matches_tfidf_on_mtsamples_layout(tmp_path: Pat
     assert 0.5 < report["baseline_hit_rate"] <= 1 and 0.5 < report["hit_rate"] <= 1
 
 
-@pytest.mark.skipif(not NEGEX.is_file(), reason=f"NegEx annotations not staged at {NEGEX}")
 def test_negex_eval_on_the_public_set(tmp_path: Path) -> None:
+    require_shared(NEGEX, "the public NegEx annotations")
     out = tmp_path / "negex.json"
     res = invoke("medical", "records", "negex-eval", "--tsv", str(NEGEX), "--json", str(out), "--errors", "3")
     assert res.exit_code == 0, res.output
