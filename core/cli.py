@@ -76,10 +76,14 @@ def dashboard(
 
     # Home.py is named for the sidebar's first entry; the viewer toolbar hides Streamlit's
     # developer menu (deploy, rerun settings) that analysts have no use for
+    from trillium.core.untrusted import limits
+
     script = Path(dashboards.__file__).parent / "Home.py"
+    # Streamlit refuses uploads past the same limit as every other way in (its unit is MiB)
+    upload_mib = max(1, -(-limits().upload_bytes // (1024 * 1024)))
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
-           "--client.toolbarMode", "viewer"]
+           "--client.toolbarMode", "viewer", "--server.maxUploadSize", str(upload_mib)]
     # Replace this process with Streamlit's (POSIX): a supervisor's SIGTERM then stops the server
     # itself instead of orphaning a child that keeps the port. Elsewhere, wait for the child.
     if os.name == "posix":

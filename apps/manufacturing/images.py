@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from trillium.core.errors import InputValidationError
+from trillium.core.untrusted import Limits, limits
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -46,7 +47,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = Limits.image_pixels  # TRILLIUM_LIMIT_IMAGE_PIXELS sets another (trillium.core.untrusted)
+# OpenCV reads this once, at its first decode: its own decoders then refuse frames past the same limit
+# rather than allocating up to 2**30 pixels before our check can see the array.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(limits().image_pixels))
 GOOD = "good"
 SPLITS = ("train", "test")
 # ITU-R BT.601 luma: what "grey" means for most industrial cameras and for OpenCV / Pillow.
@@ -67,7 +71,7 @@ class ImageReadError(InputValidationError):
 # --------------------------------------------------------------------------- single images
 
 
-def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as float32 (H, W, C) in [0, 1], C = 1 (grey) or 3 (RGB).
 
     Pillow is tried first (it reports truncation once forced to decode); OpenCV reads what
@@ -76,6 +80,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     ``max_pixels`` are refused before decoding, so a decompression bomb cannot exhaust memory.
     """
     p = Path(path)
+    max_pixels = limits().image_pixels if max_pixels is None else max_pixels
     if not p.exists():
         raise ImageReadError(p, "file does not exist")
     if not p.is_file():
@@ -196,7 +201,7 @@ def _check_size(p: Path | str, height: int, width: int, max_pixels: int) -> None
         raise ImageReadError(
             p,
             f"image is {width}x{height} = {height * width:,} pixels, above the limit of {max_pixels:,} "
-            "(a decompression bomb?); raise max_pixels if the file is trusted",
+            "(a decompression bomb?); TRILLIUM_LIMIT_IMAGE_PIXELS raises it if the file is trusted",
         )
 
 

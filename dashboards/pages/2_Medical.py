@@ -211,19 +211,11 @@ with tab_ct:
     st.subheader("Analyse a study")
     ct_upload = st.file_uploader("A zipped DICOM series", type=["zip"], key="ct-upload")
     if ct_upload is not None and st.button("Analyse and store", key="ct-analyse"):
-        import zipfile
+        from trillium.medical.imaging.analyzer import analyze_upload
 
-        from trillium.core.config import home_dir
-        from trillium.medical.imaging.analyzer import store_result
-
-        target = home_dir() / "uploads" / "ct" / ct_upload.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(ct_upload.getvalue())
         try:
-            if not zipfile.is_zipfile(target):
-                raise TrilliumError(f"{ct_upload.name} is not a zip archive")
-            result = ct_analyzer(url).analyze(target)
-            store_result(result, db=db)
+            # the client's file name is only a label: the upload is checked, then kept under a name of ours
+            result = analyze_upload(ct_upload.getvalue(), ct_upload.name, ct_analyzer(url), db=db)
         except TrilliumError as exc:
             st.error(f"Cannot analyse this upload: {exc}")
         else:
@@ -323,11 +315,8 @@ with tab_upload:
         from trillium.medical.records.notes import Note, NoteReadError, decode_text
 
         try:
-            data = upload.getvalue()
-            if len(data) > 2_000_000:
-                raise NoteReadError(upload.name, f"{len(data)} bytes is over the 2,000,000-byte limit for one note")
-            text, encoding = decode_text(data, upload.name)
-        except NoteReadError as exc:
+            text, encoding = decode_text(upload.getvalue(), upload.name)  # size-capped: TRILLIUM_LIMIT_TEXT_BYTES
+        except (NoteReadError, TrilliumError) as exc:
             st.error(f"Cannot read this upload: {exc}")
         else:
             pid = st.text_input("Patient id (optional)", key="upload-patient") or None

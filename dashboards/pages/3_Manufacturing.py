@@ -83,7 +83,8 @@ except TrilliumError as exc:
     st.stop()
 
 from trillium.core.registry import ModelRegistry
-from trillium.manufacturing.images import ImageReadError
+from trillium.core.untrusted import save_upload
+from trillium.manufacturing.images import IMAGE_EXTENSIONS, ImageReadError
 from trillium.manufacturing.linestats import (
     DEFAULT_LINE,
     VERDICTS,
@@ -292,8 +293,10 @@ with tab_upload:
             try:
                 inspector = inspector_for(url, production.name, production.version)
                 with tempfile.TemporaryDirectory(prefix="trillium-upload-") as tmp:
-                    path = Path(tmp) / (Path(upload.name).name or "upload.png")
-                    path.write_bytes(upload.getvalue())
+                    # the client's name is a label only: the file gets a name of ours (trillium.core.untrusted)
+                    suffix = Path(upload.name).suffix.lower()
+                    path = save_upload(upload.getvalue(), tmp, label=upload.name,
+                                       suffix=suffix if suffix in IMAGE_EXTENSIONS else ".img")
                     result = inspector.inspect(path, overlay_dir=Path(tmp) / "overlays", keep_maps=False)
                     overlay = overlay_bytes(result.overlay)
             except ImageReadError as exc:

@@ -231,3 +231,33 @@ def write_json(result: StudyResult, path: str | os.PathLike[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result.as_json(), indent=2))
     return out
+
+
+def save_study_upload(data: bytes, label: str) -> Path:
+    """Keep a zipped DICOM upload under ``$TRILLIUM_HOME/uploads/ct`` with a name of our own.
+
+    ``label`` is the client's file name: a label for messages, never a path (an upload named
+    ``../../trillium.db`` must not land there). The archive is judged in memory first (zip,
+    member count, names, declared sizes: ``trillium.core.untrusted``), so a refused upload writes
+    nothing; an accepted one is written atomically.
+    """
+    from trillium.core.config import home_dir
+    from trillium.core.untrusted import check_size, list_archive, save_upload
+
+    check_size(label, "the upload", len(data), "upload_bytes")
+    list_archive(bytes(data), source=label)
+    return save_upload(data, home_dir() / "uploads" / "ct", suffix=".zip", label=label)
+
+
+def analyze_upload(data: bytes, label: str, analyzer: StudyAnalyzer, *, db: Any = None) -> StudyResult:
+    """A zipped DICOM series from a client, checked, analysed and stored: the dashboard's and the
+    service's way in. The upload is kept (the slice viewer reads it) only when the analysis
+    succeeds; any refusal or failure leaves no file behind."""
+    path = save_study_upload(data, label)
+    try:
+        result = analyzer.analyze(path)
+        store_result(result, db=db)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return result

@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import zipfile
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from trillium.core.errors import InputValidationError
+from trillium.core.untrusted import LimitExceededError, check_pixels, iter_archive, limits
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +121,8 @@ def _members(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
                 raise DicomInputError(f"{path}: the folder holds no files")
             return [(str(p), p) for p in files], True
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                names = [n for n in zf.namelist() if not n.endswith("/")]
-                members = [(f"{path}!{n}", io.BytesIO(zf.read(n))) for n in names]
+            # listed and size-checked before any member is expanded (trillium.core.untrusted)
+            members = [(f"{path}!{n}", io.BytesIO(data)) for n, data in iter_archive(path)]
             if not members:
                 raise DicomInputError(f"{path}: the zip archive holds no files")
             return members, True
@@ -135,7 +136,62 @@ def _members(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     return [(str(p), p) for p in files], False
 
 
+def _check_deflated(label: str, opener: Any) -> None:
+    """Refuse a Deflated Explicit VR file whose dataset inflates past ``member_bytes``.
+
+    pydicom inflates such a file's whole dataset in one ``zlib.decompress`` before reading any
+    element, so a few kilobytes could become gigabytes; this inflates it first in bounded
+    steps, counting without keeping, and refuses at the limit.
+    """
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp = opener if isinstance(opener, io.BytesIO) else open(opener, "rb")  # noqa: SIM115
+    try:
+        fp.seek(0)
+        if b"1.2.840.10008.1.2.1.99" not in fp.read(16384):
+            return
+        fp.seek(0)
+        try:
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+        except Exception:  # noqa: BLE001 - dcmread reports a broken header with the file's name
+            return
+        if str(meta.get("TransferSyntaxUID", "")) != "1.2.840.10008.1.2.1.99":
+            return
+        cap = limits().member_bytes
+        inflater, produced = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := fp.read(1 << 20):
+            while chunk:
+                produced += len(inflater.decompress(chunk, 1 << 20))
+                if produced > cap:
+                    raise LimitExceededError(label, "the deflated dataset, inflated", f"more than {cap:,} bytes",
+                                             "member_bytes", cap)
+                chunk = inflater.unconsumed_tail
+    except zlib.error:
+        return  # not valid deflate data: dcmread says so with the file's name
+    finally:
+        if fp is not opener:
+            fp.close()
+
+
+def _check_frame(ds: Dataset, label: str) -> None:
+    """Refuse a header whose pixel data would decode past ``dicom_pixel_bytes``, before decoding."""
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError) as exc:
+        raise DicomInputError(f"{label}: Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated "
+                              f"is not an integer ({exc})") from exc
+    if not rows or not cols:
+        return  # _require names the missing tag later
+    check_pixels(label, rows, cols, frames=max(frames, 1), samples=max(samples, 1),
+                 bytes_per_sample=max(1, (bits + 7) // 8), limit_name="dicom_pixel_bytes")
+
+
 def _read(label: str, opener: Any, *, pixels: bool) -> Dataset:
+    _check_deflated(label, opener)
     try:
         if isinstance(opener, io.BytesIO):
             opener.seek(0)
@@ -197,6 +253,7 @@ def _headers(source: Any) -> tuple[list[tuple[str, Any, Dataset]], bool, list[tu
                 raise
             skipped.append((label, str(exc)))
             continue
+        _check_frame(ds, label)
         meta = getattr(ds, "file_meta", None)
         if "DirectoryRecordSequence" in ds or (meta is not None and meta.get("MediaStorageSOPClassUID") == DICOMDIR_UID):
             skipped.append((label, "DICOMDIR (a media index, not an image)"))
@@ -367,6 +424,7 @@ def _slice_hu(s: _Slice) -> tuple[np.ndarray, bool]:
     """One slice's pixels in HU; the fast path reads uncompressed 16-bit pixels straight from
     the buffer, everything else (compressed syntaxes, odd bit depths) goes through pydicom."""
     ds = _read(s.label, s.opener, pixels=True)
+    _check_frame(ds, s.label)
     if "PixelData" not in ds:
         raise DicomInputError(f"{s.label}: missing tag PixelData {PIXEL_DATA_TAG}")
     rows, cols = int(ds.Rows), int(ds.Columns)

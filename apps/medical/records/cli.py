@@ -26,7 +26,7 @@ def _write_json(path: str | None, payload: Any) -> None:
 
 
 def _load(inputs: list[str], text_column: str, patient_column: str | None, id_column: str | None,
-          max_bytes: int) -> tuple[list[Any], list[Any]]:
+          max_bytes: int | None) -> tuple[list[Any], list[Any]]:
     from trillium.medical.records.notes import load_notes, read_notes_csv
 
     if patient_column or id_column:
@@ -67,7 +67,8 @@ def extract_cmd(
     patient_column: str = typer.Option(None, "--patient-column", help="CSV column holding the patient id."),
     id_column: str = typer.Option(None, "--id-column", help="CSV column holding the note id."),
     store: bool = typer.Option(True, "--store/--no-store", help="Store notes and entities in the database."),
-    max_bytes: int = typer.Option(2_000_000, "--max-bytes", help="Refuse notes larger than this."),
+    max_bytes: int = typer.Option(None, "--max-bytes", help="Refuse notes larger than this many bytes "
+                                  "(default: TRILLIUM_LIMIT_TEXT_BYTES, else 2,000,000)."),
     summary_only: bool = typer.Option(False, "--summary", help="Write per-note counts instead of every entity."),
 ) -> None:
     """Structure notes: sections, sentences, entities with spans and negation/uncertainty/history/family."""
@@ -115,7 +116,7 @@ def index_cmd(
     from trillium.medical.records.structurer import RecordStructurer
 
     try:
-        notes, rejected = _load(inputs, text_column, None, None, 2_000_000)
+        notes, rejected = _load(inputs, text_column, None, None, None)
         if len(notes) < 2:
             raise TrilliumError(f"an index needs at least 2 notes; {len(notes)} read from {', '.join(inputs)}")
         structurer = RecordStructurer()

@@ -48,7 +48,14 @@ logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 DEFAULT_MAX_BYTES = 2_000_000
-"""Largest note file read (bytes) and longest CSV note text (characters): far above any real note."""
+"""Largest note file read (bytes) and longest CSV note text (characters) when the configuration
+sets nothing else (``TRILLIUM_LIMIT_TEXT_BYTES``, read through ``trillium.core.untrusted``)."""
+
+
+def _text_cap(max_bytes: int | None) -> int:
+    from trillium.core.untrusted import limits
+
+    return limits().text_bytes if max_bytes is None else max_bytes
 CSV_SIZE_FACTOR = 50
 """A CSV file may hold up to this many maximal notes (``CSV_SIZE_FACTOR * max_chars`` bytes)."""
 DEFAULT_SUFFIXES = (".txt", ".text", ".note", ".md")
@@ -141,7 +148,7 @@ def _decode_bytes(data: bytes, source: str) -> tuple[str, str]:
     return text.replace("\r\n", "\n").replace("\r", "\n"), encoding
 
 
-def decode_text(data: bytes, source: str) -> tuple[str, str]:
+def decode_text(data: bytes, source: str, *, max_bytes: int | None = None) -> tuple[str, str]:
     """Decode a note's bytes to (text, encoding name), refusing binary data and empty notes.
 
     Tried in order: a byte-order mark (UTF-8, UTF-16 LE / BE), strict UTF-8, cp1252 (legacy
@@ -149,7 +156,12 @@ def decode_text(data: bytes, source: str) -> tuple[str, str]:
     or more than 10 % control characters (other than tab, newline, carriage return, form feed)
     mean binary data: ``NoteReadError`` naming ``source``. Line ends become ``\\n`` and a leading
     BOM character is removed, so character offsets mean the same whatever system wrote the note.
+    Bytes past ``max_bytes`` (the configured text limit by default) are refused before decoding.
     """
+    cap = _text_cap(max_bytes)
+    if len(data) > cap:
+        raise NoteReadError(source, f"{len(data):,} bytes, over the limit of {cap:,} bytes for one note "
+                                    "(TRILLIUM_LIMIT_TEXT_BYTES)")
     text, encoding = _decode_bytes(data, source)
     if not text.strip():
         raise NoteReadError(source, "empty note (no text other than whitespace)")
@@ -202,7 +214,7 @@ def read_note(
     *,
     note_id: str | None = None,
     patient_id: str | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
 ) -> Note:
     """Read one text note; ``NoteReadError`` names the file when it is missing, too big, binary or empty.
 
@@ -211,7 +223,8 @@ def read_note(
     character offsets still match the file.
     """
     p = Path(path)
-    text, encoding = decode_text(_read_bytes(p, max_bytes), str(p))
+    cap = _text_cap(max_bytes)
+    text, encoding = decode_text(_read_bytes(p, cap), str(p), max_bytes=cap)
     return Note(
         note_id=note_id if note_id is not None else p.stem,
         text=text,
@@ -261,7 +274,7 @@ def read_notes_csv(
     text_column: str = "transcription",
     id_column: str | None = None,
     patient_column: str | None = None,
-    max_chars: int = DEFAULT_MAX_BYTES,
+    max_chars: int | None = None,
     encoding: str | None = None,
 ) -> tuple[list[Note], list[RejectedNote]]:
     """Read a CSV export with one note per row, e.g. MTSamples; returns (notes, rejected rows).
@@ -277,6 +290,7 @@ def read_notes_csv(
     """
     p = Path(path)
     source = str(p)
+    max_chars = _text_cap(max_chars)
     data = _read_bytes(p, CSV_SIZE_FACTOR * max_chars, what="CSV file")
     if encoding is None:
         content, used_encoding = _decode_bytes(data, source)
@@ -356,7 +370,7 @@ def load_notes(
     inputs: PathLike | Sequence[PathLike],
     *,
     text_column: str = "transcription",
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
 ) -> tuple[list[Note], list[RejectedNote]]:
     """Load notes from folders, ``.csv`` files and text files (one or a list); returns (notes, rejected).
 
