@@ -233,19 +233,27 @@ def write_json(result: StudyResult, path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def check_study_upload(data: bytes, label: str) -> None:
+    """Refuse a zipped DICOM upload before anything is written or any model is loaded: its size,
+    and the archive's member count, names and declared sizes (``trillium.core.untrusted``)."""
+    from trillium.core.untrusted import check_size, list_archive
+
+    check_size(label, "the upload", len(data), "upload_bytes")
+    list_archive(bytes(data), source=label)
+
+
 def save_study_upload(data: bytes, label: str) -> Path:
     """Keep a zipped DICOM upload under ``$TRILLIUM_HOME/uploads/ct`` with a name of our own.
 
     ``label`` is the client's file name: a label for messages, never a path (an upload named
-    ``../../trillium.db`` must not land there). The archive is judged in memory first (zip,
-    member count, names, declared sizes: ``trillium.core.untrusted``), so a refused upload writes
-    nothing; an accepted one is written atomically.
+    ``../../trillium.db`` must not land there). The archive is judged in memory first
+    (:func:`check_study_upload`), so a refused upload writes nothing; an accepted one is written
+    atomically.
     """
     from trillium.core.config import home_dir
-    from trillium.core.untrusted import check_size, list_archive, save_upload
+    from trillium.core.untrusted import save_upload
 
-    check_size(label, "the upload", len(data), "upload_bytes")
-    list_archive(bytes(data), source=label)
+    check_study_upload(data, label)
     return save_upload(data, home_dir() / "uploads" / "ct", suffix=".zip", label=label)
 
 
