@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.trillium-installed
+# NO_MKDOCS_2_WARNING quiets Material's notice about its successor on every build.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
 
-.PHONY: install browser demo test test-fast bench dashboard clean
+.PHONY: install browser demo test test-fast bench dashboard docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +35,7 @@ browser:
 # The whole suite, PostgreSQL, browser, Ray and published-data cases included (they fail, not skip,
 # when the server, the browser, the ray extra, a [dev] extra or ../shared/data is missing).
 test: $(STAMP) browser
+	d="$$(mktemp -d)"; $(MKDOCS) build --strict -q -d "$$d"; rc=$$?; rm -rf "$$d"; exit $$rc
 	TRILLIUM_REQUIRE_POSTGRES=1 TRILLIUM_REQUIRE_BROWSER=1 TRILLIUM_REQUIRE_RAY=1 TRILLIUM_REQUIRE_DATA=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -40,6 +43,12 @@ bench: $(STAMP)
 
 dashboard: $(STAMP)
 	$(VENV)/bin/trillium dashboard
+
+# The documentation site (mkdocs.yml, docs/) into site/; strict: a broken link, anchor, included
+# file or API reference fails. `make test` runs the same build first. Read it with
+# `$(VENV)/bin/mkdocs serve`.
+docs: $(STAMP)
+	$(MKDOCS) build --strict -q
 
 clean:
 	rm -rf $(VENV) .trillium .pytest_cache

@@ -14,9 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trillium.core.errors import TrilliumError
-from trillium.finance.cli import app as finance_app
-from trillium.manufacturing.cli import app as manufacturing_app
-from trillium.medical.cli import app as medical_app
+from trillium.core.verticals import load_ref, verticals
 
 console = Console(stderr=True)
 out = Console()
@@ -32,9 +30,9 @@ models_app = typer.Typer(help="The model registry: versions, aliases, integrity.
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
-app.add_typer(finance_app, name="finance")
-app.add_typer(medical_app, name="medical")
-app.add_typer(manufacturing_app, name="manufacturing")
+for _vertical in verticals():  # each vertical's group, found through the trillium.verticals entry point
+    if _vertical.cli:
+        app.add_typer(load_ref(_vertical.cli), name=_vertical.name)
 
 
 @app.callback()

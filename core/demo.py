@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from trillium.core.jobs import ParquetSink, ParquetSource, ProcessResult, reason
 from trillium.core.models.reference import TabularMLP
 from trillium.core.registry import ModelRegistry, data_fingerprint
 from trillium.core.runtime import InferenceRuntime, TuneSettings
+from trillium.core.verticals import load_ref, verticals
 
 N_FEATURES = 32
 ALERT_RATE = 0.01
@@ -163,32 +165,21 @@ def core_demo(console: Console) -> dict[str, Any]:
     return {"model_version": rec.version, "job": result, "alerts": len(alerts), "metrics": metrics}
 
 
-def _finance(console: Console) -> Any:
-    from trillium.finance.demo import finance_demo
-
-    return finance_demo(console)
-
-
-def _manufacturing(console: Console) -> Any:
-    from trillium.manufacturing.demo import manufacturing_demo
-
-    return manufacturing_demo(console)
+def demo_steps() -> list[tuple[str, Callable[[Console], Any]]]:
+    """The core part, then each installed vertical's part (``trillium.verticals`` entry points), in order."""
+    steps: list[tuple[str, Callable[[Console], Any]]] = [("core", core_demo)]
+    for vertical in verticals():
+        if vertical.demo:
+            steps.append((vertical.name, partial(_vertical_demo, vertical.demo)))
+    return steps
 
 
-def _medical(console: Console) -> Any:
-    from trillium.medical.demo import medical_demo
-
-    return medical_demo(console)
-
-
-# Each domain appends its demo step here as it lands: (name, callable(console)).
-DEMOS: list[tuple[str, Callable[[Console], Any]]] = [
-    ("core", core_demo), ("finance", _finance), ("manufacturing", _manufacturing), ("medical", _medical),
-]
+def _vertical_demo(ref: str, console: Console) -> Any:
+    return load_ref(ref)(console)
 
 
 def run_demo(console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
-    return {name: step(console) for name, step in DEMOS}
+    return {name: step(console) for name, step in demo_steps()}
 
 

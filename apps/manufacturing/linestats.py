@@ -33,7 +33,7 @@ from pandas.tseries.frequencies import to_offset
 from sqlalchemy import Select, func, select
 
 from trillium.core.db import Database, Prediction, connect
-from trillium.core.db.models import ControlLimit
+from trillium.manufacturing.tables import ControlLimit
 from trillium.core.errors import InputValidationError, TrilliumError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, union
 from sqlalchemy.orm import selectinload
 
 from trillium.core.db import Database, connect
-from trillium.core.db.models import ClinicalNote, ImagingFinding, ImagingStudy, NoteEntity
+from trillium.medical.tables import ClinicalNote, ImagingFinding, ImagingStudy, NoteEntity
 from trillium.core.errors import InputValidationError
 from trillium.medical.records.entities import concept_of
 from trillium.medical.records.structurer import SCHEMA_VERSION, StructuredNote

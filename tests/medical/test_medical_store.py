@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import func, select
 
 from trillium.core import db as dbmod
-from trillium.core.db.models import ClinicalNote, ImagingFinding, NoteEntity
+from trillium.medical.tables import ClinicalNote, ImagingFinding, NoteEntity
 from trillium.core.errors import InputValidationError
 from trillium.medical.records.notes import Note
 from trillium.medical.records.structurer import RecordStructurer

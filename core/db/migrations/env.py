@@ -6,8 +6,10 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from trillium.core.db.models import Base
+from trillium.core.verticals import load_tables
 
 config = context.config
+load_tables()  # each vertical's own tables join the shared ones (trillium.verticals entry points)
 target_metadata = Base.metadata
 
 

@@ -1,0 +1,11 @@
+"""The finance vertical's entry in the core (the ``trillium.verticals`` entry point)."""
+
+from trillium.core.verticals import Vertical
+
+VERTICAL = Vertical(
+    name="finance",
+    title="Finance: credit-card fraud scoring",
+    cli="trillium.finance.cli:app",
+    demo="trillium.finance.demo:finance_demo",
+    order=10,
+)

@@ -1,0 +1,12 @@
+"""The manufacturing vertical's entry in the core (the ``trillium.verticals`` entry point)."""
+
+from trillium.core.verticals import Vertical
+
+VERTICAL = Vertical(
+    name="manufacturing",
+    title="Manufacturing: visual defect detection",
+    cli="trillium.manufacturing.cli:app",
+    demo="trillium.manufacturing.demo:manufacturing_demo",
+    tables="trillium.manufacturing.tables",
+    order=20,
+)

@@ -1,0 +1,12 @@
+"""The medical vertical's entry in the core (the ``trillium.verticals`` entry point)."""
+
+from trillium.core.verticals import Vertical
+
+VERTICAL = Vertical(
+    name="medical",
+    title="Medical: chest CT and clinical notes",
+    cli="trillium.medical.cli:app",
+    demo="trillium.medical.demo:medical_demo",
+    tables="trillium.medical.tables",
+    order=30,
+)
