@@ -21,7 +21,6 @@ import torch
 from sqlalchemy import func, select
 
 from trillium.core.db import Database, connect
-from trillium.core.db.models import ImagingStudy
 from trillium.core.jobs import read_quarantine
 from trillium.core.registry import ModelRegistry
 from trillium.medical.imaging.analyzer import StudyAnalyzer
@@ -29,6 +28,7 @@ from trillium.medical.imaging.batch import analyze_folder, read_summary
 from trillium.medical.imaging.classifier import NoduleClassifier
 from trillium.medical.imaging.phantom import write_phantom
 from trillium.medical.imaging.trainer import candidate_set
+from trillium.medical.tables import ImagingStudy
 
 SMALL = (72, 160, 160)
 SMALL_SPACING = (2.0, 1.6, 1.6)

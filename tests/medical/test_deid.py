@@ -406,9 +406,9 @@ def test_profile_table_uses_known_keywords_and_actions() -> None:
 
 
 def test_salt_is_required() -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="non-empty secret salt"):
         Deidentifier(salt="")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"date_shift_range_days must be an int >= 1, got 0"):
         Deidentifier(salt=SALT, date_shift_range_days=0)
 
 

@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
+from tests.conftest import require_module
 from trillium.core.errors import ConfigError, InputValidationError
 from trillium.medical.imaging.dicom_export import (
     LUNG_RADS,
@@ -24,7 +25,6 @@ from trillium.medical.imaging.dicom_export import (
     write_sr,
 )
 from trillium.medical.imaging.dicom_io import SeriesInfo, load_ct, write_ct_series
-from tests.conftest import require_module
 
 hd = require_module("highdicom", "dicom-export")  # an optional extra; in [dev], so `make test` requires it
 

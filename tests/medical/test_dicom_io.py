@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.fileset import FileSet
-from pydicom.uid import MRImageStorage, RLELossless
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 
 from trillium.core.errors import InputValidationError
 from trillium.medical.imaging.dicom_io import (
@@ -237,6 +238,145 @@ def test_oblique_orientation_affine(series: tuple[Path, np.ndarray, list[Path]])
         np.testing.assert_allclose(vol.patient_to_voxel(expected), [k, j, i], atol=1e-5)
 
 
+# --------------------------------------------------------------------------- 2b. series not written by write_ct_series
+#
+# The tests above write with the project's own writer, so a row/column mix-up made the same way in
+# writer and reader would round-trip unseen. These slices are built field by field with pydicom,
+# and the expectations come from the DICOM standard (PS3.3 C.7.6.2.1.1), worked out here by hand:
+#
+#     P(r, c) = ImagePositionPatient + row_dir * c * PixelSpacing[1] + col_dir * r * PixelSpacing[0]
+#
+# with row_dir = ImageOrientationPatient[0:3] (the direction of increasing column index c) and
+# col_dir = ImageOrientationPatient[3:6] (increasing row index r); PixelSpacing[0] is the distance
+# between rows, PixelSpacing[1] between columns.
+
+HAND_ROW_DIR = np.array([0.8, 0.6, 0.0])
+HAND_COL_DIR = np.array([-0.36, 0.48, 0.8])
+HAND_NORMAL = np.array([0.48, -0.64, 0.6])  # row_dir x col_dir, worked out by hand
+HAND_PIXEL_SPACING = (0.7, 0.8)  # (between rows, between columns)
+HAND_STEP = 2.5  # mm between slice planes along the normal
+HAND_FIRST = np.array([-12.5, 30.25, -47.0])  # ImagePositionPatient of the lowest slice
+HAND_ROWS, HAND_COLS, HAND_SLICES = 6, 9, 4
+HAND_SLOPE, HAND_INTERCEPT = 2, -1024
+HAND_MARK = (2, 1, 7)  # (slice in position order, row, column) that holds the one bright pixel
+HAND_MARK_STORED = 1900
+
+
+def _hand_stored() -> np.ndarray:
+    """Stored values [slice, row, column]: each pixel names its place, one pixel much brighter."""
+    s, r, c = np.indices((HAND_SLICES, HAND_ROWS, HAND_COLS))
+    stored = 600 + 100 * s + 10 * r + c
+    stored[HAND_MARK] = HAND_MARK_STORED
+    return stored
+
+
+def _hand_series(folder: Path, bits_stored: int) -> list[Path]:
+    """A 4-slice oblique CT series written with pydicom alone, files in no useful order."""
+    folder.mkdir(parents=True)
+    stored = _hand_stored()
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for n, k in enumerate([2, 0, 3, 1]):  # file order, InstanceNumber and names all unrelated to position
+        sop = generate_uid()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"IM{7 * n + 3:05d}"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop
+        ds.Modality = "CT"
+        ds.PatientID = "HAND-1"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.InstanceNumber = 10 + n
+        ds.ImageOrientationPatient = ["0.8", "0.6", "0", "-0.36", "0.48", "0.8"]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in HAND_FIRST + k * HAND_STEP * HAND_NORMAL]
+        ds.PixelSpacing = ["0.7", "0.8"]
+        ds.SliceThickness = "2.5"
+        ds.Rows, ds.Columns = HAND_ROWS, HAND_COLS
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
+        ds.PixelRepresentation = 0
+        ds.RescaleSlope = str(HAND_SLOPE)
+        ds.RescaleIntercept = str(HAND_INTERCEPT)
+        ds.PixelData = stored[k].astype("<u2").tobytes()  # row by row, each row left to right
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("bits_stored", [16, 12])  # 16 takes the loader's raw-buffer path, 12 pydicom's decoder
+def test_pydicom_built_oblique_series_against_the_standard(tmp_path: Path, bits_stored: int) -> None:
+    np.testing.assert_allclose(np.cross(HAND_ROW_DIR, HAND_COL_DIR), HAND_NORMAL, atol=1e-12)
+    paths = _hand_series(tmp_path / "scanner", bits_stored)
+    vol = load_ct(tmp_path / "scanner")
+
+    # slices in position order along the normal; file order was 2, 0, 3, 1
+    assert vol.files == [str(paths[n]) for n in (1, 3, 0, 2)]
+    assert vol.shape == (HAND_SLICES, HAND_ROWS, HAND_COLS)
+    dr, dc = HAND_PIXEL_SPACING
+    np.testing.assert_allclose(vol.spacing, (HAND_STEP, dr, dc), atol=1e-9)
+
+    # the affine (i = column, j = row, k = slice) -> LPS mm, from the standard's equation
+    expected = np.eye(4)
+    expected[:3, 0] = HAND_ROW_DIR * dc
+    expected[:3, 1] = HAND_COL_DIR * dr
+    expected[:3, 2] = HAND_NORMAL * HAND_STEP
+    expected[:3, 3] = HAND_FIRST
+    np.testing.assert_allclose(vol.affine, expected, atol=1e-6)
+    kk, rr, cc = (g.ravel() for g in np.indices(vol.shape))
+    by_hand = (HAND_FIRST + np.outer(kk * HAND_STEP, HAND_NORMAL)
+               + np.outer(cc * dc, HAND_ROW_DIR) + np.outer(rr * dr, HAND_COL_DIR))
+    np.testing.assert_allclose(vol.voxel_to_patient(np.c_[kk, rr, cc]), by_hand, atol=1e-6)
+    # e.g. the last pixel of the first row is 8 columns * 0.8 mm along row_dir from the corner
+    np.testing.assert_allclose(vol.voxel_to_patient((0, 0, 8)), [-12.5 + 5.12, 30.25 + 3.84, -47.0], atol=1e-6)
+    np.testing.assert_allclose(vol.voxel_to_patient((0, 5, 0)), [-12.5 - 1.26, 30.25 + 1.68, -47.0 + 2.8],
+                               atol=1e-6)
+    for k, label in enumerate(vol.files):
+        ipp = [float(v) for v in pydicom.dcmread(label, stop_before_pixels=True).ImagePositionPatient]
+        np.testing.assert_allclose(vol.voxel_to_patient((k, 0, 0)), ipp, atol=1e-6)
+
+    # HU = stored * slope + intercept, with rows and columns where the pixel data put them
+    assert vol.hu.dtype == np.int16
+    np.testing.assert_array_equal(vol.hu, _hand_stored() * HAND_SLOPE + HAND_INTERCEPT)
+    mark_hu = HAND_MARK_STORED * HAND_SLOPE + HAND_INTERCEPT
+    assert np.argwhere(vol.hu == mark_hu).tolist() == [list(HAND_MARK)]
+    k, r, c = HAND_MARK
+    where = HAND_FIRST + k * HAND_STEP * HAND_NORMAL + c * dc * HAND_ROW_DIR + r * dr * HAND_COL_DIR
+    np.testing.assert_allclose(vol.voxel_to_patient(HAND_MARK), where, atol=1e-6)
+    np.testing.assert_allclose(vol.patient_to_voxel(where), HAND_MARK, atol=1e-6)
+
+
+def test_pydicom_ct_small_against_pydicom(tmp_path: Path) -> None:
+    """pydicom's own CT test slice (a real scanner's, 128 x 128), checked against what pydicom reads."""
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file("CT_small.dcm", download=False)  # shipped inside the pydicom wheel
+    if source is None:
+        pytest.skip("pydicom's bundled CT_small.dcm is not installed (it is never downloaded here)")
+    ds = pydicom.dcmread(source)
+    path = Path(shutil.copy(source, tmp_path / "ct_small.dcm"))
+    vol = load_ct(path)
+
+    assert vol.shape == (1, int(ds.Rows), int(ds.Columns)) and vol.series_uid == str(ds.SeriesInstanceUID)
+    expected_hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(vol.hu[0].astype(np.float64), expected_hu)
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    np.testing.assert_allclose(vol.spacing, (float(ds.SliceThickness), row_spacing, col_spacing), atol=1e-6)
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    for r, c in [(0, 0), (0, 127), (127, 0), (40, 90)]:
+        np.testing.assert_allclose(vol.voxel_to_patient((0, r, c)),
+                                   ipp + iop[:3] * c * col_spacing + iop[3:] * r * row_spacing, atol=1e-5)
+    # the brightest pixel of the file is the brightest voxel of the volume, at the same row and column
+    r, c = np.unravel_index(int(np.argmax(ds.pixel_array)), ds.pixel_array.shape)
+    assert np.unravel_index(int(np.argmax(vol.hu[0])), vol.hu[0].shape) == (r, c)
+
+
 # --------------------------------------------------------------------------- 3. rescale and pixel representation
 
 
@@ -348,7 +488,7 @@ def test_explicit_non_dicom_file_is_an_error(series: tuple[Path, np.ndarray, lis
         load_ct(tmp_path / "missing.dcm")
     with pytest.raises(DicomInputError, match="missing.dcm"):
         load_ct([paths[0], tmp_path / "missing.dcm"])
-    with pytest.raises(DicomInputError):
+    with pytest.raises(DicomInputError, match="no DICOM files given"):
         load_ct([])
 
 
@@ -649,9 +789,9 @@ def test_iter_study_dirs(tmp_path: Path) -> None:
     # a root that is itself one study folder
     assert iter_study_dirs(root / "studyA") == [root / "studyA"]
 
-    with pytest.raises(InputValidationError):
+    with pytest.raises(InputValidationError, match=r"top\.zip: not a folder"):
         iter_study_dirs(root / "top.zip")
-    with pytest.raises(InputValidationError):
+    with pytest.raises(InputValidationError, match=r"nowhere: not a folder"):
         iter_study_dirs(tmp_path / "nowhere")
 
 

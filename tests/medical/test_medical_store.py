@@ -4,7 +4,6 @@ import pytest
 from sqlalchemy import func, select
 
 from trillium.core import db as dbmod
-from trillium.medical.tables import ClinicalNote, ImagingFinding, NoteEntity
 from trillium.core.errors import InputValidationError
 from trillium.medical.records.notes import Note
 from trillium.medical.records.structurer import RecordStructurer
@@ -17,6 +16,7 @@ from trillium.medical.store import (
     store_ct_study,
     store_notes,
 )
+from trillium.medical.tables import ClinicalNote, ImagingFinding, NoteEntity
 
 CLINIC = """HPI: 61-year-old with cough. He denies fever. History of hypertension.
 MEDICATIONS: Lisinopril 20 mg PO daily.

@@ -137,7 +137,7 @@ def test_synthetic_layout_and_pipeline_learns(tmp_path: Path) -> None:
         assert key in report, key
     assert report["dataset"] == "NoduleMNIST3D"
     assert (report["n_train"], report["n_val"], report["n_test"]) == (80, 24, 32)
-    assert report["auc"] > 0.8, report
+    assert report["auc"] > 0.9, report  # seeded: 0.986 here; the CLI test holds its smaller run to the same bar
     assert 0.0 <= report["acc"] <= 1.0
     assert report["anchor"]["best_3d_auc"] == 0.886 and report["anchor"]["best_3d_acc"] == 0.848
     assert report["beats_anchor_auc"] == (report["auc"] > 0.886)

@@ -7,6 +7,7 @@ adapter makes of them: decoded text, metadata, and a clear error or quarantine r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 from pathlib import Path
@@ -330,5 +331,5 @@ def test_defaults() -> None:
     assert DEFAULT_MAX_BYTES == 2_000_000
     note = Note("id", "text")
     assert (note.patient_id, note.source, note.metadata) == (None, "", {})
-    with pytest.raises(AttributeError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="'text'"):
         note.text = "changed"  # type: ignore[misc]
