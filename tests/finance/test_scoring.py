@@ -176,7 +176,7 @@ def test_invalid_scorer_arguments_raise(model: FraudModel, kwargs: dict[str, Any
 
 
 def test_negative_alert_budget_is_rejected(model: FraudModel) -> None:
-    with pytest.raises(InputValidationError):
+    with pytest.raises(InputValidationError, match=r"daily alert budget >= 1 \(alerts_per_day=-3\)"):
         FraudScorer(model, alerts_per_day=-3)
 
 
@@ -411,7 +411,7 @@ def test_alert_queue_orders_by_score_under_the_budget_and_feedback_is_recorded(
 
     with pytest.raises(InputValidationError, match="label must be 'fraud' or 'genuine', got 'maybe'"):
         record_feedback(first, "maybe", db=database)
-    with pytest.raises(InputValidationError):
+    with pytest.raises(InputValidationError, match="label must be 'fraud' or 'genuine', got 'Fraud'"):
         record_feedback(first, "Fraud", db=database)
     with database.session() as s:
         assert s.scalar(select(func.count()).select_from(Feedback)) == 3

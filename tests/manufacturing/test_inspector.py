@@ -27,7 +27,7 @@ from trillium.manufacturing.evaluate import evaluate_inspector, few_shot_split
 from trillium.manufacturing.images import ImageReadError, ImageSample, discover_mvtec, load_batch, mvtec_split
 from trillium.manufacturing.linestats import recent_inspections
 from trillium.manufacturing.pipeline import CLASSIFIER_FILE, Inspector, overlay_png, png_bytes_to_array
-from trillium.manufacturing.synth import synthetic_images, write_synthetic_line
+from trillium.manufacturing.synth import TRUTH_FILE, synthetic_images, write_synthetic_line
 
 TYPES = ("contamination", "hole", "scratch")
 SIZE = 64
@@ -92,7 +92,9 @@ def test_classifier_names_held_out_defect_types_well_above_chance(fitted: Fitted
     assert clf.n_per_type_ == {t: SHOTS for t in TYPES}
     pred = clf.predict(det, fitted.x_rest)
     accuracy = float(np.mean(np.array(pred.labels) == fitted.y_rest))
-    assert accuracy >= 0.5, accuracy  # chance: 1/3 on 60 held-out images
+    # chance: 1/3 on 60 held-out images; measured 0.67 (40/60; other line and detector seeds: 0.62,
+    # 0.50); the same bar as the patchcore inspector's (test_patchcore.py)
+    assert accuracy > 1 / len(TYPES) + 0.2, accuracy
     hole = fitted.y_rest == "hole"
     assert np.mean(np.array(pred.labels)[hole] == "hole") >= 0.7
     assert pred.probabilities.shape == (3 * HELD_OUT, 3)
@@ -135,6 +137,28 @@ def test_classifier_arrays_round_trip_predicts_the_same(fitted: Fitted) -> None:
     a, b = clf.predict(det, fitted.x_rest), back.predict(det, fitted.x_rest)
     assert a.labels == b.labels and a.classes == b.classes
     assert np.allclose(a.probabilities, b.probabilities, atol=1e-4)
+
+
+def test_verdicts_at_the_inspectors_threshold_agree_with_the_generators_ground_truth(fitted: Fitted) -> None:
+    """Every test image of the line through ``inspect_files``, as a user would inspect them, at
+    the inspector's own threshold; right or wrong is read from the generator's ``truth.json``,
+    not from the folder names the inspector's own readers use."""
+    truth = json.loads((fitted.root / TRUTH_FILE).read_text())
+    test = [r for r in truth["images"] if r["split"] == "test"]
+    results, unreadable = fitted.inspector.inspect_files([fitted.root / r["path"] for r in test])
+    assert unreadable == [] and [r.image_id for r in results] == [str(fitted.root / r["path"]) for r in test]
+    flagged = np.array([r.verdict == "defect" for r in results])
+    label = np.array([r["label"] for r in test])
+    good = label == "good"
+    assert good.sum() == 8 and (~good).sum() == 3 * (SHOTS + HELD_OUT)
+    recall, false_alarms = float(flagged[~good].mean()), float(flagged[good].mean())
+    # Measured (line and detector seed 0): recall 59/90 (holes 29/30, contamination 16/30,
+    # scratches 14/30) and 3 false alarms on 8 good parts. The threshold is the higher of only 2
+    # held-out good scores (10 % of 24) after 60 steps at 64 px, so it moves a lot with the seed
+    # (seed 1: recall 0.77, 4/8 false alarms; seed 2: 0.26, 0/8): these bounds hold for seed 0.
+    assert recall >= 0.55, (recall, false_alarms)
+    assert float(flagged[label == "hole"].mean()) >= 0.9, (recall, false_alarms)
+    assert false_alarms <= 0.5, (recall, false_alarms)  # at most 4 of the 8 good parts
 
 
 # --------------------------------------------------------------------------- files and overlays
