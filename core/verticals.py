@@ -66,7 +66,7 @@ def verticals() -> tuple[Vertical, ...]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             vertical = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in is named, not a traceback
+        except Exception as exc:
             raise ConfigError(f"entry point {ep.name} = {ep.value!r} of group {ENTRY_POINT_GROUP} cannot be "
                               f"loaded ({type(exc).__name__}: {exc})") from exc
         if not isinstance(vertical, Vertical):

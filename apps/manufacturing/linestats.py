@@ -33,8 +33,8 @@ from pandas.tseries.frequencies import to_offset
 from sqlalchemy import Select, func, select
 
 from trillium.core.db import Database, Prediction, connect
-from trillium.manufacturing.tables import ControlLimit
 from trillium.core.errors import InputValidationError, TrilliumError
+from trillium.manufacturing.tables import ControlLimit
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from sqlalchemy import delete, func, select, union
 from sqlalchemy.orm import selectinload
 
 from trillium.core.db import Database, connect
-from trillium.medical.tables import ClinicalNote, ImagingFinding, ImagingStudy, NoteEntity
 from trillium.core.errors import InputValidationError
 from trillium.medical.records.entities import concept_of
 from trillium.medical.records.structurer import SCHEMA_VERSION, StructuredNote
+from trillium.medical.tables import ClinicalNote, ImagingFinding, ImagingStudy, NoteEntity
 
 _FLAGS = ("negated", "uncertain", "hypothetical", "historical", "family")
 

@@ -48,7 +48,7 @@ def make_sink(kind: str, output: str, db: Database) -> jobs.Sink:
 
 
 def _die_after(chunk: int) -> None:
-    original = jobs._QuarantineFile.write
+    original = jobs.quarantine.QuarantineFile.write
 
     def write(self: Any, chunk_index: int, *args: Any, **kwargs: Any) -> int:
         offset = original(self, chunk_index, *args, **kwargs)
@@ -56,7 +56,7 @@ def _die_after(chunk: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return offset
 
-    jobs._QuarantineFile.write = write  # type: ignore[method-assign]
+    jobs.quarantine.QuarantineFile.write = write  # type: ignore[method-assign]
 
 
 def main(cfg: dict[str, Any]) -> None:

@@ -337,9 +337,10 @@ def test_a_failed_job_is_marked_failed_and_resumes_after_the_fix(tmp_path: Path)
 
 def test_the_same_job_cannot_run_twice_at_once(tmp_path: Path) -> None:
     key = "k" * 64
-    with jobs._job_lock(key, "twice"), pytest.raises(JobError, match="already running"), jobs._job_lock(key, "twice"):
+    lock = jobs.checkpoints.job_lock
+    with lock(key, "twice"), pytest.raises(JobError, match="already running"), lock(key, "twice"):
         pass
-    with jobs._job_lock("k" * 64, "twice"):  # released on exit
+    with lock("k" * 64, "twice"):  # released on exit
         pass
 
 
@@ -365,10 +366,12 @@ def test_a_job_killed_mid_way_resumes_without_loss_or_duplicates(
     output = tmp_path / ("out" if kind == "parquet" else "out.csv")
     name = f"kill-{kind}"
     cfg = {**_db_cfg(database, request), "name": name, "input": str(src), "chunk_rows": 25, "sink": kind,
-           "output": str(output), "sleep": 0.05}
+           "output": str(output), "sleep": 0.2}  # 40 chunks take 8 s at least: time to catch it part way
 
     proc = _spawn(cfg)
-    deadline = time.monotonic() + 30
+    # Generous: the child imports pandas and SQLAlchemy on two shared cores; a child that exits is
+    # caught at once below, one that hangs or checkpoints nothing still fails here.
+    deadline = time.monotonic() + 180
     try:
         while _checkpoints(database, name)[1] < 3:
             assert proc.poll() is None, f"worker exited early: {proc.communicate()[1].decode()[-2000:]}"
@@ -427,3 +430,69 @@ def test_output_sink_follows_the_output_name_and_the_ray_engine_refuses_csv(tmp_
         output_sink(tmp_path / "scores.txt")
     with pytest.raises(InputValidationError, match=r"scores\.csv: the ray engine writes a directory of Parquet"):
         output_sink(tmp_path / "scores.csv", "ray")
+
+
+# --------------------------------------------------------------------------- a changed input is another job
+
+
+def _kill_at_the_worst_moment(name: str, src: Path, chunk_rows: int, kind: str, output: Path) -> int:
+    """Run the job in a child, SIGKILLed once chunk 4 is written but not checkpointed; its job id."""
+    db = connect()
+    proc = _spawn({"db_url": db.url, "name": name, "input": str(src), "chunk_rows": chunk_rows, "sink": kind,
+                   "output": str(output), "die_after_chunk": 4})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert _checkpoints(db, name) == ("running", 4)
+    with db.session() as s:
+        return s.scalars(select(Job.id).where(Job.name == name)).one()
+
+
+def _chunks_of(job_id: int) -> list[int]:
+    with connect().session() as s:
+        found = s.scalars(select(JobChunk.chunk_index).where(JobChunk.job_id == job_id).order_by(JobChunk.chunk_index))
+        return list(found)
+
+
+@pytest.mark.parametrize(("change", "kind"), [("rewritten input", "csv"), ("other chunk_rows", "parquet")])
+def test_a_changed_input_or_chunking_starts_a_new_job_instead_of_resuming_the_killed_one(
+    change: str, kind: str, tmp_path: Path
+) -> None:
+    """The job key covers the input's fingerprint and ``chunk_rows``: after a kill part way, a
+    rewritten input (as many rows, other records) or another chunk size must not resume the
+    killed job's checkpoints, nor leave any of its rows in the output or the quarantine."""
+    src = tmp_path / "tx.parquet"
+    _write_input(src, 250)  # 10 chunks of 25
+    output = tmp_path / ("out" if kind == "parquet" else "out.csv")
+    name = f"changed-{kind}"
+    old_job = _kill_at_the_worst_moment(name, src, 25, kind, output)
+    assert 100 in _output_ids(kind, output, connect())  # the killed run's chunk 4 is on disk
+    before = jobs.ParquetSource(src, 25).fingerprint()
+
+    if change == "rewritten input":
+        # Other records, the same number of rows: no row count gives the change away.
+        ids = list(range(5000, 5250))
+        pd.DataFrame({"id": ids, "amount": [-1.0 - i if _is_bad(i) else 0.5 * i for i in ids]}).to_parquet(
+            src, index=False, row_group_size=64)
+        assert jobs.ParquetSource(src, 25).fingerprint() != before
+        rows, good = 25, [i for i in ids if not _is_bad(i)]
+        bad = [k for k, i in enumerate(ids) if _is_bad(i)]  # quarantine rows are row numbers
+    else:
+        # 100 rows a chunk: 3 chunks, fewer than the killed run's 5 parts, so a stale one would show.
+        ids, rows = list(range(250)), 100
+        good, bad = [i for i in ids if not _is_bad(i)], [i for i in ids if _is_bad(i)]
+
+    sink = worker.make_sink(kind, str(output), connect())
+    result = jobs.run_job(name, jobs.ParquetSource(src, rows), worker.score, sink, progress=False)
+
+    _assert_exactly_once(result, kind, output, connect(), good, bad)  # only the new rows, each once
+    q = jobs.read_quarantine(result.quarantine)
+    assert {json.loads(r)["id"] for r in q["record"]} == {ids[k] for k in bad}
+    assert q["chunk_index"].tolist() == [k // rows for k in bad]
+    if kind == "parquet":
+        parts = [p.name for p in jobs.ParquetSink(output).parts()]
+        assert parts == [f"part-{k:05d}.parquet" for k in range(result.chunks)]  # no part of the killed run left
+    # A new job did it all: the killed job's checkpoints were neither taken over nor extended.
+    assert result.job_id != old_job
+    assert result.params["source_fingerprint"] == jobs.ParquetSource(src, rows).fingerprint()
+    assert result.resumed_from_chunk == 0 and result.chunks_processed == result.chunks == -(-250 // rows)
+    assert _chunks_of(result.job_id) == list(range(result.chunks)) and _chunks_of(old_job) == [0, 1, 2, 3]

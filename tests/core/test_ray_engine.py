@@ -9,6 +9,7 @@ the same input and chunk size.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ def test_engine_choice_is_checked(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_sees_another_input_file_refuses_the_part(tmp_path: Path) -> None:
-    from trillium.core.ray_engine import _Plan
+    from trillium.core.jobs.ray_engine import _Plan
 
     path = tmp_path / "in.parquet"
     _frame(10).to_parquet(path, index=False)
@@ -289,7 +290,7 @@ def test_an_actor_killed_mid_job_is_retried_and_every_row_lands_exactly_once(
 def test_a_part_that_kills_every_worker_is_quarantined_whole_after_its_attempts(
     ray_cluster: Any, model: ModelRef, tmp_path: Path
 ) -> None:
-    from trillium.core.ray_engine import run_ray_job
+    from trillium.core.jobs.ray_engine import run_ray_job
 
     src = tmp_path / "in.parquet"
     _frame(300).to_parquet(src, index=False)
@@ -318,5 +319,54 @@ def test_a_tampered_model_fails_the_job_naming_the_file(ray_cluster: Any, model:
     with db.session() as s:
         assert s.query(Job.status).filter(Job.name == "tampered").scalar() == "failed"
     assert not list((tmp_path / "ray").glob("part-*.parquet"))
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match=r"weights\.safetensors was modified after registration"):
         Scoring(model, str(tmp_path / "e.log"))()
+
+
+@pytest.mark.parametrize("change", ["rewritten input", "other chunk_rows"])
+def test_a_changed_input_or_chunking_starts_a_new_ray_job_instead_of_resuming_the_stopped_one(
+    ray_cluster: Any, model: ModelRef, tmp_path: Path, change: str
+) -> None:
+    """The Ray job key covers the input's fingerprint and ``chunk_rows``, and the done-markers
+    carry it: after a run stopped part way, a rewritten input (as many rows, other records) or
+    another chunk size must redo every part, keeping none of the stopped run's parts."""
+    src, out = tmp_path / "in.parquet", tmp_path / "ray"
+    _frame().to_parquet(src, index=False, row_group_size=64)
+    factory = Scoring(model, str(tmp_path / "events.log"))
+    # Stopped part way: the processor raises on part 2 (the poison row) and one failing part is the
+    # limit; one actor takes the parts in order, so parts 0 and 1 are done by then.
+    with pytest.raises(jobs.FailedChunksError, match=rf"poison row {POISON_ID}"):
+        jobs.run_batch("changed", jobs.ParquetSource(src), factory, jobs.ParquetSink(out), engine="ray",
+                       workers=1, chunk_rows=CHUNK, progress=False, max_failed_chunks=1)
+    with connect().session() as s:
+        old_id, old_key, status = s.query(Job.id, Job.key, Job.status).filter(Job.name == "changed").one()
+    assert status == "failed"
+
+    def markers() -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted((out / "_ray" / "done").glob("part-*.json"))]
+
+    stopped = [m for m in markers() if not m["error"]]
+    assert {0, 1} <= {m["part"] for m in stopped} and all(m["key"] == old_key for m in stopped)
+    assert jobs.ParquetSink(out).parts()  # and their rows are on disk
+
+    if change == "rewritten input":
+        # other records (no poison row now), the same number of rows: no part count gives it away
+        _frame().assign(id=lambda f: f["id"] + 1000, x1=lambda f: -f["x1"]).to_parquet(
+            src, index=False, row_group_size=64)
+        rows = CHUNK
+    else:
+        rows = 150  # 4 parts instead of 6: parts 0 and 1 now hold other rows
+    ray = jobs.run_batch("changed", jobs.ParquetSource(src), factory, jobs.ParquetSink(out), engine="ray",
+                         chunk_rows=rows, progress=False)
+    local = jobs.run_batch("changed", jobs.ParquetSource(src), factory, jobs.ParquetSink(tmp_path / "local"),
+                           chunk_rows=rows, progress=False)
+
+    _assert_same(local, ray)  # the new input's rows only, each once, as the local engine writes them
+    if change == "rewritten input":
+        assert _outputs(ray)[0]["id"].min() >= 1000  # no row of the first input
+    # A new job did every part: none of the stopped job's parts was kept.
+    with connect().session() as s:
+        new_key = s.query(Job.key).filter(Job.id == ray.job_id).scalar()
+    assert ray.job_id != old_id and new_key != old_key
+    assert ray.status == "done" and ray.resumed_from_chunk == 0 and ray.chunks_processed == ray.chunks == 600 // rows
+    assert [m["part"] for m in markers()] == list(range(600 // rows)) and {m["key"] for m in markers()} == {new_key}

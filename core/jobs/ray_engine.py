@@ -68,36 +68,22 @@ from sqlalchemy import update
 from trillium.core.db import Database, Job, connect
 from trillium.core.db.models import utcnow
 from trillium.core.errors import EngineUnavailableError, JobError, TrilliumError
-from trillium.core.jobs import (
+from trillium.core.jobs.checkpoints import DONE, FAILED, finished_job, job_key, job_lock, open_job, set_status
+from trillium.core.jobs.engine import (
     DEFAULT_MAX_FAILED_CHUNKS,
-    DONE,
-    FAILED,
-    QUARANTINE_COLUMNS,
     FailedChunksError,
     JobResult,
-    ParquetSink,
-    ParquetSource,
     Processor,
     ProcessorFactory,
-    Rejected,
-    Sink,
-    Source,
-    _check_failed_limit,
-    _check_rows,
-    _chunks_with_rejects,
-    _failed_chunks_message,
-    _finished,
-    _fsync_dir,
-    _job_lock,
-    _open_job,
-    _process,
-    _progress_bar,
-    _result,
-    _set_status,
-    encode_quarantine,
-    job_key,
-    quarantine_rows,
+    check_failed_limit,
+    failed_chunks_message,
+    job_result,
+    process_chunk,
+    progress_bar,
 )
+from trillium.core.jobs.quarantine import QUARANTINE_COLUMNS, encode_quarantine, quarantine_rows
+from trillium.core.jobs.sinks import ParquetSink, Sink, fsync_dir
+from trillium.core.jobs.sources import ParquetSource, Rejected, Source, check_chunk_rows, chunks_with_rejects
 
 __all__ = ["RAY_EXTRA", "import_ray", "run_ray_job"]
 
@@ -136,7 +122,7 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class _Layout:
@@ -262,7 +248,7 @@ class _Plan:
             bad = frame.assign(reason=f"part {k}: its worker died on each of {attempt - 1} attempts (killed, out "
                                       "of memory or crashed); quarantined whole")
         else:
-            output, bad, error = _process(processor, frame, k, self.name)
+            output, bad, error = process_chunk(processor, frame, k, self.name)
         final = layout.part(k)
         if len(output):
             table = pa.Table.from_pandas(output, preserve_index=False)
@@ -364,7 +350,7 @@ def _plan_parts(ray: ModuleType, plan: _Plan, source: Source, done: dict[int, di
         total = source.total_rows() or 0
         return math.ceil(total / rows), total
     row_start = count = total = 0
-    for k, (frame, rejected) in enumerate(_chunks_with_rejects(source, rows)):
+    for k, (frame, rejected) in enumerate(chunks_with_rejects(source, rows)):
         count = k + 1
         frame.index = pd.RangeIndex(row_start, row_start + len(frame))  # global row numbers, as run_job
         row_start += len(frame)
@@ -435,18 +421,18 @@ def run_ray_job(
         raise JobError(f"workers must be at least 1, got {workers}")
     if max_attempts < 1:
         raise JobError(f"max_attempts must be at least 1, got {max_attempts}")
-    rows = _check_rows(chunk_rows if chunk_rows is not None else source.chunk_rows)
-    _check_failed_limit(max_failed_chunks)
+    rows = check_chunk_rows(chunk_rows if chunk_rows is not None else source.chunk_rows)
+    check_failed_limit(max_failed_chunks)
     db = db or connect()
     fingerprint = source.fingerprint()
     key = job_key(name, source.uri, fingerprint, sink.uri, rows, engine="ray")
 
-    with _job_lock(key, name):
-        finished = _finished(db, key) if resume else None
+    with job_lock(key, name):
+        finished = finished_job(db, key) if resume else None
         if finished is not None:
             logger.info("job %s (id %d) already done; nothing to do", name, finished.id)
-            return _result(finished, resumed_from=finished.chunks_done, processed=0, started=started)
-        job_id, _, qpath = _open_job(
+            return job_result(finished, resumed_from=finished.chunks_done, processed=0, started=started)
+        job_id, _, qpath = open_job(
             db, key=key, name=name, source=source, sink=sink, resume=resume, quarantine_path=quarantine_path,
             params={"engine": "ray", "chunk_rows": rows, "source_fingerprint": fingerprint, "address": address},
         )
@@ -478,7 +464,7 @@ def run_ray_job(
                         _PartWorker, batch_size=1, compute=pool, num_cpus=cpus_per_worker,
                         fn_constructor_args=(plan_ref,),
                     )
-                    with _progress_bar(progress) as bar:
+                    with progress_bar(progress) as bar:
                         task = bar.add_task(f"{name} (ray, {size} workers)", total=total)
                         bar.advance(task, sum(m["rows_in"] for m in done.values()))
                         results = iter(ds.iter_rows())
@@ -501,14 +487,14 @@ def run_ray_job(
                 error = str(markers.get(failed[-1], {}).get("error"))
                 # the next run drops the failed parts' markers and files (reset) and redoes them
                 _write_atomic(layout.redo_flag, lambda fh: fh.write(json.dumps({"key": key}).encode()))
-                raise FailedChunksError(_failed_chunks_message(name, failed, error, unit="part"))
+                raise FailedChunksError(failed_chunks_message(name, failed, error, unit="part"))
             markers = layout.done(key)
             missing = sorted(set(range(parts)) - set(markers))
             if missing:
                 raise JobError(f"parts {missing[:10]} have no done-marker after the run")
             _merge_quarantine(layout, parts, qpath)
             _record_totals(db, job_id, markers)
-            result = _result(_set_status(db, job_id, DONE), resumed_from=len(done), processed=processed,
+            result = job_result(set_status(db, job_id, DONE), resumed_from=len(done), processed=processed,
                              started=started)
             logger.info("job %s (id %d) done on ray: %d rows in, %d out, %d quarantined (%s)",
                         name, job_id, result.rows_in, result.rows_out, result.rows_quarantined, qpath)
@@ -517,7 +503,7 @@ def run_ray_job(
             cause = _user_error(exc)
             text = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(cause).__name__}: {cause}"
             try:
-                _set_status(db, job_id, FAILED, text)
+                set_status(db, job_id, FAILED, text)
             except Exception:  # the database may be the cause; the original error matters more
                 logger.exception("job %s: could not record the failure", name)
             if not isinstance(exc, Exception):
