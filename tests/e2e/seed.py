@@ -2,7 +2,8 @@
 
 Run as a script (``python seed.py HOME``) so the seeding process has its own TRILLIUM_HOME and
 database connections, apart from the test process; it prints a JSON summary of what it stored
-(transaction ids, patients, study ids) for the browser tests to look for.
+(transaction ids, patients, study ids, the registered models' name, version and kind, the scoring
+job and its output folder) for the browser tests to look for.
 
 - finance: a small fraud model trained on simulated transactions, a day scored as a batch job
   (alerts, reasons, the what-if's job output);
@@ -30,14 +31,18 @@ def seed_finance(work: Path) -> dict:
 
     sim = simulate_transactions(n_customers=300, n_terminals=600, n_days=50, seed=4)
     history = sim[sim["timestamp"] < "2018-05-13"]
-    train_model(history, kind="gbt", train_days=21, holdout_days=7, autotune=False, registry=ModelRegistry())
+    trained = train_model(history, kind="gbt", train_days=21, holdout_days=7, autotune=False,
+                          registry=ModelRegistry())
     today = sim[sim["timestamp"] >= "2018-05-13"].drop(columns=["label", "fraud_scenario"])
     today.to_csv(work / "today.csv", index=False)
     history.to_parquet(work / "history.parquet", index=False)
     scorer = FraudScorer.from_registry(alerts_per_day=20)
-    score_file(scorer, work / "today.csv", work / "scores", history=work / "history.parquet", progress=False)
+    job = score_file(scorer, work / "today.csv", work / "scores", history=work / "history.parquet",
+                     progress=False).job
     queue = alert_queue(budget=100)
-    return {"alerts": [str(t) for t in queue["transaction_id"]]}
+    return {"alerts": [str(t) for t in queue["transaction_id"]],
+            "model": [trained.record.name, trained.record.version, trained.record.kind],
+            "job": {"name": job.name, "status": job.status, "rows_in": job.rows_in}, "scores": job.output}
 
 
 def seed_medical(work: Path) -> dict:
@@ -76,7 +81,7 @@ def seed_manufacturing(work: Path) -> dict:
     detector = DefectDetector(size=32, width=4, steps=3, batch_size=4, pool=3, val_fraction=0.5)
     detector.fit(good.transpose(0, 3, 1, 2), val_defects=defects.transpose(0, 3, 1, 2))
     inspector = Inspector(detector)
-    inspector.register()
+    record = inspector.register()
     parts, _ = synthetic_images(6, size=48, seed=5)
     scratched, _ = synthetic_images(2, size=48, seed=6, defect="scratch")
     images = [*parts, *scratched]
@@ -92,7 +97,7 @@ def seed_manufacturing(work: Path) -> dict:
 
     Image.fromarray((sample[0][..., 0] * 255).round().astype("uint8")).save(upload)
     return {"inspections": len(results), "defects": sum(r.verdict == "defect" for r in results),
-            "upload_image": str(upload)}
+            "upload_image": str(upload), "model": [record.name, record.version, record.kind]}
 
 
 def main(home: Path) -> dict:

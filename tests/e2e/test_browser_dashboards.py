@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from sqlalchemy import select
 
@@ -24,8 +26,13 @@ except ImportError:  # `make test` requires it (dev extra); a bare pytest withou
     pytest.skip("the playwright package is not installed (pip install -e '.[dev]')", allow_module_level=True)
 
 pytestmark = pytest.mark.timeout(900)
+# every expect retries for up to a minute: a rerun on two shared cores can take seconds
+expect.set_options(timeout=60_000)
 
 PAGES = {"home": "", "finance": "Finance", "medical": "Medical", "manufacturing": "Manufacturing"}
+TITLES = {"home": "Trillium", "finance": "Finance: fraud alerts",
+          "medical": "Medical: CT studies, patients, records and similar cases",
+          "manufacturing": "Manufacturing: visual inspection"}
 
 
 # ------------------------------------------------------------------ helpers
@@ -42,13 +49,21 @@ def page(browser, request: pytest.FixtureRequest) -> Page:
 
 
 def settle(page: Page) -> None:
-    """Wait until the Streamlit script has run to the end and the page shows no traceback."""
+    """Wait until the Streamlit script has run to the end and the page shows no traceback.
+
+    A click's rerun starts asynchronously: right after it the app still reads "notRunning" from
+    the run before. So await the action's own outcome first (a retrying ``expect`` on what only
+    the new run shows), then settle: no fixed sleep guesses when the rerun begins.
+    """
     app = page.locator('[data-testid="stApp"]')
-    expect(app).to_have_attribute("data-test-connection-state", "CONNECTED", timeout=60_000)
-    page.wait_for_timeout(300)  # a click's rerun starts asynchronously
+    expect(app).to_have_attribute("data-test-connection-state", "CONNECTED")
     expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=120_000)
-    expect(page.locator('[data-testid="stException"]')).to_have_count(0)
-    assert "Traceback" not in page.inner_text("body")
+    errors = page.locator('[data-testid="stException"]')
+    try:
+        expect(errors).to_have_count(0, timeout=5_000)
+    except AssertionError as exc:  # say which
+        raise AssertionError(f"the page shows an exception: {errors.all_inner_texts()}") from exc
+    expect(page.locator("body")).not_to_contain_text("Traceback")
 
 
 def shoot(page: Page, folder: Path, name: str) -> Path:
@@ -61,19 +76,20 @@ def shoot(page: Page, folder: Path, name: str) -> Path:
 def open_page(page: Page, base: str, name: str) -> None:
     """Go through the sidebar navigation, as a user does (the home page is the app's root)."""
     page.goto(base)
+    expect(page.get_by_role("heading", name=TITLES["home"], exact=True)).to_be_visible()
     settle(page)
     if PAGES[name]:
         page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=PAGES[name]).click()
         page.wait_for_url(re.compile(rf"/{PAGES[name]}$"))
+        expect(page.get_by_role("heading", name=TITLES[name], exact=True)).to_be_visible()  # the new page ran
         settle(page)
 
 
 def choose(page: Page, key: str, option: str) -> None:
-    """Pick OPTION in the selectbox with widget key KEY."""
+    """Pick OPTION in the selectbox with widget key KEY (await the rerun's outcome, then settle)."""
     box = page.locator(f".st-key-{key} [role='combobox']")
     box.click()
     page.get_by_role("option", name=option, exact=True).click()
-    settle(page)
     expect(box).to_have_value(option)
 
 
@@ -87,8 +103,30 @@ def metric_value(page: Page, label: str):
 
 
 def tab(page: Page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-    page.wait_for_timeout(200)
+    """Switch to tab NAME (tabs switch in the browser, no rerun)."""
+    t = page.get_by_role("tab", name=name)
+    t.click()
+    expect(t).to_have_attribute("aria-selected", "true")
+
+
+def grid_row(grid, *cells: str):
+    """The rows of dataframe GRID whose first cells read exactly CELLS (from its hidden table)."""
+    row = grid.locator("tbody tr")
+    for i, text in enumerate(cells, start=1):
+        row = row.filter(has=grid.page.locator(f"td[aria-colindex='{i}']",
+                                                has_text=re.compile(rf"^{re.escape(text)}$")))
+    return row
+
+
+def expected_alerts_per_day(output: Path, threshold: float) -> str:
+    """The finance what-if's "alerts per day (mean)" as the page must show it, computed here from the
+    scoring job's Parquet parts: the transactions whose stored probability is at least THRESHOLD,
+    counted per calendar day of their timestamp, averaged over the days with at least one."""
+    scores = pd.concat([pd.read_parquet(p) for p in sorted(output.glob("part-*.parquet"))], ignore_index=True)
+    assert len(scores) > 0, f"no scores in {output}"
+    per_day = Counter(ts.date() for ts, p in zip(pd.to_datetime(scores["timestamp"]), scores["probability"])
+                      if p >= threshold)
+    return f"{sum(per_day.values()) / len(per_day):,.0f}" if per_day else "0"
 
 
 def expect_images_decoded(page: Page, images, timeout_ms: int = 60_000) -> None:
@@ -124,15 +162,26 @@ def test_every_page_explains_an_empty_database(page: Page, empty_dashboard: str,
 
 
 # ------------------------------------------------------------------ seeded
-def test_home_lists_models_and_jobs(page: Page, seeded_dashboard: str, screenshots: Path) -> None:
+def test_home_lists_models_and_jobs(page: Page, seeded_dashboard: str, seeded: dict, screenshots: Path) -> None:
     open_page(page, seeded_dashboard, "home")
     nav = page.locator('[data-testid="stSidebarNav"] a')
-    assert nav.all_inner_texts() == ["Home", "Finance", "Medical", "Manufacturing"]
-    body = page.inner_text("body")
-    assert "Models" in body and "Batch jobs" in body
-    assert "Deploy" not in body  # the viewer toolbar: no developer menu for analysts
+    expect(nav).to_have_text(["Home", "Finance", "Medical", "Manufacturing"])
+    expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name="Batch jobs", exact=True)).to_be_visible()
+    expect(page.locator("body")).not_to_contain_text("Deploy")  # the viewer toolbar: no developer menu for analysts
     grids = page.locator('[data-testid="stDataFrame"]')
     expect(grids).to_have_count(2)
+    models, jobs = grids.nth(0), grids.nth(1)
+    # exactly the models seed.py registered (name, version, kind) and its scoring job
+    seeded_models = [seeded["finance"]["model"], seeded["manufacturing"]["model"]]
+    expect(models.locator("tbody tr")).to_have_count(len(seeded_models))
+    for name, version, kind in seeded_models:
+        expect(grid_row(models, name, str(version), kind)).to_have_count(1)
+    job = seeded["finance"]["job"]
+    expect(jobs.locator("tbody tr")).to_have_count(1)
+    expect(grid_row(jobs, job["name"], job["status"], str(job["rows_in"]))).to_have_count(1)
+    expect(metric_value(page, "model versions")).to_have_text(str(len(seeded_models)))
+    expect(metric_value(page, "jobs")).to_have_text("1")
     shoot(page, screenshots, "home")
 
 
@@ -152,25 +201,30 @@ def test_finance_label_an_alert_and_move_the_threshold(page: Page, seeded_dashbo
 
     page.locator(".st-key-comment input").fill("confirmed with the card holder")
     page.locator(".st-key-label_fraud button").click()
-    settle(page)
     expect(page.get_by_text(f"Transaction {chosen} labelled fraud")).to_be_visible()
+    settle(page)
     shoot(page, screenshots, "finance-labelled")
     with connect(db_url(seeded["home"])).session() as s:
         labels = [(f.entity_id, f.label, f.comment) for f in s.scalars(select(Feedback))]
     assert labels == [(chosen, "fraud", "confirmed with the card holder")]
 
-    # the what-if: raising the threshold with the keyboard never gives more alerts per day
+    # the what-if shows the mean alerts per day of the job's stored probabilities at each threshold,
+    # computed here from the job's output; the slider is moved with the keyboard
+    scores = Path(seeded["finance"]["scores"])
+    at_start, raised = expected_alerts_per_day(scores, 0.5), expected_alerts_per_day(scores, 0.8)
+    assert at_start != raised  # tells a slider that does nothing from one that works
     tab(page, "Threshold what-if")
     metric = metric_value(page, "alerts per day")
-    before = float(metric.inner_text().replace(",", ""))
     thumb = page.locator(".st-key-threshold input[type='range']")
+    expect(thumb).to_have_value("0.5")
+    expect(metric).to_have_text(at_start)
     thumb.focus()
     for _ in range(30):
         thumb.press("ArrowRight")
-    settle(page)
     expect(thumb).to_have_value("0.8")
-    after = float(metric.inner_text().replace(",", ""))
-    assert after <= before and before > 0
+    expect(metric).to_have_text(raised)
+    settle(page)
+    expect(metric).to_have_text(raised)  # and still so once every rerun is over
     shoot(page, screenshots, "finance-whatif")
 
 
@@ -189,28 +243,33 @@ def test_medical_patient_record_ct_viewer_and_note_upload(page: Page, seeded_das
     first_src = image.get_attribute("src")
     thumb = page.locator(f".st-key-ct-slice-{med['ct_study']} input[type='range']")
     start = int(thumb.input_value())
+    assert start > 0
     thumb.focus()
     thumb.press("Home")
-    settle(page)
     expect(thumb).to_have_value("0")
-    assert start > 0 and page.locator('[data-testid="stImage"] img').first.get_attribute("src") != first_src
+    expect(page.get_by_text("axial slice 0", exact=True)).to_be_visible()
+    expect(image).not_to_have_attribute("src", first_src)
+    settle(page)
+    slice0_src = image.get_attribute("src")
     page.locator(f".st-key-ct-window-{med['ct_study']}").get_by_text("mediastinum", exact=False).click()
+    expect(image).not_to_have_attribute("src", slice0_src)  # the same slice, in the other window
     settle(page)
     shoot(page, screenshots, "medical-ct")
     # a "zip" that is no zip archive: a clear message, nothing stored, no traceback
     fake = tmp_path / "study.zip"
     fake.write_bytes(b"DICM but not really a zip archive")
     page.locator(".st-key-ct-upload input[type='file']").set_input_files(str(fake))
+    page.locator(".st-key-ct-analyse button").click()  # waits until the upload's rerun shows the button
+    expect(page.get_by_text(re.compile(r"Cannot analyse this upload: study\.zip:? (is )?not a zip archive"))
+           ).to_be_visible()
     settle(page)
-    page.locator(".st-key-ct-analyse button").click()
-    settle(page)
-    expect(page.get_by_text("Cannot analyse this upload: study.zip is not a zip archive")).to_be_visible()
     shoot(page, screenshots, "medical-ct-bad-upload")
 
     # the patient view joins the notes and the CT findings of the CT patient
     tab(page, "Patient view")
     choose(page, "patient", med["ct_patient"])
     expect(metric_value(page, "CT findings")).to_have_text("1")
+    settle(page)
     page.locator("[data-testid='stDataFrame']:visible").last.scroll_into_view_if_needed()
     expect(cell(page, med["series_uid"])).to_be_attached()  # the grid renders the columns in view only
     expect(page.get_by_text("Problems")).to_be_visible()
@@ -229,11 +288,11 @@ def test_medical_patient_record_ct_viewer_and_note_upload(page: Page, seeded_das
                     "Vitals: BP 150/90, HR 88.\n")
     tab(page, "Upload a note")
     page.locator(".st-key-upload input[type='file']").set_input_files(str(note))
-    settle(page)
     expect(page.get_by_text(re.compile(r"\d+ entities \(read as"))).to_be_visible()
-    page.locator(".st-key-store-upload button").click()
     settle(page)
+    page.locator(".st-key-store-upload button").click()
     expect(page.get_by_text(re.compile(r"Stored upload-note with \d+ entities"))).to_be_visible()
+    settle(page)
     shoot(page, screenshots, "medical-upload")
     stored = load_note("upload-note", db=connect(db_url(seeded["home"])))
     assert stored is not None and any(e["normalized"] == "metformin" for e in stored["entities"]
@@ -242,8 +301,8 @@ def test_medical_patient_record_ct_viewer_and_note_upload(page: Page, seeded_das
     bad = tmp_path / "binary.txt"
     bad.write_bytes(bytes(range(256)) * 64)
     page.locator(".st-key-upload input[type='file']").set_input_files(str(bad))
-    settle(page)
     expect(page.get_by_text("Cannot read this upload", exact=False)).to_be_visible()
+    settle(page)
     shoot(page, screenshots, "medical-bad-upload")
 
 
@@ -267,15 +326,16 @@ def test_manufacturing_gallery_chart_threshold_and_upload(page: Page, seeded_das
     thumb = page.locator(".st-key-threshold input[type='range']")
     thumb.focus()
     thumb.press("End")
-    settle(page)
     expect(page.get_by_text("At 1.000:", exact=False)).to_be_visible()
+    settle(page)
     page.locator(".st-key-operator input").fill("night-shift")
     page.locator(".st-key-operator input").press("Enter")
+    expect(page.locator(".st-key-operator input")).to_have_value("night-shift")
     settle(page)
     tab(page, "Threshold tuning")
     page.locator(".st-key-apply_threshold button").click()
-    settle(page)
     expect(page.get_by_text("Threshold 1.000 applied for inspector:v1")).to_be_visible()
+    settle(page)
     shoot(page, screenshots, "manufacturing-threshold")
     with connect(db_url(seeded["home"])).session() as s:
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "manufacturing.threshold")).all()
@@ -283,14 +343,14 @@ def test_manufacturing_gallery_chart_threshold_and_upload(page: Page, seeded_das
 
     tab(page, "Inspect an image")
     page.locator(".st-key-upload input[type='file']").set_input_files(man["upload_image"])
-    settle(page)
     expect(page.get_by_text("anomaly overlay", exact=False)).to_be_visible()
     expect(page.get_by_text("At your applied threshold 1.000 it would be", exact=False)).to_be_visible()
+    settle(page)
     shoot(page, screenshots, "manufacturing-upload")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"this is not an image")
     page.locator(".st-key-upload input[type='file']").set_input_files(str(broken))
-    settle(page)
     expect(page.get_by_text("Cannot inspect 'broken.png'", exact=False)).to_be_visible()
+    settle(page)
     shoot(page, screenshots, "manufacturing-bad-upload")
 
