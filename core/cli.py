@@ -44,7 +44,8 @@ def fail(exc: Exception) -> None:
     """Print a Trillium error as one clear line and exit 2 (no traceback for expected errors)."""
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/] {escape(str(exc))}")  # escaped: "trillium[ray]" is no style tag
+    # escaped: "trillium[ray]" is no style tag; soft_wrap: one line whatever the terminal's width
+    console.print(f"[bold red]error:[/] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -22,27 +22,25 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from trillium.core.contract import PredictorFactory, check_shippable
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
 from trillium.core.jobs import (
     DEFAULT_MAX_FAILED_CHUNKS,
     JobResult,
-    Processor,
     ProcessResult,
     check_engine,
     output_sink,
+    read_output,
     run_batch,
 )
-from trillium.core.registry import ModelRef
 from trillium.finance.adapters import PROFILES, detect_format, read_transactions, transaction_source
 from trillium.finance.features import FeatureTable
-from trillium.finance.fraud_model import FraudModel
 from trillium.finance.pipeline import ALERT, REASONS, FraudScorer, store_alerts
 
 log = logging.getLogger(__name__)
@@ -90,43 +88,6 @@ def score_chunk(scorer: FraudScorer, data: ScoringData, reasons: str, chunk: pd.
     return ProcessResult(scored, rejected)
 
 
-@dataclass
-class ScoringFactory:
-    """The job's processor factory (``trillium.core.jobs.ProcessorFactory``).
-
-    Locally it scores with the caller's ``scorer``. On Ray, ``scorer`` is None and each worker
-    loads ``model`` (an exact version, sha256 checked) and decides with the driver's
-    ``threshold``, so every part is scored as the local engine would score it.
-    """
-
-    data: ScoringData
-    reasons: str
-    model: ModelRef | None
-    threshold: float
-    n_reasons: int
-    model_label: str
-    model_version_id: int | None
-    scorer: FraudScorer | None = None  # the local engine's; never shipped to workers
-
-    @classmethod
-    def of(cls, scorer: FraudScorer, data: ScoringData, reasons: str, *, ship: bool) -> ScoringFactory:
-        """For the local engine (``ship=False``: use ``scorer``) or for Ray workers (load it there)."""
-        return cls(data, reasons, scorer.registry_ref, scorer.threshold, scorer.n_reasons, scorer.model_label,
-                   scorer.model_version_id, None if ship else scorer)
-
-    def __call__(self) -> Processor:
-        return partial(score_chunk, self.scorer or self._load(), self.data, self.reasons)
-
-    def _load(self) -> FraudScorer:
-        if self.model is None:
-            raise JobError("a worker cannot load an unregistered model: use FraudScorer.from_registry")
-        model, _ = FraudModel.load(self.model.registry(), self.model.name, self.model.version)
-        scorer = FraudScorer(model, threshold=self.threshold, n_reasons=self.n_reasons, model_label=self.model_label,
-                             model_version_id=self.model_version_id)
-        scorer.registry_ref = self.model
-        return scorer
-
-
 def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: str | os.PathLike[str], *,
                fmt: str = "auto", history: str | os.PathLike[str] | None = None, chunk_rows: int = 100_000,
                db: Database | None = None, store: bool = True, progress: bool = True, reasons: str = "alerts",
@@ -141,9 +102,7 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
         raise InputValidationError(f"--reasons {reasons!r}: expected one of {', '.join(REASONS)}")
     check_engine(engine)
     sink = output_sink(output, engine)
-    if engine == "ray" and scorer.registry_ref is None:
-        raise InputValidationError("the ray engine's workers load the model from the registry: score with a "
-                                   "registered model (FraudScorer.from_registry)")
+    check_shippable(scorer, engine)  # an unregistered model on Ray is refused before the file is read
     db = db or connect()
     src = Path(input_path)
     if not src.exists():
@@ -162,7 +121,7 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     position = pd.Series(np.arange(len(valid)), index=valid.index)  # input row number -> feature row
     reasons_by_row = quarantined["reason"] if len(quarantined) else pd.Series(dtype=object)
     data = ScoringData(valid, table, position, reasons_by_row)
-    factory = ScoringFactory.of(scorer, data, reasons, ship=engine != "local")
+    factory = PredictorFactory.of(scorer, score_chunk, data, reasons, engine=engine)
 
     source = transaction_source(src, chunk_rows=chunk_rows)
     result = run_batch(name or f"finance-score:{src.name}", source, factory, sink, engine=engine,
@@ -179,17 +138,10 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
 
 
 def read_scores(output: str | os.PathLike[str], decision: str | None = None) -> pd.DataFrame:
-    """A scoring job's output (Parquet parts or CSV); only the rows with ``decision`` if given
-    (Parquet filters them while reading)."""
-    path = Path(output)
-    if path.suffix.lower() == ".csv":
-        frame = pd.read_csv(path, dtype={"transaction_id": str, "customer_id": str, "terminal_id": str},
-                            parse_dates=["timestamp"])
-        return frame if decision is None else frame[frame["decision"] == decision].reset_index(drop=True)
-    parts = sorted(path.glob("part-*.parquet"))
-    filters = [("decision", "==", decision)] if decision is not None else None
-    frames = [pd.read_parquet(p, filters=filters) for p in parts]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    """A scoring job's output (Parquet parts or CSV); only the rows with ``decision`` if given."""
+    return read_output(output, equals={"decision": decision} if decision is not None else None,
+                       dtype={"transaction_id": str, "customer_id": str, "terminal_id": str},
+                       parse_dates=["timestamp"])
 
 
-__all__ = ["ScoreJobResult", "ScoringData", "ScoringFactory", "read_scores", "score_chunk", "score_file"]
+__all__ = ["ScoreJobResult", "ScoringData", "read_scores", "score_chunk", "score_file"]

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
+from trillium.core.contract import Predictor
 from trillium.core.db import Database, Feedback, Prediction, connect
 from trillium.core.errors import InputValidationError
 from trillium.core.registry import ModelRef, ModelRegistry
@@ -60,9 +61,18 @@ class ScoreResult:
         return {"transaction_id": self.transaction_id, "probability": self.probability, "decision": self.decision,
                 "threshold": self.threshold, "reasons": [r.as_dict() for r in self.reasons], "model": self.model}
 
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One row, as a batch job's output has it (reasons as JSON text)."""
+        row = self.as_dict()
+        row["reasons"] = json.dumps(row["reasons"]) if self.reasons else ""
+        return [row]
 
-class FraudScorer:
-    """Score transactions with a trained ``FraudModel``.
+
+class FraudScorer(Predictor):
+    """Score transactions with a trained ``FraudModel`` (the finance vertical's ``Predictor``).
+
+    The decision step (``threshold``, or a daily budget read off the model's scores, and how many
+    reasons) is set here, apart from the model, and travels with a batch job to its workers.
 
     Args:
         model: the trained model (``FraudScorer.from_registry`` loads the production one).
@@ -90,6 +100,9 @@ class FraudScorer:
         self._alerts_by_day: dict[Any, int] = {}
         self._horizon_days = model.spec.horizon_seconds / 86_400
         self.registry_ref: ModelRef | None = None  # where the model came from (Ray workers load it there)
+
+    #: what a batch job's workers re-apply after loading the same version (``trillium.core.contract``)
+    decision_fields = ("threshold", "n_reasons", "model_label", "model_version_id")
 
     @classmethod
     def from_registry(cls, name: str = "fraud", ref: int | str = "production", *,

@@ -18,24 +18,22 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
+from trillium.core.contract import PredictorFactory, check_shippable
 from trillium.core.db import Database, connect
-from trillium.core.errors import InputValidationError, JobError
 from trillium.core.jobs import (
     DEFAULT_MAX_FAILED_CHUNKS,
     FolderSource,
     JobResult,
-    Processor,
     ProcessResult,
     check_engine,
     output_sink,
+    read_output,
     run_batch,
 )
-from trillium.core.registry import ModelRef
 from trillium.manufacturing.images import discover_images
 from trillium.manufacturing.linestats import store_inspections
 from trillium.manufacturing.pipeline import Inspector
@@ -65,7 +63,8 @@ class InspectJobResult:
 def inspect_chunk(inspector: Inspector, root: Path, overlays: Path, chunk: pd.DataFrame, _index: int) -> ProcessResult:
     """One chunk of files: a row per inspected image, unreadable files quarantined with the reason."""
     results, bad = inspector.inspect_files(list(chunk["path"]), overlay_dir=overlays)
-    frame = pd.DataFrame([r.as_dict() for r in results], columns=[c for c in OUTPUT_COLUMNS if c != "path"])
+    frame = pd.DataFrame([row for r in results for row in r.to_rows()],
+                         columns=[c for c in OUTPUT_COLUMNS if c != "path"])
     frame.insert(1, "path", frame["image_id"])
     frame["image_id"] = [str(Path(p).relative_to(root)) for p in frame["path"]]
     frame.index = chunk.index[chunk["path"].isin(frame["path"]).to_numpy()]
@@ -73,29 +72,6 @@ def inspect_chunk(inspector: Inspector, root: Path, overlays: Path, chunk: pd.Da
     rejected = chunk[chunk["path"].isin(reasons)].copy()
     rejected["reason"] = rejected["path"].map(reasons)
     return ProcessResult(frame[OUTPUT_COLUMNS], rejected)
-
-
-@dataclass
-class InspectFactory:
-    """The job's processor factory: the caller's inspector locally; on Ray, each worker loads
-    ``model`` (an exact version, sha256 checked) and decides at the caller's ``threshold``."""
-
-    model: ModelRef | None
-    threshold: float
-    root: str
-    overlays: str
-    inspector: Inspector | None = None  # the local engine's; never shipped to workers
-
-    def __call__(self) -> Processor:
-        return partial(inspect_chunk, self.inspector or self._load(), Path(self.root), Path(self.overlays))
-
-    def _load(self) -> Inspector:
-        if self.model is None:
-            raise JobError("a worker cannot load an unregistered inspector: use Inspector.from_registry")
-        inspector = Inspector.from_registry(self.model.name, self.model.version, registry=self.model.registry())
-        if inspector.threshold != self.threshold:
-            inspector.detector.set_threshold(self.threshold)
-        return inspector
 
 
 def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: str | os.PathLike[str], *,
@@ -113,16 +89,13 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
     check_engine(engine)
     out = Path(output)
     sink = output_sink(out, engine)
-    if engine == "ray" and inspector.registry_ref is None:
-        raise InputValidationError("the ray engine's workers load the inspector from the registry: use a "
-                                   "registered one (Inspector.from_registry)")
+    check_shippable(inspector, engine)
     db = db or connect()
     source = ImageFolderSource(root, chunk_rows)
     overlays = Path(overlay_dir) if overlay_dir is not None else out.with_name(out.stem + "_overlays")
     if engine == "ray":
         overlays = overlays.resolve()  # workers do not share this process's working directory
-    factory = InspectFactory(inspector.registry_ref, inspector.threshold, str(source.root), str(overlays),
-                             inspector if engine == "local" else None)
+    factory = PredictorFactory.of(inspector, inspect_chunk, source.root, overlays, engine=engine)
 
     name = f"manufacturing-inspect-{line}"
     job = run_batch(name, source, factory, sink, engine=engine, address=address, workers=workers, db=db,
@@ -140,9 +113,4 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
 
 def read_inspections(output: str | os.PathLike[str]) -> pd.DataFrame:
     """The rows a folder-inspection job wrote (Parquet parts or CSV)."""
-    path = Path(output)
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=OUTPUT_COLUMNS)
-    if not path.exists():
-        return pd.DataFrame(columns=OUTPUT_COLUMNS)
-    return pd.read_parquet(path)
+    return read_output(output, empty_columns=OUTPUT_COLUMNS)

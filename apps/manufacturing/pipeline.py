@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from trillium.core.contract import Predictor, expect_model
 from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry
 from trillium.manufacturing.anomaly_map import InspectionNet
 from trillium.manufacturing.classify import DefectTypeClassifier, defect_descriptors
@@ -55,6 +56,10 @@ class Inspection:
         d.pop("anomaly_map")
         return d
 
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One row per image, as a batch job writes it (the anomaly map stays out)."""
+        return [self.as_dict()]
+
 
 def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, *, alpha: float = 0.45) -> bytes:
     """PNG bytes: the image (H, W, C) in [0, 1] with the anomaly map (any size) as a heat overlay.
@@ -75,8 +80,11 @@ def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, *, alpha: float = 0.
     return buf.tobytes()
 
 
-class Inspector:
-    """Verdict, score, defect type and anomaly overlay per image.
+class Inspector(Predictor):
+    """Verdict, score, defect type and anomaly overlay per image (the manufacturing ``Predictor``).
+
+    The decision step is the detector's ``threshold`` (set on validation data when fitting, or
+    moved by a quality engineer); it travels with a batch job to its workers.
 
     Args:
         detector: a fitted ``DefectDetector``.
@@ -98,6 +106,11 @@ class Inspector:
     @property
     def threshold(self) -> float:
         return float(self.detector.threshold_)
+
+    def apply_decision_settings(self, settings: dict[str, Any]) -> None:
+        """Decide at another process's threshold (the detector holds it)."""
+        if "threshold" in settings and float(settings["threshold"]) != self.threshold:
+            self.detector.set_threshold(float(settings["threshold"]))
 
     # ------------------------------------------------------------------ preparing input
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -190,8 +203,7 @@ class Inspector:
         """Load a registered inspector (sha256 checked); with ``runtime`` use its autotuned backends."""
         registry = registry or ModelRegistry()
         net, record = registry.load_torch(name, ref)
-        if not isinstance(net, (InspectionNet, PatchCoreNet)):
-            raise TypeError(f"{name} v{record.version} is a {type(net).__name__}, not an inspector")
+        expect_model(net, (InspectionNet, PatchCoreNet), record, "an inspector")
         det = DefectDetector(**record.extra["detector_params"])
         det.net_ = net
         det.net_kwargs_ = dict(record.init_kwargs)

@@ -27,8 +27,10 @@ def patient_cmd(
 
     payload = patient_view(patient_id) if patient_id else {"patients": list_patients()}
     if patient_id and not payload["notes"] and not payload["ct_studies"]:
-        typer.echo(f"no notes or CT studies stored for patient {patient_id!r}", err=True)
-        raise typer.Exit(code=1)
+        from trillium.core.cli import fail
+        from trillium.core.errors import InputValidationError
+
+        fail(InputValidationError(f"no notes or CT studies stored for patient {patient_id!r}"))
     text = json.dumps(payload, indent=2, default=str)
     if json_out == "-":
         typer.echo(text)

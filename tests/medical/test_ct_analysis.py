@@ -19,10 +19,11 @@ import pytest
 from sqlalchemy import func, select
 
 from trillium.core.db import connect
+from trillium.core.metrics import fp_budget_threshold, froc_table
 from trillium.core.registry import ModelRegistry
 from trillium.medical.imaging.analyzer import StudyAnalyzer, detect_candidates
 from trillium.medical.imaging.batch import analyze_folder, read_summary
-from trillium.medical.imaging.trainer import _match, choose_threshold, froc_table, phantom_volume, train_nodule_model
+from trillium.medical.imaging.trainer import _match, phantom_volume, train_nodule_model
 from trillium.medical.tables import ImagingFinding, ImagingStudy
 
 SMALL = (72, 160, 160)
@@ -136,14 +137,14 @@ def test_analyze_cli_bad_input_is_one_clear_line(ct_home: Path, tmp_path: Path) 
     folder.mkdir()
     (folder / "scan.dcm").write_text("this is a report, not an image")
     res = _cli("medical", "analyze", str(folder), home=ct_home)
-    assert res.returncode == 1
+    assert res.returncode == 2 and res.stderr.strip().startswith("error:") and len(res.stderr.strip().splitlines()) == 1
     assert "scan.dcm" in res.stderr and "not a DICOM file" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_analyze_without_a_model_says_how_to_train(tmp_path: Path) -> None:
     study, _ = _phantom(tmp_path, "s", seed=3, nodules=1)
     res = _cli("medical", "analyze", str(study), home=tmp_path / "empty-home")
-    assert res.returncode == 1 and "trillium medical train" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "trillium medical train" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_analyze_batch_quarantines_a_broken_study_and_resumes_without_duplicates(ct_home: Path,
@@ -175,7 +176,7 @@ def test_froc_table_and_threshold_rules() -> None:
     prob = np.array([0.9, 0.8, 0.3, 0.2, 0.95])
     y = np.array([0, 0, 0, 0, 1])
     groups = np.array([1, 1, 2, 2, 1])
-    t = choose_threshold(prob, y, groups, max_fp_per_scan=0.5)  # 1 FP allowed over 2 scans
+    t = fp_budget_threshold(prob, y, groups, max_fp_per_group=0.5)  # 1 FP allowed over 2 scans
     assert ((prob >= t) & (y == 0)).sum() == 1 and (prob[y == 1] >= t).all()
 
 
@@ -217,4 +218,4 @@ def test_nodule_eval_cli_on_a_file_of_the_medmnist_layout(tmp_path: Path) -> Non
     bad = tmp_path / "bad.npz"
     np.savez(bad, train_images=np.zeros((2, 28, 28, 28), np.uint8))
     res = _cli("medical", "nodule-eval", "--npz", str(bad), home=tmp_path / "home")
-    assert res.returncode == 1 and "bad.npz" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "bad.npz" in res.stderr and "Traceback" not in res.stderr

@@ -49,7 +49,8 @@ def test_extract_stores_and_quarantines(corpus, tmp_path: Path) -> None:
     assert sum(p["notes"] for p in patients) == len(notes)
     view = json.loads(invoke("medical", "patient", patients[0]["patient_id"]).output)
     assert view["notes"] and view["patient_id"] == patients[0]["patient_id"]
-    assert invoke("medical", "patient", "no-such-patient").exit_code == 1
+    missing = invoke("medical", "patient", "no-such-patient")
+    assert missing.exit_code == 2 and "no notes or CT studies stored for patient 'no-such-patient'" in missing.output
 
 
 def test_index_and_similar(corpus, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from trillium.core.contract import Predictor
 from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry
 from trillium.medical.imaging.candidates import Candidate, find_candidates
 from trillium.medical.imaging.classifier import (
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Findings smaller than this are not reported (Lung-RADS starts counting at about 4 mm).
 MIN_DIAMETER_MM = 3.0
+#: Lung-RADS-style categories from least to most suspicious ("" = no finding).
+CATEGORY_ORDER = ["", "2", "3", "4A", "4B", "4X"]
 
 
 @dataclass
@@ -67,12 +70,23 @@ class StudyResult:
             "threshold": self.threshold, "shape": list(self.shape), "spacing_mm": list(self.spacing),
             "lung_volume_ml": round(self.lung_volume_ml, 1), "n_candidates": self.n_candidates,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()}, "warnings": self.warnings,
-            "findings": self.findings,
+            "findings": self.findings, "model_version_id": self.model_version_id, "heatmap_dir": self.heatmap_dir,
         }
 
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One summary row per study, as a batch job writes it (the findings go to its JSON)."""
+        cats = [f["category"] for f in self.findings]
+        return [{
+            "series_uid": self.series_uid, "study_uid": self.study_uid, "patient_id": self.patient_id or "",
+            "n_findings": len(self.findings), "max_category": max(cats, key=CATEGORY_ORDER.index, default=""),
+            "max_malignancy": max((f["malignancy"] for f in self.findings), default=0.0),
+            "n_candidates": self.n_candidates, "seconds": round(self.timings.get("total", 0.0), 3),
+        }]
 
-class StudyAnalyzer:
-    """Runs the pipeline with one trained ``NoduleClassifier`` and its operating threshold."""
+
+class StudyAnalyzer(Predictor):
+    """Runs the pipeline with one trained ``NoduleClassifier`` and its operating threshold (the
+    chest-CT ``Predictor``: the threshold is its decision step and travels with a batch job)."""
 
     def __init__(self, classifier: NoduleClassifier, *, threshold: float = 0.5, record: ModelRecord | None = None,
                  min_diameter_mm: float = MIN_DIAMETER_MM, recentre: bool = True) -> None:
@@ -87,7 +101,7 @@ class StudyAnalyzer:
     def from_registry(cls, name: str = DEFAULT_MODEL_NAME, ref: int | str = "production", *,
                       registry: ModelRegistry | None = None) -> StudyAnalyzer:
         registry = registry or ModelRegistry()
-        clf, record = NoduleClassifier.from_registry(name, ref, registry=registry)
+        clf, record = NoduleClassifier.load(registry, name, ref)
         analyzer = cls(clf, threshold=float(record.extra.get("threshold", 0.5)), record=record)
         analyzer.registry_ref = ModelRef.of(registry, record)
         return analyzer
@@ -214,14 +228,22 @@ def detect_candidates(volume: CTVolume, timings: dict[str, float] | None = None
 
 def store_result(result: StudyResult, *, db: Any = None) -> int:
     """Put the study and its findings into the database (re-analysis replaces them)."""
+    return store_study_json(result.as_json(), db=db)
+
+
+def store_study_json(payload: dict[str, Any], *, db: Any = None) -> int:
+    """Store a study from its findings JSON (:meth:`StudyResult.as_json`, as ``write_json`` and a batch
+    job write it): a job stores its studies from its output after it ends, like every vertical."""
     from trillium.medical.store import store_ct_study
 
     return store_ct_study(
-        result.series_uid, result.findings, patient_id=result.patient_id, study_uid=result.study_uid,
-        study_date=result.study_date, source=result.source, model_version_id=result.model_version_id,
-        details={"n_candidates": result.n_candidates, "timings_s": result.as_json()["timings_s"],
-                 "model": result.model, "shape": list(result.shape), "spacing_mm": list(result.spacing),
-                 "lung_volume_ml": round(result.lung_volume_ml, 1), "heatmap_dir": result.heatmap_dir},
+        payload["series_uid"], payload["findings"], patient_id=payload.get("patient_id"),
+        study_uid=payload.get("study_uid", ""), study_date=payload.get("study_date"), source=payload.get("source", ""),
+        model_version_id=payload.get("model_version_id"),
+        details={"n_candidates": payload.get("n_candidates", 0), "timings_s": payload.get("timings_s", {}),
+                 "model": payload.get("model", ""), "shape": payload.get("shape", []),
+                 "spacing_mm": payload.get("spacing_mm", []), "lung_volume_ml": payload.get("lung_volume_ml", 0.0),
+                 "heatmap_dir": payload.get("heatmap_dir")},
         db=db,
     )
 

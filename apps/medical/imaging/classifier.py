@@ -6,7 +6,8 @@ nodules from vessels and other false candidates, the other estimates malignancy 
 on true nodules only (a vessel has no malignancy to learn). Every probability comes with a
 Monte Carlo dropout standard deviation. Dropout sits only before each network's last linear
 layer, so the stochastic passes reuse one feature computation: sixteen samples cost about as
-much as one forward pass, with the same distribution as full MC dropout.
+much as one forward pass, with the same distribution as full MC dropout
+(``trillium.core.uncertainty.mc_dropout_head``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from scipy import ndimage
-from sklearn.metrics import roc_auc_score
 
+from trillium.core.contract import expect_model
+from trillium.core.metrics import auroc
 from trillium.core.registry import ModelRecord, ModelRegistry
+from trillium.core.uncertainty import mc_dropout_head
 from trillium.medical.imaging.network import NoduleNet3D
 from trillium.medical.imaging.training import train_nodule_net
 
@@ -100,8 +103,7 @@ def _mc_draws(net: NoduleNet3D, x: np.ndarray, samples: int, generator: torch.Ge
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
             pooled = net.features(torch.from_numpy(x[i:i + batch_size])).mean(dim=(2, 3, 4))
-            keep = (torch.rand((samples, *pooled.shape), generator=generator) >= p).float() / (1 - p)
-            outs.append(torch.sigmoid(net.head(pooled[None] * keep))[..., 0])
+            outs.append(mc_dropout_head(pooled, net.head, p, samples, generator)[..., 0])
     return torch.cat(outs, dim=1).numpy() if outs else np.zeros((samples, 0), np.float32)
 
 
@@ -170,7 +172,7 @@ class NoduleClassifier:
                                                                  log_fn)
         self.detector_booster_ = _booster(self.seed).fit(np.c_[features, oof_det], is_nodule.astype(int))
         self.malignancy_booster_ = _booster(self.seed).fit(np.c_[features[pos], oof_mal], malignant[pos].astype(int))
-        cnn_auc = roc_auc_score(is_nodule, oof_det) if 0 < pos.sum() < len(pos) else None
+        cnn_auc = auroc(is_nodule, oof_det)
         self.history_ = {"detector": h_det, "malignancy": h_mal, "n_candidates": len(is_nodule),
                          "n_nodule_candidates": int(pos.sum()), "studies": len(studies),
                          "oof_cnn_auc": cnn_auc}
@@ -220,12 +222,12 @@ class NoduleClassifier:
         )
 
     @classmethod
-    def from_registry(cls, name: str = DEFAULT_MODEL_NAME, ref: int | str = "production", *,
-                      registry: ModelRegistry | None = None) -> tuple[NoduleClassifier, ModelRecord]:
-        registry = registry or ModelRegistry()
+    def load(cls, registry: ModelRegistry, name: str = DEFAULT_MODEL_NAME, ref: int | str = "production"
+             ) -> tuple[NoduleClassifier, ModelRecord]:
+        """A registered classifier and its record (as ``FraudModel.load``); ``StudyAnalyzer.from_registry``
+        builds the predictor from it."""
         net, record = registry.load_torch(name, ref)
-        if not isinstance(net, NoduleNet3D):
-            raise TypeError(f"{name} v{record.version} is a {type(net).__name__}, not a NoduleNet3D")
+        expect_model(net, NoduleNet3D, record, "a NoduleNet3D")
         clf = cls(**record.extra["params"])
 
         def load(fname: str) -> NoduleNet3D:

@@ -16,8 +16,10 @@ if TYPE_CHECKING:
 
 
 def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code=1)
+    """The one error line and exit code (2) of every ``trillium`` command."""
+    from trillium.core.cli import fail
+
+    fail(exc)
 
 
 def _analyzer(name: str, ref: str) -> StudyAnalyzer:

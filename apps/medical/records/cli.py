@@ -98,7 +98,9 @@ def extract_cmd(
         typer.echo(f"structured {len(structured)} notes ({sum(len(s.entities) for s in structured)} entities), "
                    f"quarantined {len(rejected)}; wrote {json_out}", err=True)
     if not structured:
-        raise typer.Exit(code=1)
+        from trillium.core.errors import InputValidationError
+
+        fail(InputValidationError(f"no note could be read from {', '.join(inputs)}: all {len(rejected)} quarantined"))
 
 
 @app.command("index")
