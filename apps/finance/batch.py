@@ -41,7 +41,8 @@ from trillium.core.jobs import (
 )
 from trillium.finance.adapters import PROFILES, detect_format, read_transactions, transaction_source
 from trillium.finance.features import FeatureTable
-from trillium.finance.pipeline import ALERT, REASONS, FraudScorer, store_alerts
+from trillium.finance.pipeline import ALERT, REASONS, FraudScorer
+from trillium.finance.store import SCORE_JOB_PREFIX, store_alerts
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     factory = PredictorFactory.of(scorer, score_chunk, data, reasons, engine=engine)
 
     source = transaction_source(src, chunk_rows=chunk_rows)
-    result = run_batch(name or f"finance-score:{src.name}", source, factory, sink, engine=engine,
+    result = run_batch(name or f"{SCORE_JOB_PREFIX}{src.name}", source, factory, sink, engine=engine,
                        address=address, workers=workers, db=db, chunk_rows=chunk_rows, progress=progress,
                        resume=resume, max_failed_chunks=max_failed_chunks)
     if result.status != "done":

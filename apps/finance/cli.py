@@ -206,7 +206,7 @@ def alerts_cmd(
 
     from trillium.core.cli import fail
     from trillium.core.errors import TrilliumError
-    from trillium.finance.pipeline import alert_queue
+    from trillium.finance.store import alert_queue
 
     try:
         queue = alert_queue(day=day, budget=budget)
@@ -232,7 +232,7 @@ def label_cmd(
     """Record an analyst's label; retraining learns from it."""
     from trillium.core.cli import fail
     from trillium.core.errors import TrilliumError
-    from trillium.finance.pipeline import record_feedback
+    from trillium.finance.store import record_feedback
 
     try:
         fid = record_feedback(transaction_id, label, analyst=analyst, comment=comment)

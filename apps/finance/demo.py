@@ -27,8 +27,9 @@ def finance_demo(console: Console) -> dict[str, Any]:
     from trillium.finance.batch import score_file
     from trillium.finance.evaluate import evaluate_handbook
     from trillium.finance.lifecycle import train_model
-    from trillium.finance.pipeline import FraudScorer, alert_queue, record_feedback
+    from trillium.finance.pipeline import FraudScorer
     from trillium.finance.simulate import simulate_transactions
+    from trillium.finance.store import alert_queue, record_feedback
 
     t0 = time.perf_counter()
     db = connect()

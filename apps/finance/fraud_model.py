@@ -33,17 +33,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from trillium.core.errors import RegistryError, TrilliumError
+from trillium.core.explain import integrated_gradients
 from trillium.core.registry import ModelRecord, ModelRegistry, data_fingerprint
+from trillium.core.uncertainty import PlattCalibrator, sigmoid
 from trillium.finance.features import FeatureSpec
 from trillium.finance.models import FraudMLP, FraudSequenceModel
-from trillium.finance.train import (
-    GradientBoostedModel,
-    PlattCalibrator,
-    TorchTrainSettings,
-    fit_torch,
-    sigmoid,
-    torch_logits,
-)
+from trillium.finance.train import GradientBoostedModel, TorchTrainSettings, fit_torch, torch_logits
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +206,6 @@ class FraudModel:
 
     def integrated_gradients(self, x: np.ndarray, seq: np.ndarray | None = None, steps: int = 32) -> np.ndarray:
         """captum Integrated Gradients of a torch member's logit w.r.t. the raw features."""
-        from captum.attr import IntegratedGradients
-
         name = next((n for n in ("mlp", "seq") if n in self.members_), None)
         if name is None:
             raise TrilliumError("integrated gradients need a torch member (mlp or seq)")
@@ -221,10 +214,10 @@ class FraudModel:
         # the baseline: the raw feature vector whose normalized value is the training mean
         base_z = module.norm.mean.detach()
         baseline = (torch.sign(base_z) * torch.expm1(torch.abs(base_z))).expand_as(xt)
-        ig = IntegratedGradients(lambda a, *rest: module(a, *rest).squeeze(-1))
         extra = () if name == "mlp" else (torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32)),)
-        attr = ig.attribute(xt, baselines=baseline, additional_forward_args=extra or None, n_steps=steps)
-        return attr.detach().numpy().astype(np.float64)
+        attr = integrated_gradients(lambda a, *rest: module(a, *rest).squeeze(-1), xt, kind="tabular",
+                                    baselines=baseline, additional_forward_args=extra or None, n_steps=steps)
+        return attr.values.astype(np.float64)
 
     # ----------------------------------------------------------------- serving
     def build_runtimes(self, autotune: bool = True, reports: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from trillium.core.registry import ModelRecord, ModelRegistry
 from trillium.finance.evaluate import card_precision_at_k, scores_report
 from trillium.finance.features import FeatureSpec, FeatureTable
 from trillium.finance.fraud_model import FraudModel, parse_kind
-from trillium.finance.pipeline import feedback_labels
 from trillium.finance.records import CANONICAL, CUSTOMER_ID, LABEL, TERMINAL_ID, TIMESTAMP, TRANSACTION_ID
+from trillium.finance.store import feedback_labels
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
-"""Training, kept apart from the modules: the tree model, the torch trainer, calibration.
+"""Training, kept apart from the modules: the tree model and the torch trainer.
 
 Every estimator follows the scikit-learn contract: parameters stored in ``__init__``,
 ``fit`` returns self, learned state ends in ``_``. Nothing here is pickled: the tree model
 serializes to LightGBM's text format (a non-executing format), torch weights go through the
-registry's safetensors, calibration is two floats in JSON.
+registry's safetensors. Calibration (``PlattCalibrator``, two floats in JSON) lives in
+``trillium.core.uncertainty``.
 """
 
 from __future__ import annotations
@@ -17,39 +18,6 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
-
-
-# ----------------------------------------------------------------------- calibration
-@dataclass
-class PlattCalibrator:
-    """p = sigmoid(a * logit + b), fitted by logistic regression on held-out logits.
-
-    Why Platt and not isotonic: with a few hundred frauds per week, isotonic steps overfit;
-    two parameters do not, and they keep the ranking (AUC, AP, CP@k) unchanged.
-    """
-
-    a: float = 1.0
-    b: float = 0.0
-
-    def fit(self, logits: np.ndarray, y: np.ndarray) -> PlattCalibrator:
-        from sklearn.linear_model import LogisticRegression
-
-        z = np.asarray(logits, np.float64).reshape(-1, 1)
-        if len(np.unique(y)) < 2:
-            raise ValueError("calibration needs both classes in the held-out labels")
-        lr = LogisticRegression(C=1e4, max_iter=1000).fit(z, np.asarray(y).astype(int))
-        self.a, self.b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
-        return self
-
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        return sigmoid(self.a * np.asarray(logits, np.float64) + self.b)
-
-    def as_dict(self) -> dict[str, float]:
-        return {"a": self.a, "b": self.b}
 
 
 # ----------------------------------------------------------------------- gradient-boosted trees

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score
 
+from trillium.core.metrics import auroc, auroc_per_group
 from trillium.manufacturing.classify import defect_descriptors
 from trillium.manufacturing.images import ImageSample, discover_mvtec, load_batch, mvtec_split, read_mask
 from trillium.manufacturing.pipeline import Inspector
@@ -40,10 +41,6 @@ def few_shot_split(samples: Sequence[ImageSample], shots: int, seed: int = 0
         for i, s in enumerate(group):
             (train if i in pick else rest).append(s)
     return train, rest
-
-
-def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
-    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
 
 
 def evaluate_inspector(inspector: Inspector, data: str | os.PathLike[str], *,
@@ -83,8 +80,8 @@ def evaluate_inspector(inspector: Inspector, data: str | os.PathLike[str], *,
         "n_defect": int(labels.sum()),
         "excluded_labelled_examples": len(skip),
         "unreadable": [{"path": str(p), "reason": r} for p, r in bad],
-        "image_auroc": _auroc(labels, result.scores),
-        "pixel_auroc": _auroc(masks.reshape(-1), pix.reshape(-1)),
+        "image_auroc": auroc(labels, result.scores),
+        "pixel_auroc": auroc(masks, pix),
         "resolution": [h, w],
         "threshold": inspector.threshold,
         "threshold_rule": getattr(det, "threshold_rule_", ""),
@@ -98,17 +95,14 @@ def evaluate_inspector(inspector: Inspector, data: str | os.PathLike[str], *,
         "false_alarm_rate": int((pred & ~labels).sum()) / max(1, int((~labels).sum())),
         "precision": tp / max(1, int(pred.sum())),
     }
-    per_type: dict[str, Any] = {}
-    good = types == "good"
-    for t in sorted(set(types) - {"good"}):
-        sel = good | (types == t)
-        per_type[t] = {
-            "n": int((types == t).sum()),
-            "image_auroc": _auroc(labels[sel], result.scores[sel]),
-            "pixel_auroc": _auroc(masks[sel].reshape(-1), pix[sel].reshape(-1)),
-            "recall_at_threshold": float(pred[types == t].mean()),
-        }
-    report["per_type"] = per_type
+    # each defect type against the good test images
+    image = auroc_per_group(labels, result.scores, types, reference="good")
+    pixel = auroc_per_group(masks, pix, types, reference="good")
+    report["per_type"] = {
+        t: {"n": image[t]["n"], "image_auroc": image[t]["auroc"], "pixel_auroc": pixel[t]["auroc"],
+            "recall_at_threshold": float(pred[types == t].mean())}
+        for t in image
+    }
 
     if inspector.classifier is not None:
         rows = [i for i, s in enumerate(test) if s.is_defect]

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients
 from torch import nn
 
+from trillium.core.explain import attribution_mode, integrated_gradients
 from trillium.manufacturing.pipeline import Inspector
 
 METHODS = ("integrated_gradients",)
@@ -43,9 +43,7 @@ def explain_score(inspector: Inspector, image: np.ndarray, method: str = "integr
     det = inspector.detector
     det._fitted()
     x = torch.from_numpy(inspector.prepare(image))[None]
-    model = _ScoreOnly(det.net_).eval()
     baseline = torch.full_like(x, float(x.mean()))
-    attr = IntegratedGradients(model).attribute(x, baselines=baseline, target=0, n_steps=steps)
-    heat = attr.abs().sum(dim=1)[0].detach()
-    top = float(heat.max())
-    return (heat / top).numpy() if top > 0 else heat.numpy()
+    with attribution_mode(_ScoreOnly(det.net_)) as model:
+        attr = integrated_gradients(model, x, kind="image", baselines=baseline, target=0, n_steps=steps)
+    return attr.heatmap(0)

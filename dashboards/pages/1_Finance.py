@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy import select
 
 from trillium.core import db as dbmod
 from trillium.core.config import database_url
@@ -40,8 +39,8 @@ except TrilliumError as exc:
     st.error(f"The database is not reachable: {exc}")
     st.stop()
 
-from trillium.finance.pipeline import alert_queue, record_feedback
 from trillium.finance.records import FRAUD, GENUINE
+from trillium.finance.store import alert_details, alert_queue, latest_scoring_job, model_history, record_feedback
 
 budget = st.sidebar.number_input("Alert budget per day", min_value=1, max_value=10_000, value=100, step=10)
 analyst = st.sidebar.text_input("Analyst", value="analyst")
@@ -65,9 +64,7 @@ with tab_queue:
                  hide_index=True, use_container_width=True)
     choice = st.selectbox("Transaction", shown["transaction_id"].tolist(), key="alert_choice")
     row = shown[shown["transaction_id"] == choice].iloc[0]
-    with db.session() as s:
-        pred = s.get(dbmod.Prediction, int(row["prediction_id"]))
-        details = dict(pred.details) if pred is not None else {}
+    details = alert_details(int(row["prediction_id"]), db=db)
     left, right = st.columns([3, 2])
     with left:
         st.subheader(f"Transaction {choice}")
@@ -92,9 +89,7 @@ with tab_queue:
                 except TrilliumError as exc:
                     st.error(str(exc))
     # the card's recent history, from the latest scoring job that holds the card
-    with db.session() as s:
-        job = s.scalars(select(dbmod.Job).where(dbmod.Job.name.like("finance-score:%"), dbmod.Job.status == "done")
-                        .order_by(dbmod.Job.updated_at.desc()).limit(1)).first()
+    job = latest_scoring_job(db)
     if job is not None and Path(job.output_uri).exists():
         scores = job_scores(job.output_uri, str(job.updated_at))
         card = scores[scores["customer_id"].astype(str) == str(row["customer_id"])]
@@ -114,21 +109,14 @@ with tab_kpi:
     st.bar_chart(per_day["alerts"])
     if per_day["labelled"].sum():
         st.line_chart(per_day["alert precision (labelled)"])
-    with db.session() as s:
-        versions = s.scalars(select(dbmod.ModelVersion).where(dbmod.ModelVersion.kind == "finance-fraud-model")
-                             .order_by(dbmod.ModelVersion.created_at)).all()
-        history = pd.DataFrame([{"version": v.version, "created": v.created_at,
-                                 **{k: v.metrics.get(k) for k in ("auc_roc", "average_precision",
-                                                                  "card_precision_at_100")}} for v in versions])
+    history = model_history(db)
     if not history.empty:
         st.caption("Held-out metrics of each registered fraud model version (AP, CP@100 over time)")
         st.line_chart(history.set_index("version")[["auc_roc", "average_precision", "card_precision_at_100"]])
         st.dataframe(history, hide_index=True, use_container_width=True)
 
 with tab_whatif:
-    with db.session() as s:
-        job = s.scalars(select(dbmod.Job).where(dbmod.Job.name.like("finance-score:%"), dbmod.Job.status == "done")
-                        .order_by(dbmod.Job.updated_at.desc()).limit(1)).first()
+    job = latest_scoring_job(db)
     if job is None or not Path(job.output_uri).exists():
         st.info("The what-if needs a finished scoring job's output (`trillium finance score`).")
     else:

@@ -26,8 +26,9 @@ def seed_finance(work: Path) -> dict:
     from trillium.core.registry import ModelRegistry
     from trillium.finance.batch import score_file
     from trillium.finance.lifecycle import train_model
-    from trillium.finance.pipeline import FraudScorer, alert_queue
+    from trillium.finance.pipeline import FraudScorer
     from trillium.finance.simulate import simulate_transactions
+    from trillium.finance.store import alert_queue
 
     sim = simulate_transactions(n_customers=300, n_terminals=600, n_days=50, seed=4)
     history = sim[sim["timestamp"] < "2018-05-13"]

@@ -18,7 +18,8 @@ from trillium.core.cli import app
 from trillium.core.registry import ModelRegistry
 from trillium.finance.adapters import read_transactions
 from trillium.finance.lifecycle import feature_spec_for, train_model
-from trillium.finance.pipeline import FraudScorer, alert_queue
+from trillium.finance.pipeline import FraudScorer
+from trillium.finance.store import alert_queue
 
 SIGNAL = ("V1", "V4")
 

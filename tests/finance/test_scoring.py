@@ -37,18 +37,9 @@ from trillium.finance.batch import read_scores, score_file
 from trillium.finance.features import FeatureSpec, batch_features, previous_indices, sequence_tensor
 from trillium.finance.fraud_model import FraudModel
 from trillium.finance.lifecycle import merge_feedback, retrain
-from trillium.finance.pipeline import (
-    ALERT,
-    OVER_BUDGET,
-    PASS,
-    FraudScorer,
-    ScoreResult,
-    alert_queue,
-    feedback_labels,
-    record_feedback,
-    store_alerts,
-)
+from trillium.finance.pipeline import ALERT, OVER_BUDGET, PASS, FraudScorer, ScoreResult
 from trillium.finance.simulate import simulate_transactions
+from trillium.finance.store import alert_queue, feedback_labels, record_feedback, store_alerts
 from trillium.finance.train import TorchTrainSettings
 
 WORKER = Path(__file__).with_name("_score_worker.py")

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from trillium.core.errors import InputValidationError
-from trillium.medical.imaging.network import NoduleNet3D, mc_dropout_predict
+from trillium.core.uncertainty import mc_dropout_predict
+from trillium.medical.imaging.network import NoduleNet3D
 from trillium.medical.imaging.nodule_eval import evaluate_nodule_npz, load_medmnist_npz, write_synthetic_npz
 from trillium.medical.imaging.training import augment_batch
 

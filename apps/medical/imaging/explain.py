@@ -24,9 +24,9 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from scipy import ndimage
 
+from trillium.core.explain import attribution_mode, grad_cam, integrated_gradients, unit_scale
 from trillium.medical.imaging.classifier import PATCH_VOXEL_MM, normalise_hu
 from trillium.medical.imaging.network import NoduleNet3D
 
@@ -40,13 +40,6 @@ Box = tuple[slice, slice, slice]
 
 
 # --------------------------------------------------------------------------- attribution
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Non-negative map scaled to [0, 1]; an all-zero (or non-finite) map stays zero rather than NaN."""
-    x = np.nan_to_num(np.maximum(x, 0.0), nan=0.0, posinf=0.0).astype(np.float32)
-    peak = float(x.max()) if x.size else 0.0
-    return x / peak if peak > 0 else np.zeros_like(x)
-
 
 def attribution_maps(net: NoduleNet3D, patch: np.ndarray, methods: Sequence[str] = METHODS,
                      ig_steps: int = 32) -> dict[str, np.ndarray]:
@@ -74,36 +67,22 @@ def attribution_maps(net: NoduleNet3D, patch: np.ndarray, methods: Sequence[str]
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[0] != 1:
         raise ValueError(f"patch must be [1, S, S, S] (or [S, S, S]), got shape {np.shape(patch)}")
-    size = tuple(int(s) for s in arr.shape[1:])
     params = list(net.parameters())
     device = params[0].device if params else torch.device("cpu")
     x = torch.from_numpy(np.ascontiguousarray(arr[None])).to(device)  # [1, 1, S, S, S]
 
-    flags = {m: m.training for m in net.modules()}
-    grad_flags = [p.requires_grad for p in params]
     out: dict[str, np.ndarray] = {}
-    try:
-        net.eval()
-        for p in params:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            for method in methods:
-                if method == "gradcam":
-                    xin = x.clone().requires_grad_(True)  # layer output needs a graph back to something
-                    cam = LayerGradCam(net, net.last_conv).attribute(xin, target=0)
-                    cam = LayerAttribution.interpolate(torch.relu(cam), size, interpolate_mode="trilinear")
-                    out[method] = _unit(cam.detach().cpu().numpy()[0, 0])
-                else:
-                    baseline = float(normalise_hu(np.array(-1000.0)))
-                    ig = IntegratedGradients(net).attribute(x, baselines=baseline, target=0, n_steps=ig_steps,
-                                                            internal_batch_size=min(ig_steps, 16))
-                    amap = np.abs(ig.detach().cpu().numpy()[0, 0]).astype(np.float32)
-                    out[method] = _unit(ndimage.gaussian_filter(amap, sigma=1.0))
-    finally:
-        for p, flag in zip(params, grad_flags, strict=True):
-            p.requires_grad_(flag)
-        for m, flag in flags.items():
-            m.training = flag
+    with attribution_mode(net):
+        for method in methods:
+            if method == "gradcam":
+                cam = grad_cam(net, net.last_conv, x, kind="volume", target=0)
+                out[method] = unit_scale(cam.values[0, 0])
+            else:
+                baseline = float(normalise_hu(np.array(-1000.0)))
+                ig = integrated_gradients(net, x, kind="volume", baselines=baseline, target=0, n_steps=ig_steps,
+                                          internal_batch_size=min(ig_steps, 16))
+                amap = np.abs(ig.values[0, 0]).astype(np.float32)
+                out[method] = unit_scale(ndimage.gaussian_filter(amap, sigma=1.0))
     return out
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from trillium.core.errors import InputValidationError
+from trillium.core.metrics import auroc
 from trillium.medical.imaging.network import NoduleNet3D, predict_proba
 from trillium.medical.imaging.training import train_nodule_net
 
@@ -107,10 +107,6 @@ def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean((p > 0.5).astype(np.int64) == y))
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
-
-
 def evaluate_nodule_npz(
     path: str | Path,
     *,
@@ -161,8 +157,8 @@ def evaluate_nodule_npz(
         pt = predict_proba(model, x["test"])[:, 0]
         val_probs.append(pv)
         test_probs.append(pt)
-        per_seed.append({"seed": seed, "best_epoch": hist["best_epoch"], "val_auc": _auc(y["val"], pv),
-                         "test_auc": _auc(y["test"], pt), "test_acc": _accuracy(y["test"], pt),
+        per_seed.append({"seed": seed, "best_epoch": hist["best_epoch"], "val_auc": auroc(y["val"], pv),
+                         "test_auc": auroc(y["test"], pt), "test_acc": _accuracy(y["test"], pt),
                          "seconds": time.perf_counter() - ts})
         if log is not None:
             r = per_seed[-1]
@@ -170,7 +166,7 @@ def evaluate_nodule_npz(
                 f"test_acc={r['test_acc']:.4f}")
 
     p_val, p_test = np.mean(val_probs, axis=0), np.mean(test_probs, axis=0)
-    auc, acc = _auc(y["test"], p_test), _accuracy(y["test"], p_test)
+    auc, acc = auroc(y["test"], p_test), _accuracy(y["test"], p_test)
     return {
         "dataset": "NoduleMNIST3D",
         "n_train": len(y["train"]),
@@ -178,7 +174,7 @@ def evaluate_nodule_npz(
         "n_test": len(y["test"]),
         "auc": auc,
         "acc": acc,
-        "val_auc": _auc(y["val"], p_val),
+        "val_auc": auroc(y["val"], p_val),
         "per_seed": per_seed,
         "ensemble": len(seeds) > 1,
         "epochs": epochs,

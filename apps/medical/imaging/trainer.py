@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from trillium.core.metrics import auroc, cpm, fp_budget_threshold, froc_table, nearest_hit
 from trillium.core.registry import ModelRecord, ModelRegistry
 from trillium.medical.imaging.analyzer import StudyAnalyzer, detect_candidates
 from trillium.medical.imaging.classifier import (
@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 TRAIN_SHAPE = (140, 256, 256)
 TRAIN_SPACING = (1.5, 1.4, 1.4)
-#: FROC operating points (false positives per scan), as in LUNA16's CPM.
-FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: A finding hits a nodule when its centre lies within the nodule's radius, and at least this close (mm).
+MIN_HIT_RADIUS_MM = 3.0
 
 
 def phantom_volume(n_nodules: int, seed: int, *, shape: tuple[int, int, int] = TRAIN_SHAPE,
@@ -54,12 +54,9 @@ def phantom_volume(n_nodules: int, seed: int, *, shape: tuple[int, int, int] = T
 
 def _match(center_kji: np.ndarray, nodules: list[PhantomNodule], spacing: tuple[float, float, float]) -> int | None:
     """Index of the truth nodule whose body holds this point (within its radius, at least 3 mm)."""
-    pos = np.asarray(center_kji) * np.array(spacing)
-    best, best_d = None, np.inf
-    for n, nod in enumerate(nodules):
-        d = float(np.linalg.norm(pos - np.array(nod.center_kji) * np.array(spacing)))
-        if d < max(nod.diameter_mm / 2, 3.0) and d < best_d:
-            best, best_d = n, d
+    sp = np.array(spacing)
+    best, _ = nearest_hit(np.asarray(center_kji) * sp, [np.array(nod.center_kji) * sp for nod in nodules],
+                          [max(nod.diameter_mm / 2, MIN_HIT_RADIUS_MM) for nod in nodules])
     return best
 
 
@@ -87,17 +84,6 @@ def candidate_set(seeds: list[int], *, nodules_per_study: int = 8, shape: tuple[
             "malignant": np.array(malignant, dtype=np.float32), "groups": np.array(groups)}
 
 
-def choose_threshold(prob: np.ndarray, is_nodule: np.ndarray, groups: np.ndarray, *,
-                     max_fp_per_scan: float = 0.5) -> float:
-    """Lowest threshold whose false positives per validation scan stay within the budget."""
-    scans = max(1, len(np.unique(groups)))
-    neg = np.sort(prob[is_nodule < 0.5])[::-1]
-    allowed = int(np.floor(max_fp_per_scan * scans))
-    if len(neg) <= allowed:
-        return 0.05
-    return float(min(0.95, max(0.05, neg[allowed] + 1e-6)))
-
-
 @dataclass
 class TrainReport:
     classifier: NoduleClassifier
@@ -123,17 +109,17 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
     val = candidate_set(seeds[-val_studies:], shape=shape, spacing=spacing, log_fn=log_fn)
     pred = clf.predict(val["patches"], val["features"])
     y_val = val["is_nodule"]
-    threshold = choose_threshold(pred.nodule_probability, y_val, val["groups"], max_fp_per_scan=max_fp_per_scan)
+    threshold = fp_budget_threshold(pred.nodule_probability, y_val, val["groups"], max_fp_per_group=max_fp_per_scan)
     pos = y_val > 0.5
     metrics: dict[str, Any] = {
         "train_studies": studies, "candidates": len(data["is_nodule"]),
-        "val_candidate_auc": float(roc_auc_score(y_val, pred.nodule_probability)) if 0 < pos.sum() < len(pos) else None,
+        "val_candidate_auc": auroc(y_val, pred.nodule_probability),
         "val_sensitivity_at_threshold": float((pred.nodule_probability[pos] >= threshold).mean()) if pos.any() else None,
         "threshold": threshold,
     }
-    mal = val["malignant"][pos]
-    if 0 < mal.sum() < len(mal):
-        metrics["val_malignancy_auc"] = float(roc_auc_score(mal, pred.malignancy[pos]))
+    mal_auc = auroc(val["malignant"][pos], pred.malignancy[pos])
+    if mal_auc is not None:
+        metrics["val_malignancy_auc"] = mal_auc
     record = None
     if register:
         record = clf.register(registry, name, threshold=threshold, metrics=metrics)
@@ -166,12 +152,10 @@ def evaluate_detection(analyzer: StudyAnalyzer, *, studies: int = 8, seed: int =
             n_truth += len(counted)
             hit: set[int] = set()
             fp = 0
+            centres = [n["center_mm"] for n in truth_n]
+            radii = [max(n["diameter_mm"] / 2, MIN_HIT_RADIUS_MM) for n in truth_n]
             for f in result.findings:
-                best, best_d = None, np.inf
-                for t_idx, n in enumerate(truth_n):
-                    d = float(np.linalg.norm(np.array(f["center_mm"]) - np.array(n["center_mm"])))
-                    if d < max(n["diameter_mm"] / 2, 3.0) and d < best_d:
-                        best, best_d = t_idx, d
+                best, best_d = nearest_hit(f["center_mm"], centres, radii)
                 if best is None:
                     scored.append((f["nodule_probability"], False))
                     fp += f["nodule_probability"] >= saved_threshold
@@ -204,34 +188,14 @@ def evaluate_detection(analyzer: StudyAnalyzer, *, studies: int = 8, seed: int =
         "threshold": saved_threshold,
         "sensitivity": tps / n_truth if n_truth else None,
         "fp_per_scan": (len(at_thr) - tps) / studies,
-        "froc": froc, "cpm": float(np.mean([row["sensitivity"] for row in froc])) if froc else None,
+        "froc": froc, "cpm": cpm(froc),
         "centre_error_mm": _stats(centre_err), "diameter_rel_error": _stats(diam_err),
         "diameter_within_20pct": float(np.mean(np.array(diam_err) <= 0.2)) if diam_err else None,
         "type_accuracy": float(np.mean(type_ok)) if type_ok else None,
-        "malignancy_auc": float(roc_auc_score(mal_true, mal_pred)) if 0 < sum(mal_true) < len(mal_true) else None,
+        "malignancy_auc": auroc(mal_true, mal_pred),
         "per_study": per_study,
     }
     return report
-
-
-def froc_table(scored: list[tuple[float, bool]], n_truth: int, scans: int) -> list[dict[str, float]]:
-    """Sensitivity at each FP-per-scan rate of ``FROC_FP_RATES`` (LUNA16's CPM points)."""
-    if not n_truth or not scans:
-        return []
-    ranked = sorted(scored, key=lambda x: -x[0])
-    rows = []
-    for rate in FROC_FP_RATES:
-        fp_budget = rate * scans
-        tp = fp = 0
-        threshold = 1.0
-        for p, is_tp in ranked:
-            if not is_tp and fp + 1 > fp_budget:
-                break
-            tp += is_tp
-            fp += not is_tp
-            threshold = p
-        rows.append({"fp_per_scan": rate, "sensitivity": round(tp / n_truth, 4), "threshold": round(threshold, 4)})
-    return rows
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
+
+from trillium.core.metrics import auroc
 
 
 def _labels_2d(y: np.ndarray, n_outputs: int, name: str) -> np.ndarray:
@@ -38,8 +39,7 @@ def _labels_2d(y: np.ndarray, n_outputs: int, name: str) -> np.ndarray:
 def mean_roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC averaged over the outputs that hold both classes; None when none does."""
     y_true, scores = np.asarray(y_true).reshape(len(y_true), -1), np.asarray(scores).reshape(len(scores), -1)
-    aucs = [roc_auc_score(y_true[:, j], scores[:, j]) for j in range(y_true.shape[1])
-            if len(np.unique(y_true[:, j])) == 2]
+    aucs = [a for j in range(y_true.shape[1]) if (a := auroc(y_true[:, j], scores[:, j])) is not None]
     return float(np.mean(aucs)) if aucs else None
 
 
