@@ -20,17 +20,19 @@ The verticals implement it (``FraudScorer``, ``Inspector``, ``StudyAnalyzer``,
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from trillium.core.errors import InputValidationError, JobError, RegistryError
-from trillium.core.jobs import Processor, ProcessResult
+from trillium.core.jobs import Processor, ProcessResult, Sink, check_engine, output_sink
 from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry
 
-__all__ = ["Predictor", "PredictorFactory", "Result", "check_shippable", "expect_model"]
+__all__ = ["Predictor", "PredictorFactory", "Result", "check_shippable", "expect_model", "job_output"]
 
 
 @runtime_checkable
@@ -93,6 +95,15 @@ def check_shippable(predictor: Predictor, engine: str) -> None:
         name = type(predictor).__name__
         raise InputValidationError(f"the {engine} engine's workers load the model from the registry: use a "
                                    f"registered one ({name}.from_registry)")
+
+
+def job_output(predictor: Predictor, output: str | os.PathLike[str], engine: str) -> tuple[Path, Sink]:
+    """The checks every vertical's batch job makes before it reads anything: the engine's extra is
+    installed, a cluster's workers could rebuild ``predictor``; then the output's sink."""
+    check_engine(engine)
+    sink = output_sink(output, engine)
+    check_shippable(predictor, engine)
+    return Path(output), sink
 
 
 @dataclass

@@ -19,9 +19,12 @@ string so one bad value cannot fail a chunk); ``normalize`` accepts both.
 
 from __future__ import annotations
 
+import csv
 import logging
+import lzma
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -159,6 +162,12 @@ class ColumnMapping:
     def validate_columns(self, columns: Iterable[Any], *, source: str = "<frame>") -> None:
         """Raise ``InputValidationError`` naming the missing columns, the file and the columns found."""
         found = list(columns)
+        counts = pd.Series(found, dtype=object).value_counts() if found else pd.Series(dtype=object)
+        repeated = [str(c) for c, k in counts.items() if k > 1]
+        if repeated:  # Parquet allows it (CSV headers are renamed a, a.1 by pandas): one name, one column
+            raise InputValidationError(
+                f"{source}: column name(s) {sorted(repeated)} appear more than once; each column must be unique"
+            )
         missing = [c for c in self.required_columns() if c not in set(found)]
         if missing:
             raise InputValidationError(
@@ -245,17 +254,54 @@ def detect_format(columns: Iterable[Any], *, source: str | None = None) -> str:
 # --------------------------------------------------------------------------- vectorized parsing
 
 
+def _show(value: Any) -> str:
+    """``str(value)``; a Timestamp outside Python's datetime range (year < 1 or > 9999, which a
+    Parquet timestamp in seconds can hold) cannot print itself, so its numpy value is shown."""
+    try:
+        return str(value)
+    except (NotImplementedError, ValueError, OverflowError):
+        asm8 = getattr(value, "asm8", None)
+        return str(asm8) if asm8 is not None else f"<{type(value).__name__}>"
+
+
+def _utc_naive(raw: pd.Series) -> pd.Series:
+    """A zoned datetime column in UTC without its zone (other columns as they are): pandas cannot
+    box or print a zoned time outside Python's datetime range (a Parquet timestamp in seconds can
+    hold year 33658), a naive one it can."""
+    if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        return raw.dt.tz_convert("UTC").dt.tz_localize(None)
+    return raw
+
+
 def _quote(raw: pd.Series) -> pd.Series:
     """repr-like text of raw values for reason messages (only ever called on bad rows)."""
-    text = raw.astype(object).map(str).str.slice(0, _DETAIL_CHARS)
-    return "'" + text + "'"
+    try:
+        text = raw.astype(object).map(_show)
+    except (NotImplementedError, ValueError, OverflowError):  # a zoned time past year 9999
+        text = _utc_naive(raw).astype(object).map(_show) + " UTC"
+    return "'" + text.str.slice(0, _DETAIL_CHARS) + "'"
+
+
+def _text(raw: pd.Series) -> pd.Series:
+    """``raw.astype("str")``, except that bytes objects (a Parquet binary column) are decoded as
+    UTF-8 with replacement characters (pandas raises ``UnicodeDecodeError`` on bytes that are not
+    UTF-8) and zoned times pandas cannot print are shown in UTC: one such value must quarantine
+    its row, not fail the file."""
+    if isinstance(raw.dtype, pd.CategoricalDtype):  # a Parquet dictionary column, possibly of bytes
+        raw = raw.astype(object)
+    if raw.dtype == object:
+        raw = raw.map(lambda v: v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v)
+    try:
+        return raw.astype("str")
+    except (NotImplementedError, ValueError, OverflowError):  # a zoned time past year 9999
+        return _utc_naive(raw).astype("str") + " UTC"
 
 
 def _blank(raw: pd.Series) -> np.ndarray:
     """Missing: NA, or a string that is empty or whitespace."""
     missing = raw.isna().to_numpy()
     if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
-        text = raw.astype("str")
+        text = _text(raw)
         missing = missing | (text.str.strip() == "").fillna(False).to_numpy(dtype=bool)
     return missing
 
@@ -301,7 +347,7 @@ def _ids(raw: pd.Series, mode: IdDtype) -> tuple[pd.Series, np.ndarray, np.ndarr
         if mode == "int64":
             return pd.Series(np.where(ok & ~missing, values, 0).astype("int64"), index=index), missing, ~ok
         return raw.astype("str"), missing, none
-    text = raw.astype("str").str.strip()
+    text = _text(raw).str.strip()
     missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
     if mode == "str":
         return text, missing, none
@@ -372,7 +418,7 @@ def _timestamps(raw: pd.Series, mapping: ColumnMapping) -> tuple[pd.Series, list
                 far[part] = part_far
         stamps = pd.Series(ns.view("datetime64[ns]"), index=index)
     else:
-        stamps, far = _parse_dates(raw.astype("str"), fmt)
+        stamps, far = _parse_dates(_text(raw), fmt)
     bad = ~missing & ~far & stamps.isna().to_numpy()
     expected = "an ISO 8601 date" if mapping.timestamp_format is None else f"a date as {mapping.timestamp_format}"
     return stamps, [
@@ -407,7 +453,7 @@ def _labels(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
     codes = text.map(_LABELS)
     unmatched = codes.isna().to_numpy() & ~empty
     if unmatched.any():  # rare spellings ("True ", "FRAUD"): normalise only those rows
-        fixed = text[unmatched].astype("str").str.strip().str.lower().map(_LABELS)
+        fixed = _text(text[unmatched]).str.strip().str.lower().map(_LABELS)
         codes = codes.astype("float64")
         codes[unmatched] = fixed.to_numpy(dtype="float64", na_value=np.nan)
     values = codes.to_numpy(dtype="float64", na_value=np.nan)
@@ -578,6 +624,45 @@ _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
+# What a damaged file raises from inside the readers (pandas' python engine, the .gz / .bz2 / .xz
+# decompressors, pyarrow): all of it means "this file cannot be read", never a crash.
+_CSV_READ_ERRORS: tuple[type[BaseException], ...] = (
+    pd.errors.ParserError, csv.Error, UnicodeDecodeError, ValueError, OSError, EOFError, zlib.error, lzma.LZMAError,
+)
+
+
+def _parquet_read_errors() -> tuple[type[BaseException], ...]:
+    import pyarrow as pa
+
+    return (pa.ArrowException, OSError, ValueError)
+
+
+class _CsvTransactions(CsvSource):
+    """``CsvSource`` whose damaged input (a corrupt .gz / .bz2 / .xz stream, an unterminated
+    quote the python engine gives up on) is a ``JobError`` naming the file, like a parse error."""
+
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+        try:
+            yield from super().chunks(chunk_rows)
+        except JobError:
+            raise
+        except _CSV_READ_ERRORS as exc:
+            raise JobError(f"cannot read {self.path} as CSV: {type(exc).__name__}: {exc}") from exc
+
+
+class _ParquetTransactions(ParquetSource):
+    """``ParquetSource`` whose damaged pages or metadata (found only while iterating) are a
+    ``JobError`` naming the file, like a footer that cannot be read."""
+
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+        try:
+            yield from super().chunks(chunk_rows)
+        except JobError:
+            raise
+        except _parquet_read_errors() as exc:
+            raise JobError(f"cannot read {self.path} as Parquet: {type(exc).__name__}: {exc}") from exc
+
+
 def _is_sql(target: Target) -> bool:
     return isinstance(target, (Engine, Database)) or (isinstance(target, str) and "://" in target)
 
@@ -671,8 +756,8 @@ def transaction_source(
     if not path.is_file():
         raise InputValidationError(f"transaction file not found: {path}")
     if kind == "parquet":
-        return ParquetSource(path, chunk_rows)
-    return CsvSource(path, chunk_rows)  # the core source decompresses .gz / .bz2 / .xz itself
+        return _ParquetTransactions(path, chunk_rows)
+    return _CsvTransactions(path, chunk_rows)  # the core source decompresses .gz / .bz2 / .xz itself
 
 
 def _empty_input(source: Source) -> pd.DataFrame:
@@ -680,12 +765,17 @@ def _empty_input(source: Source) -> pd.DataFrame:
     if isinstance(source, ParquetSource):
         import pyarrow.parquet as pq
 
-        return pq.read_schema(source.path).empty_table().to_pandas()
+        try:
+            return pq.read_schema(source.path).empty_table().to_pandas()
+        except _parquet_read_errors() as exc:
+            raise JobError(f"cannot read {source.path} as Parquet: {type(exc).__name__}: {exc}") from exc
     if isinstance(source, CsvSource):
         try:
             return pd.read_csv(source.path, nrows=0, dtype=str)
         except pd.errors.EmptyDataError:
             return pd.DataFrame()
+        except _CSV_READ_ERRORS as exc:  # e.g. a header line with an unterminated quote
+            raise JobError(f"cannot read {source.path} as CSV: {type(exc).__name__}: {exc}") from exc
     if isinstance(source, SqlSource):
         if isinstance(source.query, Select):
             return pd.DataFrame(columns=[c.name for c in source.query.selected_columns])
@@ -762,6 +852,20 @@ def _default_order(target: Target, table: str, format: str, mapping: ColumnMappi
     return [mapping.transaction_id] if mapping.transaction_id in columns else None
 
 
+def _has_carriage_return(frame: pd.DataFrame) -> bool:
+    """Whether a text value or a column name holds a carriage return."""
+    if any("\r" in str(c) for c in frame.columns):
+        return True
+    for col in range(frame.shape[1]):
+        values = frame.iloc[:, col]
+        if values.dtype == object:
+            if values.map(lambda v: isinstance(v, str) and "\r" in v).any():
+                return True
+        elif pd.api.types.is_string_dtype(values.dtype) and values.str.contains("\r", regex=False, na=False).any():
+            return True
+    return False
+
+
 def write_transactions(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write canonical records to ``.parquet`` or ``.csv`` (``.csv.gz`` ...) by suffix, atomically
     (temporary file, then rename); the index is not written. Returns the path."""
@@ -774,7 +878,11 @@ def write_transactions(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Pat
             frame.to_parquet(tmp, index=False)
         else:
             compression = {".csv": None, ".csv.gz": "gzip", ".csv.bz2": "bz2", ".csv.xz": "xz"}[kind]
-            frame.to_csv(tmp, index=False, compression=compression)
+            # The csv module quotes a field only for the characters of the line terminator: with
+            # "\n", a lone "\r" in a text value (a quoted CSV cell can hold one) would be written
+            # bare and split the row on reading. RFC 4180's "\r\n" makes such fields quoted.
+            eol = "\r\n" if _has_carriage_return(frame) else "\n"
+            frame.to_csv(tmp, index=False, compression=compression, lineterminator=eol)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -27,18 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trillium.core.contract import PredictorFactory, check_shippable
+from trillium.core import jobs
+from trillium.core.contract import PredictorFactory, job_output
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
-from trillium.core.jobs import (
-    DEFAULT_MAX_FAILED_CHUNKS,
-    JobResult,
-    ProcessResult,
-    check_engine,
-    output_sink,
-    read_output,
-    run_batch,
-)
 from trillium.finance.adapters import PROFILES, detect_format, read_transactions, transaction_source
 from trillium.finance.features import FeatureTable
 from trillium.finance.pipeline import ALERT, REASONS, FraudScorer
@@ -49,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScoreJobResult:
-    job: JobResult
+    job: jobs.JobResult
     alerts_stored: int
     feature_seconds: float
 
@@ -75,7 +67,7 @@ class ScoringData:
 
 
 def score_chunk(scorer: FraudScorer, data: ScoringData, reasons: str, chunk: pd.DataFrame,
-                _index: int) -> ProcessResult:
+                _index: int) -> jobs.ProcessResult:
     """One chunk of a scoring job: its rejected rows with their reasons, the rest scored."""
     rows = chunk.index
     bad = rows.intersection(data.reasons_by_row.index)
@@ -86,14 +78,14 @@ def score_chunk(scorer: FraudScorer, data: ScoringData, reasons: str, chunk: pd.
     scored = scorer.score_features(data.valid.iloc[pos], x, seq, reasons)
     for col in ("transaction_id", "customer_id", "terminal_id"):
         scored[col] = scored[col].astype(str)  # one schema for every part, whatever the id types
-    return ProcessResult(scored, rejected)
+    return jobs.ProcessResult(scored, rejected)
 
 
 def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: str | os.PathLike[str], *,
                fmt: str = "auto", history: str | os.PathLike[str] | None = None, chunk_rows: int = 100_000,
                db: Database | None = None, store: bool = True, progress: bool = True, reasons: str = "alerts",
                name: str | None = None, resume: bool = True, engine: str = "local", address: str | None = None,
-               workers: int | None = None, max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS) -> ScoreJobResult:
+               workers: int | None = None, max_failed_chunks: int | None = jobs.DEFAULT_MAX_FAILED_CHUNKS) -> ScoreJobResult:
     """Score a transaction file into ``output`` (Parquet parts directory or .csv) as a job.
 
     ``engine="ray"`` scores on a Ray cluster (``address``; ``workers`` actors), into a directory
@@ -101,9 +93,7 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     """
     if reasons not in REASONS:  # refused now: inside the job it would quarantine every row
         raise InputValidationError(f"--reasons {reasons!r}: expected one of {', '.join(REASONS)}")
-    check_engine(engine)
-    sink = output_sink(output, engine)
-    check_shippable(scorer, engine)  # an unregistered model on Ray is refused before the file is read
+    _, sink = job_output(scorer, output, engine)  # an unregistered model on Ray is refused before reading
     db = db or connect()
     src = Path(input_path)
     if not src.exists():
@@ -125,9 +115,9 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     factory = PredictorFactory.of(scorer, score_chunk, data, reasons, engine=engine)
 
     source = transaction_source(src, chunk_rows=chunk_rows)
-    result = run_batch(name or f"{SCORE_JOB_PREFIX}{src.name}", source, factory, sink, engine=engine,
-                       address=address, workers=workers, db=db, chunk_rows=chunk_rows, progress=progress,
-                       resume=resume, max_failed_chunks=max_failed_chunks)
+    result = jobs.run_batch(name or f"{SCORE_JOB_PREFIX}{src.name}", source, factory, sink, engine=engine,
+                            address=address, workers=workers, db=db, chunk_rows=chunk_rows, progress=progress,
+                            resume=resume, max_failed_chunks=max_failed_chunks)
     if result.status != "done":
         raise JobError(f"scoring job {result.name} ended {result.status}")
     stored = 0
@@ -140,7 +130,7 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
 
 def read_scores(output: str | os.PathLike[str], decision: str | None = None) -> pd.DataFrame:
     """A scoring job's output (Parquet parts or CSV); only the rows with ``decision`` if given."""
-    return read_output(output, equals={"decision": decision} if decision is not None else None,
+    return jobs.read_output(output, equals={"decision": decision} if decision is not None else None,
                        dtype={"transaction_id": str, "customer_id": str, "terminal_id": str},
                        parse_dates=["timestamp"])
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from trillium.core.cli_options import address_option, engine_option, max_failed_chunks_option, workers_option
+
 app = typer.Typer(
     help="Credit-card fraud scoring: simulate, train, evaluate, score (batch), alerts, analyst labels, retrain.",
     no_args_is_help=True,
@@ -163,12 +165,10 @@ def score_cmd(
     chunk_rows: int = typer.Option(100_000, "--chunk-rows"),
     store: bool = typer.Option(True, help="Store the alerts in the database (the analysts' queue)."),
     reasons: str = typer.Option("alerts", "--reasons", help="Reasons for: alerts, all or none."),
-    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster; needs the "
-                                                        "ray extra; --output must be a directory)."),
-    address: str | None = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; "
-                                                              "default RAY_ADDRESS, else a local Ray)."),
-    workers: int | None = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
-    max_failed_chunks: int | None = typer.Option(None, "--max-failed-chunks", help="Stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop; default 3."),
+    engine: str = engine_option(),
+    address: str | None = address_option(),
+    workers: int | None = workers_option(),
+    max_failed_chunks: int | None = max_failed_chunks_option(),
 ) -> None:
     """Batch scoring as a resumable job: quarantine of bad rows, progress, alerts stored."""
     from trillium.core.cli import fail

@@ -22,18 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from trillium.core.contract import PredictorFactory, check_shippable
+from trillium.core import jobs
+from trillium.core.contract import PredictorFactory, job_output
 from trillium.core.db import Database, connect
-from trillium.core.jobs import (
-    DEFAULT_MAX_FAILED_CHUNKS,
-    FolderSource,
-    JobResult,
-    ProcessResult,
-    check_engine,
-    output_sink,
-    read_output,
-    run_batch,
-)
 from trillium.manufacturing.images import discover_images
 from trillium.manufacturing.linestats import store_inspections
 from trillium.manufacturing.pipeline import Inspector
@@ -43,24 +34,14 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = ["image_id", "path", "verdict", "score", "threshold", "defect_type", "type_confidence", "overlay"]
 
 
-class ImageFolderSource(FolderSource):
-    """Every image file under ``root`` (recursively, sorted), one row per file: ``path``."""
-
-    def __init__(self, root: str | os.PathLike[str], chunk_rows: int = 64) -> None:
-        super().__init__(root, chunk_rows)
-
-    def discover(self) -> list[Path]:
-        return discover_images(self.root)
-
-
 @dataclass(frozen=True)
 class InspectJobResult:
-    job: JobResult
+    job: jobs.JobResult
     stored: int
     output: Path
 
 
-def inspect_chunk(inspector: Inspector, root: Path, overlays: Path, chunk: pd.DataFrame, _index: int) -> ProcessResult:
+def inspect_chunk(inspector: Inspector, root: Path, overlays: Path, chunk: pd.DataFrame, _index: int) -> jobs.ProcessResult:
     """One chunk of files: a row per inspected image, unreadable files quarantined with the reason."""
     results, bad = inspector.inspect_files(list(chunk["path"]), overlay_dir=overlays)
     frame = pd.DataFrame([row for r in results for row in r.to_rows()],
@@ -71,7 +52,7 @@ def inspect_chunk(inspector: Inspector, root: Path, overlays: Path, chunk: pd.Da
     reasons = dict(bad)
     rejected = chunk[chunk["path"].isin(reasons)].copy()
     rejected["reason"] = rejected["path"].map(reasons)
-    return ProcessResult(frame[OUTPUT_COLUMNS], rejected)
+    return jobs.ProcessResult(frame[OUTPUT_COLUMNS], rejected)
 
 
 def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: str | os.PathLike[str], *,
@@ -79,27 +60,24 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
                    chunk_rows: int = 64, db: Database | None = None, store: bool = True,
                    progress: bool = True, resume: bool = True, engine: str = "local", address: str | None = None,
                    workers: int | None = None,
-                   max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS) -> InspectJobResult:
+                   max_failed_chunks: int | None = jobs.DEFAULT_MAX_FAILED_CHUNKS) -> InspectJobResult:
     """Inspect every image under ``root`` into ``output`` as a resumable job; store the verdicts.
 
     ``engine="ray"`` inspects on a Ray cluster (``address``; ``workers`` actors) into a
     directory of Parquet parts; the inspector must come from the registry, where the workers
     load it, and the folder, output and overlays must be on storage every node mounts.
     """
-    check_engine(engine)
-    out = Path(output)
-    sink = output_sink(out, engine)
-    check_shippable(inspector, engine)
+    out, sink = job_output(inspector, output, engine)
     db = db or connect()
-    source = ImageFolderSource(root, chunk_rows)
+    source = jobs.FolderSource(root, chunk_rows, discover=discover_images)
     overlays = Path(overlay_dir) if overlay_dir is not None else out.with_name(out.stem + "_overlays")
     if engine == "ray":
         overlays = overlays.resolve()  # workers do not share this process's working directory
     factory = PredictorFactory.of(inspector, inspect_chunk, source.root, overlays, engine=engine)
 
     name = f"manufacturing-inspect-{line}"
-    job = run_batch(name, source, factory, sink, engine=engine, address=address, workers=workers, db=db,
-                    chunk_rows=chunk_rows, progress=progress, resume=resume, max_failed_chunks=max_failed_chunks)
+    job = jobs.run_batch(name, source, factory, sink, engine=engine, address=address, workers=workers, db=db,
+                         chunk_rows=chunk_rows, progress=progress, resume=resume, max_failed_chunks=max_failed_chunks)
     stored = 0
     if store:
         frame = read_inspections(out)
@@ -113,4 +91,4 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
 
 def read_inspections(output: str | os.PathLike[str]) -> pd.DataFrame:
     """The rows a folder-inspection job wrote (Parquet parts or CSV)."""
-    return read_output(output, empty_columns=OUTPUT_COLUMNS)
+    return jobs.read_output(output, empty_columns=OUTPUT_COLUMNS)

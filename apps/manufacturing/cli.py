@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from trillium.core.cli_options import address_option, engine_option, max_failed_chunks_option, workers_option
+
 app = typer.Typer(
     help="Visual defect detection: synth, train, adopt, evaluate, inspect (files, folders, video), pchart, limits.",
     no_args_is_help=True,
@@ -182,12 +184,10 @@ def inspect_cmd(
     threshold: float = typer.Option(None, "--threshold", help="Override the registered threshold for this run."),
     explain: bool = typer.Option(False, "--explain", help="Files: also write an Integrated Gradients overlay "
                                                            "(captum) of the score next to each anomaly overlay."),
-    engine: str = typer.Option("local", "--engine", help="Folders: local (this process) or ray (a Ray cluster; "
-                                                        "needs the ray extra; --output a directory)."),
-    address: str = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; default "
-                                                       "RAY_ADDRESS, else a local Ray)."),
-    workers: int = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
-    max_failed_chunks: int | None = typer.Option(None, "--max-failed-chunks", help="Folders: stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop; default 3."),
+    engine: str = engine_option(),
+    address: str | None = address_option(),
+    workers: int | None = workers_option(),
+    max_failed_chunks: int | None = max_failed_chunks_option(),
 ) -> None:
     """Verdict, score, defect type and an overlay PNG per image; folders run on the batch-job engine."""
     from trillium.core.cli import fail

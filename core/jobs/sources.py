@@ -12,7 +12,7 @@ import csv
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,21 +283,26 @@ class CsvSource(_FileSource):
 
 
 class FolderSource(Source):
-    """The items under a folder (image files, study folders, ...), one row each: ``path``.
+    """The items under a folder (image files, study folders, note files, ...), one row each: ``path``.
 
-    Subclasses say what an item is (``discover``, sorted, so chunk N is the same items after a
-    restart); the fingerprint covers every file of every item (relative path, size, mtime), so
-    adding, removing or rewriting one makes it another job.
+    ``discover(root)`` says what an item is (sorted, so chunk N is the same items after a
+    restart; a module-level function, so the source pickles); the fingerprint covers every file
+    of every item (relative path, size, mtime), so adding, removing or rewriting one makes it
+    another job.
     """
 
-    def __init__(self, root: str | os.PathLike[str], chunk_rows: int) -> None:
+    def __init__(self, root: str | os.PathLike[str], chunk_rows: int,
+                 discover: Callable[[Path], list[Path]] | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self.chunk_rows = check_chunk_rows(chunk_rows)
+        self._discover = discover
         self._items: list[Path] | None = None
 
-    @abstractmethod
     def discover(self) -> list[Path]:
-        """The items under ``self.root``, sorted."""
+        """The items under ``self.root``, sorted (every file, recursively, unless told otherwise)."""
+        if self._discover is not None:
+            return list(self._discover(self.root))
+        return sorted(p for p in self.root.rglob("*") if p.is_file())
 
     @property
     def uri(self) -> str:

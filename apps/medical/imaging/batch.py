@@ -24,19 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from trillium.core.contract import PredictorFactory, check_shippable
+from trillium.core import jobs
+from trillium.core.contract import PredictorFactory, job_output
 from trillium.core.db import Database, connect
 from trillium.core.errors import TrilliumError
-from trillium.core.jobs import (
-    DEFAULT_MAX_FAILED_CHUNKS,
-    FolderSource,
-    JobResult,
-    ProcessResult,
-    check_engine,
-    output_sink,
-    read_output,
-    run_batch,
-)
 from trillium.medical.imaging.analyzer import StudyAnalyzer, store_study_json, write_json
 from trillium.medical.imaging.dicom_io import iter_study_dirs
 
@@ -46,26 +37,16 @@ OUTPUT_COLUMNS = ["study", "path", "series_uid", "study_uid", "patient_id", "n_f
                   "max_malignancy", "n_candidates", "seconds", "json"]
 
 
-class StudyFolderSource(FolderSource):
-    """Every study (a folder of DICOM files, or a zip) under ``root``, one row each: ``path``."""
-
-    def __init__(self, root: str | os.PathLike[str], chunk_rows: int = 4) -> None:
-        super().__init__(root, chunk_rows)
-
-    def discover(self) -> list[Path]:
-        return iter_study_dirs(self.root)
-
-
 @dataclass(frozen=True)
 class AnalyzeJobResult:
-    job: JobResult
+    job: jobs.JobResult
     output: Path
     json_dir: Path
     stored: int = 0
 
 
 def analyze_chunk(analyzer: StudyAnalyzer, root: Path, json_dir: Path, chunk: pd.DataFrame,
-                  _index: int) -> ProcessResult:
+                  _index: int) -> jobs.ProcessResult:
     """One chunk of studies: a summary row and a findings JSON per study; a study that cannot be
     read or analysed is quarantined with the reason."""
     rows, bad = [], []
@@ -81,14 +62,14 @@ def analyze_chunk(analyzer: StudyAnalyzer, root: Path, json_dir: Path, chunk: pd
     frame = pd.DataFrame([r for _, r in rows], columns=OUTPUT_COLUMNS, index=[i for i, _ in rows])
     rejected = chunk.loc[[i for i, _ in bad]].copy()
     rejected["reason"] = [r for _, r in bad]
-    return ProcessResult(frame, rejected)
+    return jobs.ProcessResult(frame, rejected)
 
 
 def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output: str | os.PathLike[str], *,
                    json_dir: str | os.PathLike[str] | None = None, chunk_rows: int = 4, db: Database | None = None,
                    store: bool = True, progress: bool = True, resume: bool = True, engine: str = "local",
                    address: str | None = None, workers: int | None = None,
-                   max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS) -> AnalyzeJobResult:
+                   max_failed_chunks: int | None = jobs.DEFAULT_MAX_FAILED_CHUNKS) -> AnalyzeJobResult:
     """Analyse every study under ``root``: one summary row per study into ``output``, the full
     findings JSON per study into ``json_dir``, and (with ``store``) the findings into the database.
 
@@ -96,21 +77,18 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
     directory of Parquet parts; the classifier must come from the registry, where the workers
     load it, and the studies, output and JSON folder must be on storage every node mounts.
     """
-    check_engine(engine)
-    out = Path(output)
-    sink = output_sink(out, engine)
-    check_shippable(analyzer, engine)
+    out, sink = job_output(analyzer, output, engine)
     db = db or connect()
-    source = StudyFolderSource(root, chunk_rows)
+    source = jobs.FolderSource(root, chunk_rows, discover=iter_study_dirs)
     jdir = Path(json_dir) if json_dir is not None else out.with_name(out.stem + "_studies")
     jdir.mkdir(parents=True, exist_ok=True)
     if engine == "ray":
         jdir = jdir.resolve()  # workers do not share this process's working directory
     factory = PredictorFactory.of(analyzer, analyze_chunk, source.root, jdir, engine=engine)
 
-    job = run_batch("medical-analyze-batch", source, factory, sink, engine=engine, address=address,
-                    workers=workers, db=db, chunk_rows=chunk_rows, progress=progress, resume=resume,
-                    max_failed_chunks=max_failed_chunks)
+    job = jobs.run_batch("medical-analyze-batch", source, factory, sink, engine=engine, address=address,
+                         workers=workers, db=db, chunk_rows=chunk_rows, progress=progress, resume=resume,
+                         max_failed_chunks=max_failed_chunks)
     stored = 0
     if store:  # from the output, not from this run: a resumed job's earlier chunks count too
         for jpath in read_summary(out)["json"]:
@@ -122,4 +100,4 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
 
 def read_summary(output: str | os.PathLike[str]) -> pd.DataFrame:
     """The summary rows a study-analysis job wrote (Parquet parts or CSV)."""
-    return read_output(output, empty_columns=OUTPUT_COLUMNS)
+    return jobs.read_output(output, empty_columns=OUTPUT_COLUMNS)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from trillium.core.cli_options import address_option, engine_option, max_failed_chunks_option, workers_option
+
 if TYPE_CHECKING:
     from trillium.medical.imaging.analyzer import StudyAnalyzer
 
@@ -110,7 +112,7 @@ def register(app: typer.Typer) -> None:
         json_out: str = typer.Option(None, "--json", help="Write the training report here."),
     ) -> None:
         """Train the nodule classifier on phantom studies and register it as production."""
-        from trillium.medical.imaging.trainer import train_nodule_model
+        from trillium.medical.imaging.phantom_training import train_nodule_model
 
         report = train_nodule_model(studies=studies, val_studies=val_studies, epochs=epochs, seed=seed,
                                     max_fp_per_scan=max_fp, name=name, log_fn=lambda m: typer.echo(m, err=True))
@@ -168,12 +170,10 @@ def register(app: typer.Typer) -> None:
         restart: bool = typer.Option(False, "--restart", help="Start over instead of resuming."),
         name: str = typer.Option("chest-ct-nodules", "--model"),
         ref: str = typer.Option("production", "--ref"),
-        engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster; needs "
-                                                            "the ray extra; --output a directory)."),
-        address: str = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, host:6379; default "
-                                                           "RAY_ADDRESS, else a local Ray)."),
-        workers: int = typer.Option(None, "--workers", help="Ray actors (default: one per cluster CPU)."),
-        max_failed_chunks: int | None = typer.Option(None, "--max-failed-chunks", help="Stop the job once the model has failed on this many chunks of a run (a broken model, not bad records); they are redone after the fix. 0: never stop; default 3."),
+        engine: str = engine_option(),
+        address: str | None = address_option(),
+        workers: int | None = workers_option(),
+        max_failed_chunks: int | None = max_failed_chunks_option(),
     ) -> None:
         """Analyse every study under ROOT as a resumable job; broken studies are quarantined with the reason."""
         from trillium.core.errors import TrilliumError
@@ -203,7 +203,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Detection on synthetic studies through DICOM: FROC, sensitivity at the threshold, size and centre errors."""
         from trillium.core.errors import TrilliumError
-        from trillium.medical.imaging.trainer import evaluate_detection
+        from trillium.medical.imaging.phantom_training import evaluate_detection
 
         try:
             analyzer = _analyzer(name, ref)

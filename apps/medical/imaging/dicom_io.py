@@ -195,7 +195,14 @@ def _read(label: str, opener: Any, *, pixels: bool) -> Dataset:
     try:
         if isinstance(opener, io.BytesIO):
             opener.seek(0)
-        return pydicom.dcmread(opener, stop_before_pixels=not pixels)
+        ds = pydicom.dcmread(opener, stop_before_pixels=not pixels)
+        # pydicom converts each value on first access: convert them all now, so that a garbled
+        # element (unknown VR, bad length) fails here, naming the file, not later in a bare ds.get
+        for elem in ds:
+            elem.value  # noqa: B018
+        for elem in getattr(ds, "file_meta", None) or ():
+            elem.value  # noqa: B018
+        return ds
     except InvalidDicomError as exc:
         raise DicomInputError(f"{label}: not a DICOM file (no DICM preamble or valid header: {exc})") from exc
     except Exception as exc:  # truncated or garbled files raise assorted errors inside pydicom
@@ -322,6 +329,9 @@ def load_ct(
                              _floats(ds, label, "ImageOrientationPatient", 6),
                              _floats(ds, label, "PixelSpacing", 2)))
     ref = slices[0]
+    if not (ref.spacing >= 1e-6).all():  # the others must match it (checked below)
+        raise DicomInputError(f"{ref.label}: PixelSpacing (0028,0030) {ref.spacing.tolist()} must be two positive "
+                              "numbers (mm between rows, between columns)")
     for s in slices[1:]:
         if np.max(np.abs(s.orientation - ref.orientation)) > ORIENTATION_TOL:
             raise DicomInputError(f"{s.label}: mixed orientations in series {chosen}: ImageOrientationPatient "
@@ -349,7 +359,14 @@ def load_ct(
 
     warnings: list[str] = []
     if len(slices) == 1:
-        thickness = float(ref.ds.get("SliceThickness", 1.0) or 1.0)
+        try:  # a single slice's spacing comes from its thickness: one positive finite number
+            thickness = float(ref.ds.get("SliceThickness", 1.0) or 1.0)
+        except (TypeError, ValueError) as exc:
+            raise DicomInputError(f"{ref.label}: SliceThickness (0018,0050) must be one number, "
+                                  f"got {ref.ds.get('SliceThickness')!r}") from exc
+        if not (np.isfinite(thickness) and thickness >= 1e-6):
+            raise DicomInputError(f"{ref.label}: SliceThickness (0018,0050) is {thickness}; "
+                                  "a single slice needs a positive finite thickness")
         gaps, step = np.array([]), thickness
     else:
         gaps = np.diff(offsets)
@@ -427,11 +444,20 @@ def _slice_hu(s: _Slice) -> tuple[np.ndarray, bool]:
     _check_frame(ds, s.label)
     if "PixelData" not in ds:
         raise DicomInputError(f"{s.label}: missing tag PixelData {PIXEL_DATA_TAG}")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    bits = int(ds.get("BitsAllocated", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise DicomInputError(f"{s.label}: SamplesPerPixel (0028,0002) is {ds.SamplesPerPixel}; CT needs 1")
+    try:  # an empty, repeated or text value must name the file, not raise TypeError / ValueError
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.get("BitsAllocated", 16))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        samples = int(ds.get("SamplesPerPixel", 1))
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+        raise DicomInputError(f"{s.label}: Rows (0028,0010), Columns (0028,0011), BitsAllocated (0028,0100), "
+                              f"PixelRepresentation (0028,0103) and SamplesPerPixel (0028,0002) must each be one "
+                              f"integer ({type(exc).__name__}: {exc})") from exc
+    if rows < 1 or cols < 1:
+        raise DicomInputError(f"{s.label}: Rows x Columns (0028,0010 / 0028,0011) is {rows} x {cols}; "
+                              "a CT slice needs at least 1 x 1")
+    if samples != 1:
+        raise DicomInputError(f"{s.label}: SamplesPerPixel (0028,0002) is {samples}; CT needs 1")
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     try:
@@ -447,16 +473,29 @@ def _slice_hu(s: _Slice) -> tuple[np.ndarray, bool]:
     if pixels.shape != (rows, cols):
         raise DicomInputError(f"{s.label}: PixelData {PIXEL_DATA_TAG} holds {pixels.shape}, Rows x Columns is "
                               f"{rows} x {cols} (multi-frame CT is not supported)")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    integral = slope == int(slope) and intercept == int(intercept)
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise DicomInputError(f"{s.label}: RescaleSlope (0028,1053) and RescaleIntercept (0028,1052) must each be "
+                              f"one number, got {ds.get('RescaleSlope')!r} and {ds.get('RescaleIntercept')!r}") from exc
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise DicomInputError(f"{s.label}: RescaleSlope (0028,1053) {slope} and RescaleIntercept (0028,1052) "
+                              f"{intercept} must be finite")
+    # integral and small enough that int64 arithmetic cannot wrap (16-bit pixels x 2**31 < 2**63)
+    integral = slope == int(slope) and intercept == int(intercept) and max(abs(slope), abs(intercept)) < 2**31
     if integral:
-        out = pixels.astype(np.int32)
+        out = pixels.astype(np.int64)
         if slope != 1:
             out *= int(slope)
         out += int(intercept)
         return np.clip(out, -32768, 32767).astype(np.int16), True
-    return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)), False
+    with np.errstate(over="ignore", invalid="ignore"):
+        hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if not np.isfinite(hu).all():
+        raise DicomInputError(f"{s.label}: RescaleSlope (0028,1053) {slope} and RescaleIntercept (0028,1052) "
+                              f"{intercept} put Hounsfield units outside the float32 range")
+    return hu, False
 
 
 def _read_pixels(slices: list[_Slice], *, workers: int) -> np.ndarray:
