@@ -49,6 +49,7 @@ def seed_finance(work: Path) -> dict:
 def seed_medical(work: Path) -> dict:
     from trillium.core.db import connect
     from trillium.medical.imaging.phantom import write_phantom
+    from trillium.medical.imaging.phantom_training import train_nodule_model
     from trillium.medical.records.notes import Note
     from trillium.medical.records.structurer import RecordStructurer
     from trillium.medical.records.synth import synthetic_notes
@@ -67,8 +68,13 @@ def seed_medical(work: Path) -> dict:
         [{"id": 1, "center_mm": nodule["center_mm"], "diameter_mm": nodule["diameter_mm"], "malignancy": 0.8,
           "malignancy_std": 0.05, "type": nodule["type"], "category": "4A"}],
         patient_id=notes[0].patient_id, study_date="20250101", source=str(folder), db=connect())
+    # a small nodule classifier (about 15 s), so that an uploaded study is analysed for real
+    report = train_nodule_model(studies=2, val_studies=1, epochs=1, width=4, mc_samples=2,
+                                shape=(48, 128, 128), spacing=(2.0, 2.0, 2.0))
+    record = report.record
     return {"patients": sorted({n.patient_id for n in notes}), "notes": [n.note_id for n in notes],
-            "ct_patient": notes[0].patient_id, "ct_study": study_id, "series_uid": truth["series_uid"]}
+            "ct_patient": notes[0].patient_id, "ct_study": study_id, "series_uid": truth["series_uid"],
+            "ct_folder": str(folder), "model": [record.name, record.version, record.kind]}
 
 
 def seed_manufacturing(work: Path) -> dict:

@@ -8,14 +8,16 @@ charts that really render, and no traceback anywhere.
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import zipfile
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 try:
     from playwright.sync_api import Page, expect
@@ -173,7 +175,7 @@ def test_home_lists_models_and_jobs(page: Page, seeded_dashboard: str, seeded: d
     expect(grids).to_have_count(2)
     models, jobs = grids.nth(0), grids.nth(1)
     # exactly the models seed.py registered (name, version, kind) and its scoring job
-    seeded_models = [seeded["finance"]["model"], seeded["manufacturing"]["model"]]
+    seeded_models = [seeded["finance"]["model"], seeded["manufacturing"]["model"], seeded["medical"]["model"]]
     expect(models.locator("tbody tr")).to_have_count(len(seeded_models))
     for name, version, kind in seeded_models:
         expect(grid_row(models, name, str(version), kind)).to_have_count(1)
@@ -264,6 +266,41 @@ def test_medical_patient_record_ct_viewer_and_note_upload(page: Page, seeded_das
            ).to_be_visible()
     settle(page)
     shoot(page, screenshots, "medical-ct-bad-upload")
+    # a real study uploaded under names that climb out of the uploads folder or are absolute: the client's
+    # name is only a label, so nothing lands outside uploads/ct and the database stays the database
+    from trillium.medical.imaging.phantom import write_phantom
+    from trillium.medical.tables import ImagingStudy
+
+    home = Path(seeded["home"])
+    uploads = home / "uploads" / "ct"
+    write_phantom(tmp_path / "upload-ct", nodules=1, seed=11, shape=(30, 96, 96), spacing=(2.0, 2.5, 2.5),
+                  patient_id="upload-patient")
+    study = io.BytesIO()
+    with zipfile.ZipFile(study, "w") as zf:
+        for f in sorted((tmp_path / "upload-ct").rglob("*.dcm")):
+            zf.write(f, f"series/{f.name}")
+    outside = tmp_path / "outside"
+    # (Streamlit's uploader checks the extension in the browser, so the names end in .zip; without the
+    # fix, the first landed at $TRILLIUM_HOME/escaped.zip, beside the database)
+    for n, name in enumerate(["../../escaped.zip", f"{outside}/evil.zip"], start=1):
+        before = {p for p in home.rglob("*") if p.is_file() and uploads not in p.parents}
+        page.locator(".st-key-ct-upload input[type='file']").set_input_files(
+            files=[{"name": name, "mimeType": "application/zip", "buffer": study.getvalue()}])
+        expect(page.locator(".st-key-ct-upload")).to_contain_text(name)  # the upload's own rerun is over...
+        settle(page)
+        page.locator(".st-key-ct-analyse button").click()  # ...so the click is not lost in it
+        expect(page.get_by_text(re.compile(r"Stored series [0-9.]+: \d+ findings"))).to_be_visible()
+        settle(page)
+        kept = sorted(uploads.glob("*"))
+        assert len(kept) == n and all(re.fullmatch(r"[0-9a-f]{32}\.zip", p.name) for p in kept), kept
+        assert all(p.read_bytes() == study.getvalue() for p in kept)
+        after = {p for p in home.rglob("*") if p.is_file() and uploads not in p.parents}
+        assert not [p for p in after - before if p.suffix == ".zip"], after - before
+    assert not outside.exists() and not (home / "escaped.zip").exists() and not (home.parent / "escaped.zip").exists()
+    with connect(db_url(home)).session() as s:  # the database file was not overwritten by the upload
+        assert s.scalar(select(func.count()).select_from(ImagingStudy).where(
+            ImagingStudy.patient_id == "upload-patient")) == 1
+    shoot(page, screenshots, "medical-ct-upload-names")
 
     # the patient view joins the notes and the CT findings of the CT patient
     tab(page, "Patient view")

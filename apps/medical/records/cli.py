@@ -9,8 +9,11 @@ from typing import Any
 
 import typer
 
+from trillium.core.cli_options import address_option, engine_option, max_failed_chunks_option, workers_option
+
 app = typer.Typer(
-    help="Clinical notes: synth, extract (sections, entities, negation), index, similar, negex-eval, specialty-eval.",
+    help="Clinical notes: synth, extract (sections, entities, negation), batch (a resumable job), index, similar, "
+         "negex-eval, specialty-eval.",
     no_args_is_help=True,
 )
 
@@ -101,6 +104,45 @@ def extract_cmd(
         from trillium.core.errors import InputValidationError
 
         fail(InputValidationError(f"no note could be read from {', '.join(inputs)}: all {len(rejected)} quarantined"))
+
+
+@app.command("batch")
+def batch_cmd(
+    inputs: list[str] = typer.Argument(..., help="Note files (.txt), folders of notes (recursive), or CSV files."),
+    output: str = typer.Option(..., "--output", help="Summary rows and structured notes: a .csv file or a folder "
+                                                     "of Parquet parts."),
+    chunk_rows: int = typer.Option(200, "--chunk-rows", help="Notes per checkpoint."),
+    text_column: str = typer.Option("transcription", "--text-column", help="CSV column holding the note text."),
+    patient_column: str = typer.Option(None, "--patient-column", help="CSV column holding the patient id."),
+    id_column: str = typer.Option(None, "--id-column", help="CSV column holding the note id."),
+    max_bytes: int = typer.Option(None, "--max-bytes", help="Quarantine notes larger than this many bytes "
+                                  "(default: TRILLIUM_LIMIT_TEXT_BYTES, else 2,000,000)."),
+    store: bool = typer.Option(True, "--store/--no-store", help="Store the notes in the database after the job."),
+    restart: bool = typer.Option(False, "--restart", help="Start over instead of resuming."),
+    engine: str = engine_option(),
+    address: str | None = address_option(),
+    workers: int | None = workers_option(),
+    max_failed_chunks: int | None = max_failed_chunks_option(),
+) -> None:
+    """Structure notes as a resumable batch job; unreadable notes go to the job's quarantine file."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.core.jobs import check_engine, failed_chunk_limit
+    from trillium.medical.records.batch import structure_folder
+    from trillium.medical.records.structurer import RecordStructurer
+
+    try:
+        check_engine(engine)
+        res = structure_folder(RecordStructurer(), inputs, output, chunk_rows=chunk_rows, store=store,
+                               resume=not restart, engine=engine, address=address, workers=workers,
+                               max_failed_chunks=failed_chunk_limit(max_failed_chunks), text_column=text_column,
+                               id_column=id_column, patient_column=patient_column, max_bytes=max_bytes)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    job = res.job
+    typer.echo(f"{job.status}: {job.rows_out} notes structured, {job.rows_quarantined} quarantined "
+               f"({job.quarantine}), {res.stored} stored -> {res.output} (job {job.job_id}, {res.structurer})")
 
 
 @app.command("index")
