@@ -77,7 +77,7 @@ def main() -> None:
     from trillium.medical.imaging.analyzer import StudyAnalyzer
     from trillium.medical.imaging.dicom_io import load_ct
     from trillium.medical.imaging.phantom import write_phantom
-    from trillium.medical.imaging.trainer import train_nodule_model
+    from trillium.medical.imaging.phantom_training import train_nodule_model
 
     work = Path(args.work)
     folder = work / "study"

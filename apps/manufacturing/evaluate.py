@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from trillium.core.metrics import auroc, auroc_per_group
-from trillium.manufacturing.classify import defect_descriptors
+from trillium.manufacturing.defect_types import defect_descriptors
 from trillium.manufacturing.images import ImageSample, discover_mvtec, load_batch, mvtec_split, read_mask
 from trillium.manufacturing.pipeline import Inspector
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from trillium.core.errors import InputValidationError
 from trillium.core.registry import ModelRecord, ModelRegistry, data_fingerprint
-from trillium.manufacturing.classify import DefectTypeClassifier
+from trillium.manufacturing.defect_types import DefectTypeClassifier
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.evaluate import few_shot_split
 from trillium.manufacturing.images import (

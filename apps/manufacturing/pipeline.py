@@ -27,7 +27,7 @@ from safetensors.torch import save as st_save
 from trillium.core.contract import Predictor, expect_model
 from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry
 from trillium.manufacturing.anomaly_map import InspectionNet
-from trillium.manufacturing.classify import DefectTypeClassifier, defect_descriptors
+from trillium.manufacturing.defect_types import DefectTypeClassifier, defect_descriptors
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.images import ImageReadError, read_image, resize, to_channels
 from trillium.manufacturing.patchcore import PatchCoreNet

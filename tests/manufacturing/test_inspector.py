@@ -21,7 +21,7 @@ from trillium.core.db import Database, Prediction
 from trillium.core.errors import IntegrityError
 from trillium.core.jobs import FailedChunksError, read_quarantine
 from trillium.manufacturing.batch import OUTPUT_COLUMNS, inspect_folder, read_inspections
-from trillium.manufacturing.classify import DefectTypeClassifier
+from trillium.manufacturing.defect_types import DefectTypeClassifier
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.evaluate import evaluate_inspector, few_shot_split
 from trillium.manufacturing.images import ImageReadError, ImageSample, discover_mvtec, load_batch, mvtec_split

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from trillium.manufacturing import backbone
 from trillium.manufacturing.backbone import BackboneUnavailable, MobileNetV2Features, load_pretrained
-from trillium.manufacturing.classify import DefectTypeClassifier
+from trillium.manufacturing.defect_types import DefectTypeClassifier
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.evaluate import evaluate_inspector, few_shot_split
 from trillium.manufacturing.images import discover_mvtec, load_batch, mvtec_split, read_mask

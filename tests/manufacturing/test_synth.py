@@ -11,7 +11,8 @@ import pytest
 
 from trillium.core.errors import InputValidationError
 from trillium.manufacturing.images import discover_mvtec, read_image, read_mask
-from trillium.manufacturing.synth import DEFECTS, MIN_CHANGE, TRUTH_FILE, synthetic_images, write_synthetic_line
+from trillium.manufacturing.synth import TRUTH_FILE, synthetic_images, write_synthetic_line
+from trillium.manufacturing.synth_defects import DEFECTS, MIN_CHANGE
 
 SMALL = {"n_train": 3, "n_test_good": 2, "n_test_per_defect": 2, "size": 64}
 

@@ -27,7 +27,7 @@ from trillium.medical.imaging.analyzer import StudyAnalyzer
 from trillium.medical.imaging.batch import analyze_folder, read_summary
 from trillium.medical.imaging.classifier import NoduleClassifier
 from trillium.medical.imaging.phantom import write_phantom
-from trillium.medical.imaging.trainer import candidate_set
+from trillium.medical.imaging.phantom_training import candidate_set
 from trillium.medical.tables import ImagingStudy
 
 SMALL = (72, 160, 160)

@@ -23,7 +23,7 @@ from trillium.core.metrics import fp_budget_threshold, froc_table
 from trillium.core.registry import ModelRegistry
 from trillium.medical.imaging.analyzer import StudyAnalyzer, detect_candidates
 from trillium.medical.imaging.batch import analyze_folder, read_summary
-from trillium.medical.imaging.trainer import _match, phantom_volume, train_nodule_model
+from trillium.medical.imaging.phantom_training import _match, phantom_volume, train_nodule_model
 from trillium.medical.tables import ImagingFinding, ImagingStudy
 
 SMALL = (72, 160, 160)

@@ -18,8 +18,8 @@ import torch
 from trillium.core.errors import InputValidationError
 from trillium.core.uncertainty import mc_dropout_predict
 from trillium.medical.imaging.network import NoduleNet3D
+from trillium.medical.imaging.network_training import augment_batch
 from trillium.medical.imaging.nodule_eval import evaluate_nodule_npz, load_medmnist_npz, write_synthetic_npz
-from trillium.medical.imaging.training import augment_batch
 
 
 @pytest.fixture(autouse=True)

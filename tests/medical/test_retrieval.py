@@ -11,15 +11,10 @@ from sklearn.base import clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
-from trillium.medical.records.retrieval import (
-    METHODS,
-    Hit,
-    RetrievalError,
-    SimilarCaseIndex,
-    analyze,
-    hit_rate_by_label,
-    top_k_label_hit_rate,
-)
+from trillium.medical.records.hit_rates import hit_rate_by_label, top_k_label_hit_rate
+from trillium.medical.records.index_files import RetrievalError
+from trillium.medical.records.retrieval import METHODS, Hit, SimilarCaseIndex
+from trillium.medical.records.terms import analyze
 
 CARDIO = [
     (

@@ -30,7 +30,7 @@ from trillium.core.metrics import auroc
 from trillium.core.registry import ModelRecord, ModelRegistry
 from trillium.core.uncertainty import mc_dropout_head
 from trillium.medical.imaging.network import NoduleNet3D
-from trillium.medical.imaging.training import train_nodule_net
+from trillium.medical.imaging.network_training import train_nodule_net
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def candidate_features(cand: Any, m: Any) -> np.ndarray:
 
 
 @dataclass
-class Prediction:
+class NodulePrediction:
+    """Per-candidate probabilities (mean and spread of the MC-dropout draws) of the two classifiers."""
+
     nodule_probability: np.ndarray
     nodule_std: np.ndarray
     malignancy: np.ndarray
@@ -178,19 +180,19 @@ class NoduleClassifier:
                          "oof_cnn_auc": cnn_auc}
         return self
 
-    def predict(self, patches: np.ndarray, features: np.ndarray) -> Prediction:
+    def predict(self, patches: np.ndarray, features: np.ndarray) -> NodulePrediction:
         if not hasattr(self, "detectors_"):
             raise RuntimeError("NoduleClassifier is not fitted: call fit() or load one from the registry")
         if len(patches) == 0:
             z = np.zeros(0, np.float32)
-            return Prediction(z, z, z, z)
+            return NodulePrediction(z, z, z, z)
         out = []
         for nets, booster, offset in ((self.detectors_, self.detector_booster_, 0),
                                       (self.malignancy_nets_, self.malignancy_booster_, 1)):
             draws = _net_probs(nets, patches, self.mc_samples, self.seed + offset)
             probs = np.stack([booster.predict_proba(np.c_[features, d])[:, 1] for d in draws])
             out += [probs.mean(0).astype(np.float32), probs.std(0).astype(np.float32)]
-        return Prediction(*out)
+        return NodulePrediction(*out)
 
     def get_params(self) -> dict[str, Any]:
         return {"width": self.width, "dropout": self.dropout, "epochs": self.epochs, "batch_size": self.batch_size,

@@ -29,7 +29,7 @@ def imaging_demo(console: Console, patient_id: str | None = None) -> dict[str, A
     from trillium.medical.imaging.dicom_export import export_findings
     from trillium.medical.imaging.explain import explain_findings
     from trillium.medical.imaging.phantom import write_phantom
-    from trillium.medical.imaging.trainer import train_nodule_model
+    from trillium.medical.imaging.phantom_training import train_nodule_model
 
     t0 = time.perf_counter()
     db = connect()

@@ -2,7 +2,7 @@
 
 This module holds only the network and inference helpers, so it can be exported (ONNX,
 safetensors through the registry) without dragging training code along; the trainer lives in
-``trillium.medical.imaging.training``. Inputs are expected already normalised by the caller
+``trillium.medical.imaging.network_training``. Inputs are expected already normalised by the caller
 (the evaluation standardises with the training set's mean and std), which keeps the exported
 graph free of dataset-specific constants.
 

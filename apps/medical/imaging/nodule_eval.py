@@ -26,7 +26,7 @@ import torch
 from trillium.core.errors import InputValidationError
 from trillium.core.metrics import auroc
 from trillium.medical.imaging.network import NoduleNet3D, predict_proba
-from trillium.medical.imaging.training import train_nodule_net
+from trillium.medical.imaging.network_training import train_nodule_net
 
 SPLITS = ("train", "val", "test")
 ANCHOR = {

@@ -191,8 +191,9 @@ def specialty_eval(path: str | Path, *, k: int = 3, text_column: str = "transcri
     run. Notes without a specialty, and specialties with fewer than ``min_per_label`` notes
     (which cannot have a same-label neighbour), are left out and counted in the report.
     """
+    from trillium.medical.records.hit_rates import hit_rate_by_label, top_k_label_hit_rate
     from trillium.medical.records.notes import read_notes_csv
-    from trillium.medical.records.retrieval import SimilarCaseIndex, hit_rate_by_label, top_k_label_hit_rate
+    from trillium.medical.records.retrieval import SimilarCaseIndex
     from trillium.medical.records.structurer import RecordStructurer
 
     notes, rejected = read_notes_csv(path, text_column=text_column)

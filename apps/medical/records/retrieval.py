@@ -5,28 +5,26 @@ Three methods share one index class so an evaluation can swap them under equal c
 - ``"tfidf"``: the plain baseline (scikit-learn ``TfidfVectorizer`` defaults, cosine). Kept plain on
   purpose: it is what the other methods are measured against.
 - ``"bm25"``: Okapi BM25 over clinical terms (lowercased alphanumeric runs, a short stopword list,
-  plus word bigrams), scaled per query to [0, 1] (see ``SimilarCaseIndex``).
+  plus word bigrams: ``terms.analyze``), scaled per query to [0, 1] (see ``SimilarCaseIndex``).
 - ``"hybrid"``: cosine between L2-normalised BM25 term-weight vectors, optionally blended with a
   TF-IDF cosine over extracted concepts ("problem:hypertension", "medication:metformin").
 
 Scoring is a sparse matrix product over the whole index (no Python loop over documents).
 ``save``/``load`` write JSON, ``.npy`` and ``.npz`` files only, each checked against the sha256
-recorded in ``manifest.json``: an index is data, never code, so nothing is ever unpickled.
+recorded in ``manifest.json`` (``index_files``): an index is data, never code, so nothing is ever
+unpickled. How well neighbours agree with a label is measured in ``hit_rates``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,61 +32,27 @@ from sklearn.base import BaseEstimator
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from trillium.core.errors import TrilliumError
+from trillium.medical.records.index_files import (
+    CONCEPT_FILES,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    RetrievalError,
+    read_csr,
+    read_json,
+    read_npy,
+    sha256_file,
+    verify_manifest,
+)
+from trillium.medical.records.terms import analyze, concept_tfidf, fit_counts, normalize_concepts, term_counts
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "METHODS",
-    "STOPWORDS",
-    "Hit",
-    "RetrievalError",
-    "SimilarCaseIndex",
-    "analyze",
-    "hit_rate_by_label",
-    "top_k_label_hit_rate",
-]
+__all__ = ["METHODS", "Hit", "SimilarCaseIndex"]
 
 METHODS = ("tfidf", "bm25", "hybrid")
-FORMAT = "trillium.similar_case_index"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-_FILES = (
-    "params.json",
-    "note_ids.json",
-    "vocabulary.json",
-    "idf.npy",
-    "doc_matrix.npz",
-    "concept_vocabulary.json",
-    "concept_idf.npy",
-    "concept_matrix.npz",
-)
-_CONCEPT_FILES = ("concept_vocabulary.json", "concept_idf.npy", "concept_matrix.npz")
 _BLOCK_ROWS = 512
-
-# Generic English function words and transcription boilerplate only. Clinical content words stay,
-# including "history", "denies", units ("mg") and negations ("no", "not", "without"), which form
-# useful bigrams ("no fracture").
-STOPWORDS: frozenset[str] = frozenset(
-    """
-    a about above after again against all am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from further
-    had has have having he her here hers herself him himself his how i if in into is it its itself
-    just me more most my myself nor now of off on once only or other our ours ourselves out over
-    own same she should so some such than that the their theirs them themselves then there these
-    they this those through to too under until up very was we were what when where which while who
-    whom why will with would you your yours yourself yourselves also may might must shall upon
-    patient patients pt pts mr mrs ms miss dr year years old yo y o today noted please
-    dictated transcribed dictation transcription cc
-    """.split()  # noqa: SIM905  # a word list reads better than 150 quoted strings
-)
-
-_TOKEN_OR_BREAK = re.compile(r"[^\W_]+|[.;:!?]")
 _TFIDF_ANALYZER = TfidfVectorizer(lowercase=True).build_analyzer()  # the baseline's tokenisation, for queries
-
-
-class RetrievalError(TrilliumError):
-    """The index is missing, corrupt or tampered with, or a fit/query argument is invalid."""
 
 
 @dataclass(frozen=True)
@@ -100,110 +64,11 @@ class Hit:
     rank: int
 
 
-def analyze(text: str) -> list[str]:
-    """Clinical terms of ``text``: kept unigrams plus bigrams of adjacent kept unigrams.
-
-    Lowercased runs of letters/digits; stopwords and single letters are dropped (digits stay:
-    "type 2"). Bigrams join tokens that are adjacent after stopword removal ("pain in the chest"
-    gives "pain chest") but never across sentence punctuation (``. ; : ! ?``), so a section header
-    does not pair with the first word of the next line.
-    """
-    out: list[str] = []
-    prev: str | None = None
-    for tok in _TOKEN_OR_BREAK.findall(text.lower()):
-        if tok in ".;:!?":
-            prev = None
-            continue
-        if tok in STOPWORDS or (len(tok) == 1 and not tok.isdigit()):
-            continue
-        out.append(tok)
-        if prev is not None:
-            out.append(f"{prev} {tok}")
-        prev = tok
-    return out
-
-
-def _normalize_concepts(concepts: Sequence[str]) -> list[str]:
-    """Concept strings stripped and lowercased so "Problem:Hypertension " matches "problem:hypertension"."""
-    return [c.strip().lower() for c in concepts if c.strip()]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _check_k(k: int, name: str = "k") -> int:
+def check_k(k: int, name: str = "k") -> int:
+    """``k`` as an int, or a ``RetrievalError`` when it is not an integer >= 1 (a bool is not)."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise RetrievalError(f"{name} must be an integer >= 1, got {k!r}")
     return int(k)
-
-
-def _counts(analyzed: Sequence[list[str]], vocabulary: dict[str, int]) -> sp.csr_matrix:
-    """Term counts of already analysed texts over a fixed vocabulary (unknown terms dropped)."""
-    indptr = [0]
-    indices: list[int] = []
-    for terms in analyzed:
-        for t in terms:
-            j = vocabulary.get(t)
-            if j is not None:
-                indices.append(j)
-        indptr.append(len(indices))
-    data = np.ones(len(indices), dtype=np.float64)
-    m = sp.csr_matrix(
-        (data, np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
-        shape=(len(analyzed), len(vocabulary)),
-    )
-    m.sum_duplicates()  # repeated terms become counts
-    return m
-
-
-def _concept_tfidf(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
-    """Raw count x idf, L2-normalised rows: the TfidfVectorizer default, written out so a load needs no pickle."""
-    m = counts.tocsr().astype(np.float64, copy=True)
-    m.data *= idf[m.indices]
-    return normalize(m, norm="l2", copy=False).tocsr()
-
-
-def _fit_counts(
-    analyzed: Iterable[list[str]], n_docs: int, min_df: int, max_features: int | None
-) -> tuple[sp.csr_matrix, dict[str, int]]:
-    """Term counts and vocabulary (first-occurrence order) of analysed documents.
-
-    Terms in fewer than ``min_df`` documents are dropped; beyond ``max_features`` the most frequent
-    terms over the corpus are kept (ties: earlier first occurrence). Written out rather than
-    ``CountVectorizer`` because that sorts and rebuilds its vocabulary, most of a fit's time.
-    """
-    vocab: dict[str, int] = {}
-    indices: list[int] = []
-    indptr = [0]
-    for terms in analyzed:
-        indices.extend([vocab.setdefault(t, len(vocab)) for t in terms])
-        indptr.append(len(indices))
-    x = sp.csr_matrix(
-        (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
-        shape=(n_docs, len(vocab)),
-    )
-    x.sum_duplicates()
-    df = np.bincount(x.indices, minlength=len(vocab))
-    keep = df >= min_df
-    if max_features is not None and keep.sum() > max_features:
-        tf = np.bincount(x.indices, weights=x.data, minlength=len(vocab))
-        tf[~keep] = -1.0
-        best = np.argsort(-tf, kind="stable")[:max_features]
-        keep = np.zeros(len(vocab), dtype=bool)
-        keep[best] = True
-    if not keep.any():
-        raise RetrievalError(f"no terms left to index (min_df={min_df}); are the notes empty or all stopwords?")
-    if not keep.all():
-        cols = np.flatnonzero(keep)
-        new = np.cumsum(keep) - 1
-        x = x[:, cols].tocsr()
-        vocab = {t: int(new[j]) for t, j in vocab.items() if keep[j]}
-    return x, vocab
 
 
 def _dot(q: sp.csr_matrix, postings: sp.csr_matrix) -> np.ndarray:
@@ -326,7 +191,7 @@ class SimilarCaseIndex(BaseEstimator):
         for i, c in enumerate(conc_l):
             if isinstance(c, str) or not all(isinstance(x, str) for x in c):
                 raise RetrievalError(f"concepts[{i}] must be a sequence of str (one list per note)")
-            out.append(_normalize_concepts(c))
+            out.append(normalize_concepts(c))
         return texts_l, ids_l, out
 
     def _check_fitted(self) -> None:
@@ -362,7 +227,11 @@ class SimilarCaseIndex(BaseEstimator):
                 idf = np.asarray(vec.idf_, dtype=np.float64)
                 avgdl = None
             else:
-                counts, vocab = _fit_counts((analyze(t) for t in texts_l), len(texts_l), self.min_df, self.max_features)
+                counts, vocab = fit_counts((analyze(t) for t in texts_l), len(texts_l), self.min_df, self.max_features)
+                if not vocab:
+                    raise RetrievalError(
+                        f"no terms left to index (min_df={self.min_df}); are the notes empty or all stopwords?"
+                    )
                 n = counts.shape[0]
                 df = np.bincount(counts.indices, minlength=len(vocab)).astype(np.float64)
                 idf = np.log1p((n - df + 0.5) / (df + 0.5))
@@ -403,13 +272,13 @@ class SimilarCaseIndex(BaseEstimator):
             log.warning("concepts were given but every list is empty; the index uses text only")
             return
         cvocab = {c: j for j, c in enumerate(vocab_terms)}
-        counts = _counts(conc_l, cvocab)
+        counts = term_counts(conc_l, cvocab)
         n = counts.shape[0]
         df = np.bincount(counts.indices, minlength=len(cvocab)).astype(np.float64)
         cidf = np.log((1.0 + n) / (1.0 + df)) + 1.0  # TfidfVectorizer's smooth idf
         self.concept_vocabulary_ = cvocab
         self.concept_idf_ = cidf
-        self.concept_matrix_ = _concept_tfidf(counts, cidf)
+        self.concept_matrix_ = concept_tfidf(counts, cidf)
 
     def _finish(self) -> None:
         """Derived, unsaved state: id -> row and the column order that breaks ties by note id."""
@@ -439,10 +308,10 @@ class SimilarCaseIndex(BaseEstimator):
             # TfidfVectorizer's own analyzer, applied to the stored vocabulary and idf: the same
             # transform as the fitted vectorizer, with no vectorizer object to persist.
             terms = _TFIDF_ANALYZER(text)
-            q = _counts([terms], self.vocabulary_)
+            q = term_counts([terms], self.vocabulary_)
             q.data *= self.idf_[q.indices]
             return normalize(q, norm="l2", copy=False).tocsr()
-        q = self._bm25(_counts([analyze(text)], self.vocabulary_))
+        q = self._bm25(term_counts([analyze(text)], self.vocabulary_))
         if self.method == "hybrid":
             q = normalize(q, norm="l2", copy=False).tocsr()
         return q
@@ -488,7 +357,7 @@ class SimilarCaseIndex(BaseEstimator):
         term with the query scores 0.0 but can still fill the list.
         """
         self._check_fitted()
-        k = _check_k(k)
+        k = check_k(k)
         if not isinstance(text, str) or not text.strip():
             raise RetrievalError(f"query text must be a non-empty string, got {text!r:.60}")
         if isinstance(exclude, str) or (concepts is not None and isinstance(concepts, str)):
@@ -501,8 +370,8 @@ class SimilarCaseIndex(BaseEstimator):
             if self.concept_vocabulary_ is None:
                 log.debug("query concepts ignored: the index has none (method %r)", self.method)
             else:
-                qc = _concept_tfidf(
-                    _counts([_normalize_concepts(concepts)], self.concept_vocabulary_), self.concept_idf_
+                qc = concept_tfidf(
+                    term_counts([normalize_concepts(concepts)], self.concept_vocabulary_), self.concept_idf_
                 )
         scores = self._scores(q, qc)[0]
         for nid in exclude:
@@ -520,7 +389,7 @@ class SimilarCaseIndex(BaseEstimator):
     def neighbours(self, note_id: str, k: int = 5) -> list[Hit]:
         """The ``k`` notes most similar to the indexed note ``note_id``, itself excluded."""
         self._check_fitted()
-        k = _check_k(k)
+        k = check_k(k)
         i = self._row_of.get(note_id) if isinstance(note_id, str) else None
         if i is None:
             raise RetrievalError(f"note_id {note_id!r} is not in the index")
@@ -535,8 +404,8 @@ class SimilarCaseIndex(BaseEstimator):
         the order within a row is the one ``neighbours`` returns.
         """
         self._check_fitted()
-        k = _check_k(k)
-        block_rows = _check_k(block_rows, "block_rows")
+        k = check_k(k)
+        block_rows = check_k(block_rows, "block_rows")
         n = len(self.note_ids_)
         if k > n - 1:
             raise RetrievalError(f"k={k} needs at least {k + 1} indexed notes, the index has {n}")
@@ -581,11 +450,11 @@ class SimilarCaseIndex(BaseEstimator):
             (d / "concept_vocabulary.json").write_text(json.dumps(cterms, ensure_ascii=False), encoding="utf-8")
             np.save(d / "concept_idf.npy", np.asarray(self.concept_idf_, dtype=np.float64), allow_pickle=False)
             sp.save_npz(d / "concept_matrix.npz", sp.csr_matrix(self.concept_matrix_), compressed=True)
-            written += list(_CONCEPT_FILES)
+            written += list(CONCEPT_FILES)
         else:
-            for name in _CONCEPT_FILES:  # stale files of an earlier save in the same directory
+            for name in CONCEPT_FILES:  # stale files of an earlier save in the same directory
                 (d / name).unlink(missing_ok=True)
-        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "files": {f: _sha256(d / f) for f in written}}
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "files": {f: sha256_file(d / f) for f in written}}
         (d / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         log.info("similar-case index saved to %s (%d files)", d, len(written))
         return d
@@ -594,8 +463,8 @@ class SimilarCaseIndex(BaseEstimator):
     def load(cls, directory: str | Path) -> SimilarCaseIndex:
         """Read an index written by ``save``, verifying every file's sha256 first; never unpickles."""
         d = Path(directory)
-        files = _verify_manifest(d)
-        params = _read_json(d, "params.json")
+        files = verify_manifest(d)
+        params = read_json(d, "params.json")
         if not isinstance(params, dict) or params.get("format") != FORMAT:
             raise RetrievalError(f"{d / 'params.json'}: not a similar-case index")
         if params.get("version") != FORMAT_VERSION:
@@ -609,21 +478,21 @@ class SimilarCaseIndex(BaseEstimator):
             raise RetrievalError(f"{d / 'params.json'}: bad parameters: {exc}") from exc
         required = ["note_ids.json", "vocabulary.json", "idf.npy", "doc_matrix.npz"]
         if params.get("has_concepts"):
-            required += list(_CONCEPT_FILES)
+            required += list(CONCEPT_FILES)
         missing = [f for f in required if f not in files]
         if missing:
             raise RetrievalError(f"{d / MANIFEST}: does not list required file(s) {', '.join(missing)}")
 
-        note_ids = _read_json(d, "note_ids.json")
-        terms = _read_json(d, "vocabulary.json")
+        note_ids = read_json(d, "note_ids.json")
+        terms = read_json(d, "vocabulary.json")
         if not (isinstance(note_ids, list) and all(isinstance(x, str) for x in note_ids)) or len(set(note_ids)) != len(
             note_ids
         ):
             raise RetrievalError(f"{d / 'note_ids.json'}: expected a list of unique strings")
         if not (isinstance(terms, list) and all(isinstance(x, str) for x in terms)):
             raise RetrievalError(f"{d / 'vocabulary.json'}: expected a list of strings")
-        idf = _read_npy(d, "idf.npy", (len(terms),))
-        doc = _read_csr(d, "doc_matrix.npz", (len(note_ids), len(terms)))
+        idf = read_npy(d, "idf.npy", (len(terms),))
+        doc = read_csr(d, "doc_matrix.npz", (len(note_ids), len(terms)))
         index.note_ids_ = note_ids
         index.vocabulary_ = {t: j for j, t in enumerate(terms)}
         index.idf_ = idf
@@ -634,117 +503,12 @@ class SimilarCaseIndex(BaseEstimator):
         index.doc_matrix_ = doc
         index.concept_vocabulary_, index.concept_idf_, index.concept_matrix_ = None, None, None
         if params.get("has_concepts"):
-            cterms = _read_json(d, "concept_vocabulary.json")
+            cterms = read_json(d, "concept_vocabulary.json")
             if not (isinstance(cterms, list) and all(isinstance(x, str) for x in cterms)):
                 raise RetrievalError(f"{d / 'concept_vocabulary.json'}: expected a list of strings")
             index.concept_vocabulary_ = {c: j for j, c in enumerate(cterms)}
-            index.concept_idf_ = _read_npy(d, "concept_idf.npy", (len(cterms),))
-            index.concept_matrix_ = _read_csr(d, "concept_matrix.npz", (len(note_ids), len(cterms)))
+            index.concept_idf_ = read_npy(d, "concept_idf.npy", (len(cterms),))
+            index.concept_matrix_ = read_csr(d, "concept_matrix.npz", (len(note_ids), len(cterms)))
         index._finish()
         log.info("similar-case index (%s) loaded from %s: %d notes", index.method, d, len(note_ids))
         return index
-
-
-# ---------------------------------------------------------------------- persistence helpers
-
-
-def _verify_manifest(d: Path) -> dict[str, str]:
-    """Check that every file the manifest lists exists and has its recorded sha256."""
-    mpath = d / MANIFEST
-    if not mpath.is_file():
-        raise RetrievalError(f"{mpath}: missing; {d} is not a saved similar-case index (or the save did not finish)")
-    manifest = _read_json(d, MANIFEST)
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or manifest.get("format") != FORMAT:
-        raise RetrievalError(f"{mpath}: not a similar-case index manifest")
-    for name, digest in files.items():
-        if name not in _FILES:  # also rules out paths outside the directory
-            raise RetrievalError(f"{mpath}: unexpected file name {name!r}")
-        path = d / name
-        if not path.is_file():
-            raise RetrievalError(f"{path}: missing (listed in {MANIFEST})")
-        actual = _sha256(path)
-        if actual != digest:
-            raise RetrievalError(
-                f"{path}: sha256 {actual[:12]}... differs from the manifest's "
-                f"{str(digest)[:12]}...: the file was modified or corrupted"
-            )
-    return files
-
-
-def _read_json(d: Path, name: str) -> Any:
-    try:
-        return json.loads((d / name).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RetrievalError(f"{d / name}: unreadable JSON: {exc}") from exc
-
-
-def _read_npy(d: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        arr = np.load(d / name, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise RetrievalError(f"{d / name}: unreadable array: {exc}") from exc
-    if arr.shape != shape or arr.dtype != np.float64:
-        raise RetrievalError(f"{d / name}: expected float64 {shape}, got {arr.dtype} {arr.shape}")
-    return arr
-
-
-def _read_csr(d: Path, name: str, shape: tuple[int, int]) -> sp.csr_matrix:
-    """A CSR matrix from a ``scipy.sparse.save_npz`` file, read with ``allow_pickle=False``."""
-    try:
-        with np.load(d / name, allow_pickle=False) as z:
-            fmt = z["format"].item()
-            fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-            if fmt != "csr":
-                raise RetrievalError(f"{d / name}: expected a CSR matrix, got format {fmt!r}")
-            m = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(int(x) for x in z["shape"]))
-            m.check_format(full_check=True)  # index bounds: a bad file must fail here, not inside scipy
-    except RetrievalError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise RetrievalError(f"{d / name}: unreadable sparse matrix: {exc}") from exc
-    if m.shape != shape:
-        raise RetrievalError(f"{d / name}: shape {m.shape} does not match {shape} (notes x terms)")
-    if m.dtype != np.float64:
-        raise RetrievalError(f"{d / name}: expected float64 values, got {m.dtype}")
-    return m
-
-
-# ---------------------------------------------------------------------- evaluation
-
-
-def _label_hits(neighbour_idx: np.ndarray, labels: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per item: does any of its first k neighbours share its label; plus the item labels."""
-    k = _check_k(k)
-    idx = np.asarray(neighbour_idx)
-    lab = np.asarray(list(labels), dtype=object)
-    if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
-        raise RetrievalError(f"neighbour_idx must be a 2-D integer array, got {idx.dtype} {idx.shape}")
-    n = idx.shape[0]
-    if len(lab) != n:
-        raise RetrievalError(f"length mismatch: {n} neighbour rows but {len(lab)} labels")
-    if k > idx.shape[1]:
-        raise RetrievalError(f"k={k} but neighbour_idx has only {idx.shape[1]} columns")
-    if n == 0:
-        raise RetrievalError("no items to evaluate")
-    if idx.min() < 0 or idx.max() >= n:
-        raise RetrievalError(f"neighbour indices must lie in [0, {n - 1}]")
-    _, codes = np.unique(lab.astype(str), return_inverse=True)
-    hits = (codes[idx[:, :k]] == codes[:, None]).any(axis=1)
-    return hits, lab
-
-
-def top_k_label_hit_rate(neighbour_idx: np.ndarray, labels: Sequence[str], k: int = 3) -> float:
-    """Share of items whose first ``k`` neighbours include one with the same label.
-
-    With leave-one-out neighbours and specialty labels this is MTSamples' "top-3 specialty hit rate".
-    """
-    hits, _ = _label_hits(neighbour_idx, labels, k)
-    return float(hits.mean())
-
-
-def hit_rate_by_label(neighbour_idx: np.ndarray, labels: Sequence[str], k: int = 3) -> dict[str, float]:
-    """``top_k_label_hit_rate`` per label (sorted by label), to see which specialties retrieve poorly."""
-    hits, lab = _label_hits(neighbour_idx, labels, k)
-    lab_s = lab.astype(str)
-    return {str(u): float(hits[lab_s == u].mean()) for u in np.unique(lab_s)}
