@@ -5,8 +5,8 @@ character spans, ConText attributes (negated, uncertain, hypothetical, historica
 and a persisted similar-case index. Imaging lives beside it in ``trillium.medical``.
 
 The public API, importable from here (``from trillium.medical.records import RecordStructurer``):
-the note readers, the structurer and its result, the similar-case index, the evaluations and
-the synthetic notes. Each name is imported on first use (``trillium.core.exports``), so
+the note readers, the structurer and its result, the batch job, the similar-case index, the
+evaluations and the synthetic notes. Each name is imported on first use (``trillium.core.exports``), so
 importing the package loads neither pandas nor scikit-learn.
 """
 
@@ -16,6 +16,7 @@ from trillium.core.exports import lazy_exports
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (trillium.core.exports)
 if TYPE_CHECKING:
+    from trillium.medical.records.batch import StructureJobResult, structure_folder
     from trillium.medical.records.entities import Entity
     from trillium.medical.records.evaluate import entity_eval, negex_eval, specialty_eval
     from trillium.medical.records.index_files import RetrievalError
@@ -33,6 +34,7 @@ __all__ = [
     "RejectedNote",
     "RetrievalError",
     "SimilarCaseIndex",
+    "StructureJobResult",
     "StructuredNote",
     "SyntheticNote",
     "entity_eval",
@@ -40,11 +42,13 @@ __all__ = [
     "negex_eval",
     "read_note",
     "specialty_eval",
+    "structure_folder",
     "synthetic_notes",
     "write_notes_folder",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
+    "trillium.medical.records.batch": ("StructureJobResult", "structure_folder"),
     "trillium.medical.records.entities": ("Entity",),
     "trillium.medical.records.evaluate": ("entity_eval", "negex_eval", "specialty_eval"),
     "trillium.medical.records.index_files": ("RetrievalError",),
