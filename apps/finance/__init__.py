@@ -12,9 +12,10 @@ from trillium.core.exports import lazy_exports
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (trillium.core.exports)
 if TYPE_CHECKING:
-    from trillium.finance.adapters import ColumnMapping, read_transactions, write_transactions
+    from trillium.finance.adapters import read_transactions, write_transactions
     from trillium.finance.batch import ScoreJobResult, read_scores, score_file
     from trillium.finance.evaluate import evaluate_handbook, evaluate_time_split
+    from trillium.finance.formats import ColumnMapping
     from trillium.finance.fraud_model import FraudModel
     from trillium.finance.lifecycle import TrainResult, retrain, train_model
     from trillium.finance.online_state import RedisState
@@ -63,9 +64,10 @@ __all__ = [
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "trillium.finance.adapters": ("ColumnMapping", "read_transactions", "write_transactions"),
+    "trillium.finance.adapters": ("read_transactions", "write_transactions"),
     "trillium.finance.batch": ("ScoreJobResult", "read_scores", "score_file"),
     "trillium.finance.evaluate": ("evaluate_handbook", "evaluate_time_split"),
+    "trillium.finance.formats": ("ColumnMapping",),
     "trillium.finance.fraud_model": ("FraudModel",),
     "trillium.finance.lifecycle": ("TrainResult", "retrain", "train_model"),
     "trillium.finance.online_state": ("RedisState",),

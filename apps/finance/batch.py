@@ -31,8 +31,9 @@ from trillium.core import jobs
 from trillium.core.contract import PredictorFactory, job_output
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError
-from trillium.finance.adapters import PROFILES, detect_format, read_transactions, transaction_source
+from trillium.finance.adapters import read_transactions, transaction_source
 from trillium.finance.features import FeatureTable
+from trillium.finance.formats import PROFILES, detect_format
 from trillium.finance.pipeline import ALERT, REASONS, FraudScorer
 from trillium.finance.store import SCORE_JOB_PREFIX, store_alerts
 

@@ -128,8 +128,8 @@ def evaluate_cmd(
     """The handbook protocol (card data) or a time-ordered split (ULB); metrics to --json."""
     from trillium.core.cli import fail
     from trillium.core.errors import TrilliumError
-    from trillium.finance.adapters import ULB_FEATURES
     from trillium.finance.evaluate import evaluate_handbook, evaluate_time_split
+    from trillium.finance.formats import ULB_FEATURES
 
     try:
         frame = _load(data, fmt)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import lzma
 import os
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,11 @@ __all__ = [
 
 
 DEFAULT_CHUNK_ROWS = 10_000
+
+# What a damaged CSV file raises from inside the reader beyond pandas' own parse errors (the csv
+# module, the .gz / .bz2 / .xz decompressors: a corrupt or truncated stream, an unterminated quote
+# the python engine gives up on): the file cannot be read, a ``JobError`` naming it, never a crash.
+_CSV_READ_ERRORS: tuple[type[BaseException], ...] = (csv.Error, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,11 @@ class _FileSource(Source):
 
 
 class ParquetSource(_FileSource):
-    """A Parquet file, streamed batch by batch (never loaded whole)."""
+    """A Parquet file, streamed batch by batch (never loaded whole).
+
+    A footer that cannot be read, and damaged pages or metadata found only while iterating, are a
+    ``JobError`` naming the file.
+    """
 
     def __init__(
         self,
@@ -175,18 +186,21 @@ class ParquetSource(_FileSource):
         pf = self._open()
         pending: list[pa.RecordBatch] = []
         held = 0
-        # Re-batch to exactly `rows` rows: pyarrow does not promise batches that span row
-        # groups, and chunk N must mean the same rows whatever the file's row-group layout.
-        for batch in pf.iter_batches(batch_size=rows, columns=self.columns):
-            pending.append(batch)
-            held += batch.num_rows
-            while held >= rows:
-                table = pa.Table.from_batches(pending)
-                yield table.slice(0, rows).to_pandas()
-                rest = table.slice(rows)
-                pending, held = rest.to_batches(), rest.num_rows
-        if held:
-            yield pa.Table.from_batches(pending).to_pandas()
+        try:
+            # Re-batch to exactly `rows` rows: pyarrow does not promise batches that span row
+            # groups, and chunk N must mean the same rows whatever the file's row-group layout.
+            for batch in pf.iter_batches(batch_size=rows, columns=self.columns):
+                pending.append(batch)
+                held += batch.num_rows
+                while held >= rows:
+                    table = pa.Table.from_batches(pending)
+                    yield table.slice(0, rows).to_pandas()
+                    rest = table.slice(rows)
+                    pending, held = rest.to_batches(), rest.num_rows
+            if held:
+                yield pa.Table.from_batches(pending).to_pandas()
+        except (pa.ArrowException, OSError, ValueError) as exc:  # damaged pages or metadata
+            raise JobError(f"cannot read {self.path} as Parquet: {type(exc).__name__}: {exc}") from exc
 
 
 def _open_text(path: Path, encoding: str) -> Any:
@@ -209,7 +223,9 @@ class CsvSource(_FileSource):
     chunks, and a malformed value ("12,5", "n/a") must reach the processor to be quarantined
     with a reason rather than crash the reader. Pass ``dtype=`` to override.
     A line with more fields than the header is handed to ``take_rejected`` (pandas' python
-    engine with an ``on_bad_lines`` callable) instead of failing the read.
+    engine with an ``on_bad_lines`` callable) instead of failing the read. A file that cannot be
+    parsed or decompressed (a corrupt or truncated .gz / .bz2 / .xz stream, an unterminated
+    quote) is a ``JobError`` naming it.
     Other keyword arguments go to ``pandas.read_csv``.
     """
 
@@ -241,17 +257,23 @@ class CsvSource(_FileSource):
         if not isinstance(sep, str) or len(sep) != 1:
             return []
         encoding = kwargs.get("encoding") or "utf-8"
-        with _open_text(self.path, encoding) as fh:
-            reader = csv.reader(fh, delimiter=sep, quotechar=kwargs.get("quotechar", '"'))
-            header = next(reader, None)
-            if not header:
-                return []
-            wide: list[list[str]] = []
-            for record in reader:
-                if len(record) <= len(header):
-                    break
-                wide.append(record)
+        wide: list[list[str]] = []
+        try:
+            with _open_text(self.path, encoding) as fh:
+                reader = csv.reader(fh, delimiter=sep, quotechar=kwargs.get("quotechar", '"'))
+                header = next(reader, None)
+                if not header:
+                    return []
+                for record in reader:
+                    if len(record) <= len(header):
+                        break
+                    wide.append(record)
+        except (*_CSV_READ_ERRORS, ValueError) as exc:
+            raise self._unreadable(exc) from exc
         return wide
+
+    def _unreadable(self, exc: BaseException) -> JobError:
+        return JobError(f"cannot read {self.path} as CSV: {type(exc).__name__}: {exc}")
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
         rows = check_chunk_rows(chunk_rows or self.chunk_rows)
@@ -276,6 +298,8 @@ class CsvSource(_FileSource):
             return
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
             raise JobError(f"cannot parse {self.path}: {exc}") from exc
+        except _CSV_READ_ERRORS as exc:
+            raise self._unreadable(exc) from exc
 
     def take_rejected(self) -> list[Rejected]:
         taken, self._rejected = self._rejected, []

@@ -8,9 +8,12 @@ every input row exactly once, to the output or to the quarantine.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import logging
+import lzma
+import re
 import signal
 import subprocess
 import sys
@@ -270,6 +273,31 @@ def test_missing_input_is_a_job_error_naming_the_path(tmp_path: Path) -> None:
         jobs.run_job("x", jobs.ParquetSource(missing), worker.score, jobs.ParquetSink(tmp_path / "o"), progress=False)
     with pytest.raises(JobError, match="nope.csv"):
         jobs.run_job("x", jobs.CsvSource(tmp_path / "nope.csv"), worker.score, jobs.CsvSink(tmp_path / "o.csv"))
+
+
+def _flip(data: bytes, pos: int, mask: int = 0xFF) -> bytes:
+    return data[:pos] + bytes([data[pos] ^ mask]) + data[pos + 1:]
+
+
+_CSV = b"id,value\n1,5.0\n2,6.0\n"
+
+
+@pytest.mark.parametrize(("name", "damage", "expected"), [
+    ("in.csv.gz", lambda: _flip(gzip.compress(_CSV, mtime=0), 14, 0x55), "as CSV: error"),  # zlib.error
+    ("in.csv.xz", lambda: lzma.compress(_CSV)[:-20], "as CSV: EOFError"),
+    ("in.csv", lambda: b'id,value\n1,""x","y"\n', "as CSV: Error"),  # csv.Error
+    ("in.parquet", None, "as Parquet: OSError"),  # a page header that cannot be read
+])
+def test_a_damaged_input_file_is_a_job_error_naming_it(tmp_path: Path, name: str, damage: Any, expected: str) -> None:
+    path = tmp_path / name
+    if damage is None:
+        pd.DataFrame({"id": [1, 2], "value": [5.0, 6.0]}).to_parquet(path, index=False, compression=None)
+        path.write_bytes(_flip(path.read_bytes(), 8))
+    else:
+        path.write_bytes(damage())
+    source = jobs.ParquetSource(path, 1) if name.endswith(".parquet") else jobs.CsvSource(path, 1)
+    with pytest.raises(JobError, match=re.escape(f"cannot read {path} {expected}")):
+        list(source.chunks())
 
 
 def test_split_valid_and_reasons_from_keep_the_index() -> None:

@@ -20,15 +20,9 @@ from tests.conftest import SHARED_DATA, require_shared
 from trillium.core import jobs
 from trillium.core.db import Database
 from trillium.core.errors import InputValidationError
-from trillium.finance.adapters import (
-    PROFILES,
-    ColumnMapping,
-    detect_format,
-    normalize,
-    read_transactions,
-    transaction_source,
-    write_transactions,
-)
+from trillium.finance.adapters import read_transactions, transaction_source, write_transactions
+from trillium.finance.formats import PROFILES, ColumnMapping, detect_format
+from trillium.finance.normalization import normalize
 from trillium.finance.records import CANONICAL
 
 HANDBOOK_RAW = SHARED_DATA / "finance" / "handbook_simulated_raw.parquet"

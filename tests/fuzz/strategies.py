@@ -556,7 +556,9 @@ def _check_write(valid: Any, out_root: Path, src: Path) -> None:
 def check_finance(case: FileCase, work: Path) -> Outcome:
     """``read_transactions`` (whole file), then ``write_transactions`` of what it accepted, then the
     batch path (``transaction_source(...).chunks()`` and ``normalize`` per chunk)."""
-    from trillium.finance.adapters import PROFILES, detect_format, normalize, read_transactions, transaction_source
+    from trillium.finance.adapters import read_transactions, transaction_source
+    from trillium.finance.formats import PROFILES, detect_format
+    from trillium.finance.normalization import normalize
 
     inp = work / "in"
     inp.mkdir(parents=True)
