@@ -30,7 +30,8 @@ from trillium.core.untrusted import (
 )
 from trillium.manufacturing.images import ImageReadError, read_image
 from trillium.medical.imaging.analyzer import analyze_upload, save_study_upload
-from trillium.medical.imaging.dicom_io import load_ct, write_ct_series
+from trillium.medical.imaging.dicom_io import load_ct
+from trillium.medical.imaging.dicom_write import write_ct_series
 from trillium.medical.records.notes import NoteReadError, decode_text, read_note
 
 MiB = 1024**2

@@ -1051,7 +1051,7 @@ def dicom_seeds() -> tuple[tuple[str, tuple[tuple[str, bytes], ...], tuple[int, 
     import pydicom
     from pydicom.uid import ImplicitVRLittleEndian
 
-    from trillium.medical.imaging.dicom_io import SeriesInfo, write_ct_series
+    from trillium.medical.imaging.dicom_write import SeriesInfo, write_ct_series
 
     seeds = []
     rng = _fixed_rng(7)

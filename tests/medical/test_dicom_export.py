@@ -24,7 +24,8 @@ from trillium.medical.imaging.dicom_export import (
     write_seg,
     write_sr,
 )
-from trillium.medical.imaging.dicom_io import SeriesInfo, load_ct, write_ct_series
+from trillium.medical.imaging.dicom_io import load_ct
+from trillium.medical.imaging.dicom_write import SeriesInfo, write_ct_series
 
 hd = require_module("highdicom", "dicom-export")  # an optional extra; in [dev], so `make test` requires it
 

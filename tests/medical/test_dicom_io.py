@@ -23,15 +23,8 @@ from pydicom.fileset import FileSet
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 
 from trillium.core.errors import InputValidationError
-from trillium.medical.imaging.dicom_io import (
-    CTVolume,
-    DicomInputError,
-    SeriesInfo,
-    iter_study_dirs,
-    list_series,
-    load_ct,
-    write_ct_series,
-)
+from trillium.medical.imaging.dicom_io import CTVolume, DicomInputError, iter_study_dirs, list_series, load_ct
+from trillium.medical.imaging.dicom_write import SeriesInfo, write_ct_series
 from trillium.medical.imaging.measure import lung_rads_category
 from trillium.medical.imaging.phantom import NODULE_TYPES, write_phantom
 

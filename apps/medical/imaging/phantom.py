@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from trillium.medical.imaging.dicom_io import SeriesInfo, write_ct_series
+from trillium.medical.imaging.dicom_write import SeriesInfo, write_ct_series
 from trillium.medical.imaging.measure import _axial_diameters
 
 AIR, LUNG, FAT, SOFT, BONE = -1000.0, -860.0, -100.0, 40.0, 650.0
