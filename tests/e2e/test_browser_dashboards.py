@@ -286,7 +286,9 @@ def test_medical_patient_record_ct_viewer_and_note_upload(page: Page, seeded_das
         before = {p for p in home.rglob("*") if p.is_file() and uploads not in p.parents}
         page.locator(".st-key-ct-upload input[type='file']").set_input_files(
             files=[{"name": name, "mimeType": "application/zip", "buffer": study.getvalue()}])
-        expect(page.locator(".st-key-ct-upload")).to_contain_text(name)  # the upload's own rerun is over...
+        # the upload's own rerun is over (the uploader shortens long names, its remove button names it whole)...
+        expect(page.locator(".st-key-ct-upload").get_by_role("button", name=f"Remove {name}", exact=True)
+               ).to_be_visible()
         settle(page)
         page.locator(".st-key-ct-analyse button").click()  # ...so the click is not lost in it
         expect(page.get_by_text(re.compile(r"Stored series [0-9.]+: \d+ findings"))).to_be_visible()
