@@ -1,4 +1,4 @@
-"""Lazy public APIs for package roots: ``from trillium.finance import FraudScorer`` without the cost.
+"""Lazy public APIs for package roots: ``from trillium.<vertical> import Predictor`` without the cost.
 
 A package root lists its public names in a static ``__all__`` (for the docs, IDEs and
 ``from x import *``) and maps each name to the submodule that defines it. Importing the root
@@ -26,7 +26,7 @@ def lazy_exports(
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """The ``__getattr__`` and ``__dir__`` of package ``package`` exporting ``{module: names}``.
 
-    Module paths are absolute (``"trillium.finance.pipeline"``) so that a root can export names
+    Module paths are absolute (``"trillium.<vertical>.pipeline"``) so that a root can export names
     of modules outside its own folder. A name listed twice is an error at import time, not a
     silent choice of one of the modules.
     """
