@@ -333,3 +333,24 @@ def test_text_is_capped_before_decoding(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / "n.txt").write_bytes(b"b" * 101)
     with pytest.raises(NoteReadError, match=r"n.txt: file is 101 bytes, over the limit of 100 bytes"):
         read_note(tmp_path / "n.txt")
+
+
+def test_deidentification_skips_a_deflated_bomb_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trillium.medical.imaging.deid import deidentify_tree
+
+    monkeypatch.setenv("TRILLIUM_LIMIT_MEMBER_BYTES", str(4 * MiB))
+    src = tmp_path / "in"
+    src.mkdir()
+    _ct_slice(src / "deflated.dcm", rows=2048, cols=2048, syntax=DeflatedExplicitVRLittleEndian,
+              pixel_data=bytes(2048 * 2048 * 2))
+    report, peak = None, 0
+    tracemalloc.start()
+    try:
+        report = deidentify_tree(src, tmp_path / "out", salt="a secret salt for the test")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.written == 0 and len(report.skipped) == 1
+    assert "deflated.dcm: the deflated dataset, inflated is more than 4,194,304 bytes" in report.skipped[0][1]
+    assert peak < 8 * MiB, peak
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

@@ -12,12 +12,12 @@ import io
 import os
 import re
 import zipfile
-from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from sqlalchemy import func, select
+
+from tests.finance.whatif import expected_alerts_per_day
 
 try:
     from playwright.sync_api import Page, expect
@@ -118,17 +118,6 @@ def grid_row(grid, *cells: str):
         row = row.filter(has=grid.page.locator(f"td[aria-colindex='{i}']",
                                                 has_text=re.compile(rf"^{re.escape(text)}$")))
     return row
-
-
-def expected_alerts_per_day(output: Path, threshold: float) -> str:
-    """The finance what-if's "alerts per day (mean)" as the page must show it, computed here from the
-    scoring job's Parquet parts: the transactions whose stored probability is at least THRESHOLD,
-    counted per calendar day of their timestamp, averaged over the days with at least one."""
-    scores = pd.concat([pd.read_parquet(p) for p in sorted(output.glob("part-*.parquet"))], ignore_index=True)
-    assert len(scores) > 0, f"no scores in {output}"
-    per_day = Counter(ts.date() for ts, p in zip(pd.to_datetime(scores["timestamp"]), scores["probability"])
-                      if p >= threshold)
-    return f"{sum(per_day.values()) / len(per_day):,.0f}" if per_day else "0"
 
 
 def expect_images_decoded(page: Page, images, timeout_ms: int = 60_000) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from tests.finance.whatif import expected_alerts_per_day
 from trillium import dashboards
 from trillium.core.db import Feedback, Job, connect
 from trillium.core.registry import ModelRegistry
@@ -19,17 +18,6 @@ from trillium.finance.pipeline import FraudScorer
 from trillium.finance.simulate import simulate_transactions
 
 PAGE = str(Path(dashboards.__file__).parent / "pages" / "1_Finance.py")
-
-
-def expected_alerts_per_day(output: Path, threshold: float) -> str:
-    """The what-if's "alerts per day (mean)" as the page must show it, computed here from the
-    scoring job's Parquet parts: the transactions whose stored probability is at least THRESHOLD,
-    counted per calendar day of their timestamp, averaged over the days with at least one."""
-    scores = pd.concat([pd.read_parquet(p) for p in sorted(output.glob("part-*.parquet"))], ignore_index=True)
-    assert len(scores) > 0, f"no scores in {output}"
-    per_day = Counter(ts.date() for ts, p in zip(pd.to_datetime(scores["timestamp"]), scores["probability"])
-                      if p >= threshold)
-    return f"{sum(per_day.values()) / len(per_day):,.0f}" if per_day else "0"
 
 
 def metric(at: AppTest, label: str) -> str:

@@ -48,6 +48,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 from pydicom.valuerep import DA, DT
 
 from trillium.core.errors import ConfigError, InputValidationError
+from trillium.medical.imaging.dicom_io import check_deflated_size
 
 __all__ = [
     "BASIC_PROFILE_ACTIONS",
@@ -526,7 +527,11 @@ def deidentify_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     written: dict[Path, str] = {}
     for path in files:
         try:
+            check_deflated_size(str(path), path)  # a deflated dataset is inflated in bounded steps first
             ds = pydicom.dcmread(path)
+        except InputValidationError as exc:
+            report.skipped.append((str(path), str(exc)))
+            continue
         except InvalidDicomError:
             report.skipped.append((str(path), "not a DICOM file"))
             continue

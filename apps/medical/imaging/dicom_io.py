@@ -134,7 +134,7 @@ def _members(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     return [(str(p), p) for p in files], False
 
 
-def _check_deflated(label: str, opener: Any) -> None:
+def check_deflated_size(label: str, opener: Any) -> None:
     """Refuse a Deflated Explicit VR file whose dataset inflates past ``member_bytes``.
 
     pydicom inflates such a file's whole dataset in one ``zlib.decompress`` before reading any
@@ -143,7 +143,10 @@ def _check_deflated(label: str, opener: Any) -> None:
     """
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
-    fp = opener if isinstance(opener, io.BytesIO) else open(opener, "rb")  # noqa: SIM115
+    try:
+        fp = opener if isinstance(opener, io.BytesIO) else open(opener, "rb")  # noqa: SIM115
+    except OSError:
+        return  # unreadable: dcmread reports it with the file's name
     try:
         fp.seek(0)
         if b"1.2.840.10008.1.2.1.99" not in fp.read(16384):
@@ -165,8 +168,8 @@ def _check_deflated(label: str, opener: Any) -> None:
                     raise LimitExceededError(label, "the deflated dataset, inflated", f"more than {cap:,} bytes",
                                              "member_bytes", cap)
                 chunk = inflater.unconsumed_tail
-    except zlib.error:
-        return  # not valid deflate data: dcmread says so with the file's name
+    except (zlib.error, OSError):
+        return  # not valid deflate data, or unreadable: dcmread says so with the file's name
     finally:
         if fp is not opener:
             fp.close()
@@ -189,7 +192,6 @@ def _check_frame(ds: Dataset, label: str) -> None:
 
 
 def _read(label: str, opener: Any, *, pixels: bool) -> Dataset:
-    _check_deflated(label, opener)
     try:
         if isinstance(opener, io.BytesIO):
             opener.seek(0)
@@ -251,6 +253,7 @@ def _headers(source: Any) -> tuple[list[tuple[str, Any, Dataset]], bool, list[tu
     members, lenient = _members(source)
     headers, skipped = [], []
     for label, opener in members:
+        check_deflated_size(label, opener)  # once per file, before pydicom first inflates it
         try:
             ds = _read(label, opener, pixels=False)
         except DicomInputError as exc:
@@ -438,8 +441,7 @@ def _da_date(value: str) -> str | None:
 def _slice_hu(s: _Slice) -> tuple[np.ndarray, bool]:
     """One slice's pixels in HU; the fast path reads uncompressed 16-bit pixels straight from
     the buffer, everything else (compressed syntaxes, odd bit depths) goes through pydicom."""
-    ds = _read(s.label, s.opener, pixels=True)
-    _check_frame(ds, s.label)
+    ds = _read(s.label, s.opener, pixels=True)  # its header passed _check_frame in _headers
     if "PixelData" not in ds:
         raise DicomInputError(f"{s.label}: missing tag PixelData {PIXEL_DATA_TAG}")
     try:  # an empty, repeated or text value must name the file, not raise TypeError / ValueError
