@@ -211,12 +211,12 @@ with tab_ct:
     st.subheader("Analyse a study")
     ct_upload = st.file_uploader("A zipped DICOM series", type=["zip"], key="ct-upload")
     if ct_upload is not None and st.button("Analyse and store", key="ct-analyse"):
-        from trillium.medical.imaging.analyzer import analyze_upload, check_study_upload
+        from trillium.medical.imaging.analyzer import analyze_upload
 
         try:
-            # the client's file name is only a label: the upload is checked first, then kept under a name of ours
-            check_study_upload(ct_upload.getvalue(), ct_upload.name)
-            result = analyze_upload(ct_upload.getvalue(), ct_upload.name, ct_analyzer(url), db=db)
+            # the client's file name is only a label: the upload is checked, kept under a name of ours,
+            # and only then is the model loaded
+            result = analyze_upload(ct_upload.getvalue(), ct_upload.name, lambda: ct_analyzer(url), db=db)
         except TrilliumError as exc:
             st.error(f"Cannot analyse this upload: {exc}")
         else:

@@ -17,7 +17,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, RLELossless, generate_uid
 
-from trillium.core.errors import ConfigError, InputValidationError
+from trillium.core.errors import ConfigError, InputValidationError, RegistryError
 from trillium.core.untrusted import (
     LimitExceededError,
     Limits,
@@ -156,6 +156,16 @@ def test_refused_or_failed_study_upload_leaves_no_file(trillium_home: Path) -> N
 
     with pytest.raises(InputValidationError, match="no DICOM files found"):
         analyze_upload(_zip_bytes({"a.txt": b"x"}), "study.zip", Failing())  # type: ignore[arg-type]
+
+    def no_model() -> None:
+        raise RegistryError("no model chest-ct-nodules:production (train one with: trillium medical train)")
+
+    loads: list[str] = []
+    with pytest.raises(InputValidationError, match="climbs out"):  # refused before any model is loaded
+        analyze_upload(_zip_bytes({"../x.dcm": b"x"}), "evil.zip", lambda: loads.append("loaded"))  # type: ignore[arg-type]
+    assert loads == []
+    with pytest.raises(RegistryError, match="train one"):  # the model cannot load: the saved upload goes too
+        analyze_upload(_zip_bytes({"a.dcm": b"x"}), "study.zip", no_model)  # type: ignore[arg-type]
     assert not [p for p in trillium_home.rglob("*") if p.is_file() and "uploads" in p.parts]  # ...then it is gone
 
 

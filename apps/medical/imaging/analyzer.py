@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,13 +279,15 @@ def save_study_upload(data: bytes, label: str) -> Path:
     return save_upload(data, home_dir() / "uploads" / "ct", suffix=".zip", label=label)
 
 
-def analyze_upload(data: bytes, label: str, analyzer: StudyAnalyzer, *, db: Any = None) -> StudyResult:
+def analyze_upload(data: bytes, label: str, analyzer: StudyAnalyzer | Callable[[], StudyAnalyzer], *,
+                   db: Any = None) -> StudyResult:
     """A zipped DICOM series from a client, checked, analysed and stored: the dashboard's and the
-    service's way in. The upload is kept (the slice viewer reads it) only when the analysis
+    service's way in. ``analyzer`` may be a function that loads one, so that a refused upload
+    costs no model load. The upload is kept (the slice viewer reads it) only when the analysis
     succeeds; any refusal or failure leaves no file behind."""
     path = save_study_upload(data, label)
     try:
-        result = analyzer.analyze(path)
+        result = (analyzer if hasattr(analyzer, "analyze") else analyzer()).analyze(path)
         store_result(result, db=db)
     except BaseException:
         path.unlink(missing_ok=True)
