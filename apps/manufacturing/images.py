@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from trillium.core.errors import InputValidationError
+from trillium.core.errors import ConfigError, InputValidationError
 from trillium.core.untrusted import Limits, limits
 
 __all__ = [
@@ -50,7 +50,14 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = Limits.image_pixels  # TRILLIUM_LIMIT_IMAGE_PIXELS sets another (trillium.core.untrusted)
 # OpenCV reads this once, at its first decode: its own decoders then refuse frames past the same limit
 # rather than allocating up to 2**30 pixels before our check can see the array.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(limits().image_pixels))
+def _opencv_pixel_limit() -> int:
+    try:
+        return limits().image_pixels
+    except ConfigError:  # a malformed setting is reported where an image is read, not at import
+        return Limits.image_pixels
+
+
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(_opencv_pixel_limit()))
 GOOD = "good"
 SPLITS = ("train", "test")
 # ITU-R BT.601 luma: what "grey" means for most industrial cameras and for OpenCV / Pillow.
