@@ -5,4 +5,16 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 mkdir -p /tmp/pkg/trillium
 ln -sfn "$PWD/core" /tmp/pkg/trillium/core
 for d in finance medical manufacturing; do ln -sfn "$PWD/apps/$d" "/tmp/pkg/trillium/$d"; done
+# The core finds the verticals (CLI groups, demo parts, tables) through the trillium.verticals entry
+# point, which an installed distribution declares: declare it here from pyproject.toml the same way.
+mkdir -p /tmp/pkg/trillium_source-0.dist-info
+printf 'Metadata-Version: 2.1\nName: trillium-source\nVersion: 0\n' > /tmp/pkg/trillium_source-0.dist-info/METADATA
+python3 - "$PWD/pyproject.toml" > /tmp/pkg/trillium_source-0.dist-info/entry_points.txt <<'PY'
+import sys, tomllib
+groups = tomllib.load(open(sys.argv[1], "rb"))["project"]["entry-points"]
+for group, entries in groups.items():
+    print(f"[{group}]")
+    for name, ref in entries.items():
+        print(f"{name} = {ref}")
+PY
 export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
