@@ -22,6 +22,10 @@ Contract:
   answers the pending requests (``drain=True``) or fails them with ``BatcherClosedError``.
   No future is left pending: whatever the worker has not answered by the timeout is failed.
 
+With ``stack=False`` the items are any Python objects (a transaction, a decoded image with its
+options): ``fn`` receives the list of items and returns a sequence of as many results, in order.
+The batcher then checks no signature; gathering, the bounded queue and the metrics are the same.
+
 Metrics (``BatcherMetrics``): counters, and the latency (enqueue to result), queue wait, batch
 size and compute time of the most recent requests/batches in bounded ring buffers; exported
 as a dict (``snapshot()``) or Prometheus text (``to_prometheus()``).
@@ -276,6 +280,8 @@ class DynamicBatcher:
             raises ``OverloadedError``.
         name: shown in thread names, errors and metric labels.
         example: an item fixing the accepted signature; default, the first item submitted.
+        stack: True (default) stacks tensor items; False passes ``fn`` the list of items as they
+            are and expects a sequence of one result per item back.
         metrics_window: how many recent requests the latency quantiles cover.
     """
 
@@ -288,6 +294,7 @@ class DynamicBatcher:
         max_queue_size: int = 1024,
         name: str = "batcher",
         example: Item | None = None,
+        stack: bool = True,
         metrics_window: int = 8192,
     ) -> None:
         if not callable(fn):
@@ -299,6 +306,7 @@ class DynamicBatcher:
                 or max_delay_ms == float("inf"):
             raise ValueError(f"max_delay_ms must be a finite number >= 0, got {max_delay_ms!r}")
         self.fn = fn
+        self.stack = bool(stack)
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay_ms = float(max_delay_ms)
@@ -323,9 +331,10 @@ class DynamicBatcher:
         Raises ``OverloadedError`` when the queue is full, ``BatcherClosedError`` after
         ``close()``, ``InputValidationError`` when the item's signature differs.
         """
-        sig = _signature(item)
-        if sig != self._signature:
-            self._check_signature(sig)
+        if self.stack:
+            sig = _signature(item)
+            if sig != self._signature:
+                self._check_signature(sig)
         fut: Future = Future()
         req = _Request(item, fut, 0.0)
         with self._cond:
@@ -435,8 +444,10 @@ class DynamicBatcher:
         waits = [t_start - r.t_enqueue for r in live]
         t0 = _perf()
         try:
-            if isinstance(live[0].item, torch.Tensor):
-                xs: Any = torch.stack([r.item for r in live])
+            if not self.stack:
+                xs: Any = [r.item for r in live]
+            elif isinstance(live[0].item, torch.Tensor):
+                xs = torch.stack([r.item for r in live])
             else:
                 xs = tuple(torch.stack(col) for col in zip(*(r.item for r in live)))
             out = self.fn(xs)
@@ -456,6 +467,12 @@ class DynamicBatcher:
         self.metrics.record_batch(n, compute, waits, lat, ok=True)
 
     def _split(self, out: Any, n: int) -> Sequence[Any]:
+        if not self.stack:
+            if not isinstance(out, Sequence) or len(out) != n:
+                got = f"{len(out)} results" if isinstance(out, Sequence) else f"a {type(out).__name__}"
+                raise RuntimeBackendError(f"batcher {self.name!r}: fn returned {got} for a batch of {n} "
+                                          f"items; it must return one result per item, in order")
+            return out
         if isinstance(out, torch.Tensor):
             if out.dim() == 0 or out.shape[0] != n:
                 raise RuntimeBackendError(

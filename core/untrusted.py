@@ -91,7 +91,9 @@ class Limits:
     - ``image_pixels`` 50 M: a 7,000 x 7,000 line-scan frame passes, a 100,000 x 100,000 bomb not;
     - ``dicom_pixel_bytes`` 1 GiB: one DICOM object's frames (rows x columns x frames x samples
       x bytes per sample), e.g. an enhanced multi-frame CT of 2,000 frames of 512 x 512;
-    - ``text_bytes`` 2,000,000: one clinical note (real ones are a few kB; a book is 1 MB).
+    - ``text_bytes`` 2,000,000: one clinical note (real ones are a few kB; a book is 1 MB);
+    - ``request_bytes`` 64 MiB: one HTTP request to the service other than a CT study upload (a
+      list of 100,000 transactions is about 20 MB of JSON; a 16-bit 4,096 x 4,096 TIFF 32 MB).
     """
 
     upload_bytes: int = 4 * GiB
@@ -101,6 +103,7 @@ class Limits:
     image_pixels: int = 50_000_000
     dicom_pixel_bytes: int = 1 * GiB
     text_bytes: int = 2_000_000
+    request_bytes: int = 64 * MiB
 
     @classmethod
     def from_env(cls) -> Limits:

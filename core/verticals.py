@@ -38,6 +38,10 @@ class Vertical:
     - ``demo``: a function ``(console) -> summary`` that ``trillium demo`` runs after the core part;
     - ``tables``: the module defining its ORM tables on ``trillium.core.db.models.Base``, imported
       before the schema is compared or migrated (one Alembic history for every table);
+    - ``service``: a function ``(ServiceContext) -> fastapi.APIRouter`` whose routes the HTTP
+      service mounts under ``/v1/<name>`` (``trillium.core.service``);
+    - ``roles``: the roles it defines, ``(role, scopes)`` pairs; its scopes are ``<name>:read`` and
+      ``<name>:write`` (``trillium.core.access``);
     - ``order``: where it runs in the demo and appears in help (lower first).
     """
 
@@ -46,6 +50,8 @@ class Vertical:
     cli: str | None = None
     demo: str | None = None
     tables: str | None = None
+    service: str | None = None
+    roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     order: int = 100
 
 

@@ -7,5 +7,7 @@ VERTICAL = Vertical(
     title="Finance: credit-card fraud scoring",
     cli="trillium.finance.cli:app",
     demo="trillium.finance.demo:finance_demo",
+    service="trillium.finance.service:router",
+    roles=(("fraud_analyst", ("finance:write",)),),
     order=10,
 )

@@ -8,5 +8,7 @@ VERTICAL = Vertical(
     cli="trillium.manufacturing.cli:app",
     demo="trillium.manufacturing.demo:manufacturing_demo",
     tables="trillium.manufacturing.tables",
+    service="trillium.manufacturing.service:router",
+    roles=(("quality_engineer", ("manufacturing:write",)),),
     order=20,
 )

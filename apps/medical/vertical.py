@@ -8,5 +8,7 @@ VERTICAL = Vertical(
     cli="trillium.medical.cli:app",
     demo="trillium.medical.demo:medical_demo",
     tables="trillium.medical.tables",
+    service="trillium.medical.service:router",
+    roles=(("clinician", ("medical:write",)),),
     order=30,
 )

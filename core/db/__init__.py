@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trillium.core.config import database_url
 from trillium.core.db.models import (
+    ApiKey,
     AuditEvent,
     Base,
     Feedback,
@@ -33,6 +34,7 @@ from trillium.core.db.models import (
 from trillium.core.errors import ConfigError, DatabaseError
 
 __all__ = [
+    "ApiKey",
     "AuditEvent",
     "Base",
     "Database",

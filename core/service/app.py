@@ -1,0 +1,97 @@
+"""The HTTP application: health, readiness, metrics, and each vertical's routes under ``/v1``.
+
+``create_app()`` builds one worker's application (uvicorn calls it in each worker process, so
+every worker has its own models, batchers and database pool). The verticals are found through
+the ``trillium.verticals`` entry point; the core names none of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+
+from trillium.core.db import Database, connect
+from trillium.core.service.context import ServiceContext
+from trillium.core.service.errors import install_handlers
+from trillium.core.service.metrics import render
+from trillium.core.service.middleware import ServiceMiddleware
+from trillium.core.service.settings import ServiceSettings
+from trillium.core.verticals import load_ref, verticals
+
+__all__ = ["API_VERSION", "create_app"]
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "v1"
+DESCRIPTION = """\
+Trillium's inference service: fraud scoring, visual inspection, clinical notes and chest CT,
+behind one API. Every route under `/v1` needs an API key in the `X-API-Key` header (make one
+with `trillium keys create`); `/healthz`, `/readyz` and `/metrics` need none. Errors are JSON
+`{"error", "message", "fields"}`; 503 answers carry `Retry-After`. Every response that a model
+produced names the model version.
+"""
+
+
+def create_app(settings: ServiceSettings | None = None, db: Database | None = None) -> FastAPI:
+    """One worker's application (``uvicorn --factory trillium.core.service.app:create_app``)."""
+    settings = settings or ServiceSettings.from_env()
+    db = db or connect()
+    ctx = ServiceContext(db, settings)
+    available = [v.name for v in verticals() if v.service]
+    served = settings.served(available)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ctx.start()
+        try:
+            yield
+        finally:
+            ctx.stop()
+
+    app = FastAPI(title="Trillium", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    app.state.ctx = ctx
+    install_handlers(app)
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Models loaded and database reachable",
+             responses={503: {"description": "Not ready: the body says what is missing."}})
+    def readyz() -> JSONResponse:
+        report: dict[str, Any] = ctx.readiness()
+        try:
+            with db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            report["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
+            report["database"] = f"unreachable ({type(exc).__name__})"
+        ready = report["database"] == "ok" and all(m["ready"] for m in report["models"].values())
+        report["status"] = "ready" if ready else "not_ready"
+        report["fields"] = served
+        return JSONResponse(report, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of every worker",
+             response_class=Response)
+    def metrics() -> Response:
+        return Response(render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    for vertical in verticals():
+        if vertical.service and vertical.name in served:
+            router = load_ref(vertical.service)(ctx)
+            app.include_router(router, prefix=f"/{API_VERSION}/{vertical.name}", tags=[vertical.name])
+
+    def limit_for(path: str) -> tuple[int, str]:
+        if any(path.startswith(p) for p in ctx.large_upload_paths):
+            return ctx.limits.upload_bytes, "upload_bytes"
+        return ctx.limits.request_bytes, "request_bytes"
+
+    app.add_middleware(ServiceMiddleware, max_inflight=settings.max_inflight, limit_for=limit_for)
+    return app
