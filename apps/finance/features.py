@@ -37,6 +37,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -165,6 +166,24 @@ def _calendar(sec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     weekday = (days + 3) % 7  # 1970-01-01 was a Thursday (3 when Monday is 0)
     hour = np.floor_divide(sec - days * DAY, HOUR)
     return (weekday >= 5).astype(np.float64), (hour <= 6).astype(np.float64)
+
+
+def _history_stats_one(sum_prev: int, sq_prev: int, n_prev: int, cents: int) -> tuple[float, float]:
+    """``_history_stats`` of one transaction in plain floats: the same IEEE operations in the same
+    order (so the same bits as the batch path), without numpy's per-call cost on 1-element arrays."""
+    if n_prev <= 0:
+        return 1.0, 0.0
+    n = float(n_prev)
+    mean = float(sum_prev) / n
+    var = max(float(sq_prev) / n - mean * mean, 0.0)
+    std = math.sqrt(var)
+    return cents / max(mean, 1.0), (cents - mean) / max(std, 100.0)
+
+
+def _calendar_one(sec: int) -> tuple[float, float]:
+    """``_calendar`` of one timestamp (weekend, night) in plain integers."""
+    days = sec // DAY
+    return (1.0 if (days + 3) % 7 >= 5 else 0.0), (1.0 if (sec - days * DAY) // HOUR <= 6 else 0.0)
 
 
 # ----------------------------------------------------------------------- batch path
@@ -393,8 +412,8 @@ def online_vector(spec: FeatureSpec, sec: int, amount: float, cents: int, card: 
     d = spec.delay_days * DAY
     ctimes, ccents, cfr = card.times, card.cents, card.frauds
     ttimes, tfr = term.times, term.frauds
-    weekend, night = _calendar(np.array([sec]))
-    values: list[float] = [amount, float(weekend[0]), float(night[0])]
+    weekend, night = _calendar_one(sec)
+    values: list[float] = [amount, weekend, night]
     n_all = len(ctimes)
     for w in spec.customer_windows:
         lo = bisect_right(ctimes, sec - w * DAY)
@@ -411,10 +430,7 @@ def online_vector(spec: FeatureSpec, sec: int, amount: float, cents: int, card: 
     values.append(float(np.log1p(np.float64(gap))))
     lo = bisect_right(ctimes, sec - spec.history_days * DAY)
     prev = ccents[lo:]
-    ratio, z = _history_stats(
-        np.array([sum(prev)]), np.array([sum(c * c for c in prev)]), np.array([len(prev)]), np.array([cents])
-    )
-    values += [float(ratio[0]), float(z[0])]
+    values += _history_stats_one(sum(prev), sum(c * c for c in prev), len(prev), cents)
     lo, hi = _window_count(ctimes, sec - d - spec.customer_risk_window * DAY, sec - d)
     count = hi - lo
     values.append(sum(cfr[lo:hi]) / count if count else 0.0)
@@ -426,12 +442,18 @@ def online_vector(spec: FeatureSpec, sec: int, amount: float, cents: int, card: 
     hits = [ctimes[i] for i in range(lo, hi) if cfr[i]]
     values.append((sec - hits[-1]) / DAY if hits else horizon / DAY)
     vector = np.array(values + extra, dtype=np.float64)
-    seq = np.zeros((spec.seq_len, len(spec.seq_indices) + 1), dtype=np.float32)
+    seq = np.zeros((spec.seq_len, _seq_width(spec) + 1), dtype=np.float32)
     past = card.seq[-spec.seq_len:]
     if past:
         seq[spec.seq_len - len(past):, :-1] = np.stack(past)
         seq[spec.seq_len - len(past):, -1] = 1.0
     return vector, seq
+
+
+@lru_cache(maxsize=64)
+def _seq_width(spec: FeatureSpec) -> int:
+    """``len(spec.seq_indices)``, cached: the property rebuilds the feature names on each call."""
+    return len(spec.seq_indices)
 
 
 def _window_count(times: list[int], lo_exclusive: int, hi_inclusive: int) -> tuple[int, int]:
@@ -499,6 +521,49 @@ class InMemoryState:
         return True
 
 
+@dataclass(frozen=True)
+class OnlineTransaction:
+    """One transaction's fields as the online features use them (validated)."""
+
+    tx_id: Any
+    sec: int
+    amount: float
+    cents: int
+    card_id: Any
+    terminal_id: Any
+    extra: list[float]
+    fraud: int
+
+
+def parse_online(spec: FeatureSpec, tx: Mapping[str, Any]) -> OnlineTransaction:
+    """Validate and convert one transaction mapping; ``InputValidationError`` names the field."""
+    try:
+        sec = int(np.datetime64(pd.Timestamp(tx[TIMESTAMP]).to_datetime64(), "s").astype(np.int64))
+        amount = float(tx[AMOUNT])
+        tx_id = tx[TRANSACTION_ID]
+        card_id = tx[CUSTOMER_ID] if spec.card_history else None
+        term_id = tx[TERMINAL_ID] if spec.card_history else None
+        extra = [float(tx[c]) for c in spec.passthrough]
+    except KeyError as exc:
+        raise InputValidationError(f"transaction lacks field {exc.args[0]!r}: {dict(tx)}") from None
+    except (TypeError, ValueError) as exc:
+        raise InputValidationError(f"transaction {tx.get(TRANSACTION_ID)!r} is malformed: {exc}") from None
+    if not math.isfinite(amount) or amount < 0:
+        raise InputValidationError(f"transaction {tx_id!r}: amount must be a finite number >= 0, got {amount}")
+    if spec.card_history and (card_id is None or term_id is None or pd.isna(card_id) or pd.isna(term_id)):
+        raise InputValidationError(f"transaction {tx_id!r}: customer_id and terminal_id are required")
+    label = tx.get(LABEL)
+    fraud = 1 if label is not None and not pd.isna(label) and int(label) == 1 else 0
+    return OnlineTransaction(tx_id, sec, amount, round(amount * 100.0), card_id, term_id, extra, fraud)
+
+
+def calendar_vector(spec: FeatureSpec, p: OnlineTransaction) -> tuple[np.ndarray, np.ndarray]:
+    """The features of a model without card history (amount, calendar, passthrough columns)."""
+    weekend, night = _calendar(np.array([p.sec]))
+    vector = np.array([p.amount, float(weekend[0]), float(night[0]), *p.extra], dtype=np.float64)
+    return vector, np.zeros((spec.seq_len, len(spec.seq_indices) + 1), dtype=np.float32)
+
+
 class OnlineFeatures:
     """Incremental features: ``update(tx)`` adds one transaction to the state and returns its
     feature vector (and previous-transaction sequence), equal to the batch path's row.
@@ -523,31 +588,13 @@ class OnlineFeatures:
 
     def update(self, tx: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         spec = self.spec
-        try:
-            sec = int(np.datetime64(pd.Timestamp(tx[TIMESTAMP]).to_datetime64(), "s").astype(np.int64))
-            amount = float(tx[AMOUNT])
-            tx_id = tx[TRANSACTION_ID]
-            card_id = tx[CUSTOMER_ID] if spec.card_history else None
-            term_id = tx[TERMINAL_ID] if spec.card_history else None
-            extra = [float(tx[c]) for c in spec.passthrough]
-        except KeyError as exc:
-            raise InputValidationError(f"transaction lacks field {exc.args[0]!r}: {dict(tx)}") from None
-        except (TypeError, ValueError) as exc:
-            raise InputValidationError(f"transaction {tx.get(TRANSACTION_ID)!r} is malformed: {exc}") from None
-        if not math.isfinite(amount) or amount < 0:
-            raise InputValidationError(f"transaction {tx_id!r}: amount must be a finite number >= 0, got {amount}")
-        if spec.card_history and (card_id is None or term_id is None or pd.isna(card_id) or pd.isna(term_id)):
-            raise InputValidationError(f"transaction {tx_id!r}: customer_id and terminal_id are required")
-        cents = round(amount * 100.0)
+        p = parse_online(spec, tx)
         if not spec.card_history:
-            weekend, night = _calendar(np.array([sec]))
-            vector = np.array([amount, float(weekend[0]), float(night[0]), *extra], dtype=np.float64)
-            return vector, np.zeros((spec.seq_len, len(spec.seq_indices) + 1), dtype=np.float32)
-        label = tx.get(LABEL)
-        fraud = 1 if label is not None and not pd.isna(label) and int(label) == 1 else 0
-        card, term = self.state.load(card_id, term_id, sec - spec.horizon_seconds)
-        vector, seq = online_vector(spec, sec, amount, cents, card, term, extra)
-        self.state.append(card_id, term_id, tx_id, sec, cents, fraud, vector[self._seq_idx], spec.seq_len)
+            return calendar_vector(spec, p)
+        card, term = self.state.load(p.card_id, p.terminal_id, p.sec - spec.horizon_seconds)
+        vector, seq = online_vector(spec, p.sec, p.amount, p.cents, card, term, p.extra)
+        self.state.append(p.card_id, p.terminal_id, p.tx_id, p.sec, p.cents, p.fraud, vector[self._seq_idx],
+                          spec.seq_len)
         return vector, seq
 
     def label(self, transaction_id: Any, fraud: bool) -> bool:

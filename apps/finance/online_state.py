@@ -14,19 +14,169 @@ Layout (``prefix`` default ``trillium:fin``), every key expiring after the horiz
 One transaction costs two round trips: read the three lists; then read the labels of the
 transactions inside the delayed windows and, in the same pipeline, append and trim.
 
-Consistency: a card's transactions must be scored in time order. With several workers, route
-a card to one worker (e.g. partition by card) or accept that two simultaneous transactions
-of one card may not see each other.
+Consistency: ``load``/``append`` (one caller at a time per card) are the simple path. Several
+workers use ``load_many``/``commit_many``: the load also reads a version counter of the card and
+of the terminal and any stored result of the transaction; the commit is one Lua script that
+applies the transaction only if neither version moved since the load (else the caller reloads
+and recomputes: optimistic concurrency), refuses a transaction id it already applied (returning
+the stored result: exactly once, whichever worker retries it), counts the day's alerts against
+the budget and stores the result, all atomically. Every key of one transaction must live on one
+Redis server (a single Redis or a primary with replicas, not a sharded cluster).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from trillium.core.errors import ConfigError
+from trillium.core.errors import ConfigError, InputValidationError
 from trillium.finance.features import CardHistory, TerminalHistory
+
+
+# Both scripts build their key names from the prefix (one Redis server, not a sharded cluster)
+# and take one argument string per transaction, fields separated by \x1f: each argument costs
+# the Python client microseconds to encode, so fewer arguments is most of the client's time.
+_SPLIT = """
+local function fields(s)
+  local t, i = {}, 1
+  while true do
+    local j = string.find(s, '\\31', i, true)
+    if not j then t[#t + 1] = string.sub(s, i); return t end
+    t[#t + 1] = string.sub(s, i, j - 1); i = j + 1
+  end
+end
+"""
+
+# ARGV[1]: key prefix; then per transaction "card\x1fterminal\x1ftx_id\x1fcutoff\x1flabels_until".
+# Returns per transaction: card times, cents, fraud flags; terminal times, fraud flags; the
+# sequence rows; both versions; the stored result (or false); both drop counts.
+_LOAD = _SPLIT + """
+local p = ARGV[1]
+local out = {}
+for a = 2, #ARGV do
+  local f = fields(ARGV[a])
+  local card, term, tx = f[1], f[2], f[3]
+  local cutoff, until_ = tonumber(f[4]), tonumber(f[5])
+  local c = redis.call('LRANGE', p .. ':c:' .. card, 0, -1)
+  local t = redis.call('LRANGE', p .. ':t:' .. term, 0, -1)
+  local ct, cc, cf, tt, tf = {}, {}, {}, {}, {}
+  local cd, td = 0, 0
+  for j = 1, #c do
+    local sec, cents, id = string.match(c[j], '^(%-?%d+):(%-?%d+):(.*)$')
+    sec = tonumber(sec)
+    if sec <= cutoff then cd = cd + 1 else
+      ct[#ct + 1] = sec; cc[#cc + 1] = tonumber(cents)
+      local fr = 0
+      if sec <= until_ and redis.call('EXISTS', p .. ':lbl:' .. id) == 1 then fr = 1 end
+      cf[#cf + 1] = fr
+    end
+  end
+  for j = 1, #t do
+    local sec, id = string.match(t[j], '^(%-?%d+):(.*)$')
+    sec = tonumber(sec)
+    if sec <= cutoff then td = td + 1 else
+      tt[#tt + 1] = sec
+      local fr = 0
+      if sec <= until_ and redis.call('EXISTS', p .. ':lbl:' .. id) == 1 then fr = 1 end
+      tf[#tf + 1] = fr
+    end
+  end
+  out[#out + 1] = {ct, cc, cf, tt, tf, redis.call('LRANGE', p .. ':s:' .. card, 0, -1),
+                   redis.call('GET', p .. ':cv:' .. card), redis.call('GET', p .. ':tv:' .. term),
+                   redis.call('GET', p .. ':res:' .. tx), cd, td}
+end
+return out
+"""
+
+# ARGV[1..3]: key prefix, horizon seconds, daily alert budget (-1: none); then three per
+# transaction: "card\x1fterminal\x1ftx_id\x1fsec\x1fcents\x1ffraud\x1fcard version\x1fterminal
+# version\x1fcard drop\x1fterminal drop\x1falert\x1fseq_len", the sequence row's bytes, the result
+# JSON. Returns per transaction {status, stored}: ok (applied), dup (this id was applied before:
+# its stored result) or retry (the card or terminal moved since the load: nothing applied).
+_COMMIT = _SPLIT + """
+local p, horizon, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for a = 4, #ARGV, 3 do
+  local f = fields(ARGV[a])
+  local card, term, tx, sec = f[1], f[2], f[3], tonumber(f[4])
+  local ck, tk, sk = p .. ':c:' .. card, p .. ':t:' .. term, p .. ':s:' .. card
+  local cvk, tvk, rk = p .. ':cv:' .. card, p .. ':tv:' .. term, p .. ':res:' .. tx
+  local stored = redis.call('GET', rk)
+  if stored then
+    out[#out + 1] = {'dup', stored}
+  elseif (redis.call('GET', cvk) or '0') ~= f[7] or (redis.call('GET', tvk) or '0') ~= f[8] then
+    out[#out + 1] = {'retry', ''}
+  else
+    if tonumber(f[9]) > 0 then redis.call('LTRIM', ck, tonumber(f[9]), -1) end
+    if tonumber(f[10]) > 0 then redis.call('LTRIM', tk, tonumber(f[10]), -1) end
+    redis.call('RPUSH', ck, f[4] .. ':' .. f[5] .. ':' .. tx)
+    redis.call('RPUSH', tk, f[4] .. ':' .. tx)
+    redis.call('RPUSH', sk, ARGV[a + 1])
+    redis.call('LTRIM', sk, -tonumber(f[12]), -1)
+    if f[6] == '1' then redis.call('SET', p .. ':lbl:' .. tx, '1', 'EX', horizon) end
+    redis.call('EXPIRE', ck, horizon); redis.call('EXPIRE', tk, horizon); redis.call('EXPIRE', sk, horizon)
+    redis.call('INCR', cvk); redis.call('EXPIRE', cvk, horizon)
+    redis.call('INCR', tvk); redis.call('EXPIRE', tvk, horizon)
+    local decision = 'pass'
+    if f[11] == '1' then
+      decision = 'alert'
+      if budget >= 0 then
+        local dk = p .. ':alerts:' .. math.floor(sec / 86400)
+        local used = redis.call('INCR', dk)
+        redis.call('EXPIRE', dk, 3 * 86400)
+        if used > budget then decision = 'over_budget' end
+      end
+    end
+    stored = decision .. '|' .. ARGV[a + 2]
+    redis.call('SET', rk, stored, 'EX', horizon)
+    out[#out + 1] = {'ok', stored}
+  end
+end
+return out
+"""
+
+
+@dataclass
+class LoadedState:
+    """What ``load_many`` read for one transaction: its histories and what the commit checks."""
+
+    card: CardHistory
+    terminal: TerminalHistory
+    card_version: bytes
+    terminal_version: bytes
+    card_drop: int
+    terminal_drop: int
+    stored: bytes | None  # the result already stored for this transaction id (a retry)
+
+
+@dataclass
+class Commit:
+    """One transaction to apply with ``commit_many`` (after ``load_many`` gave ``loaded``)."""
+
+    card_id: Any
+    terminal_id: Any
+    tx_id: Any
+    sec: int
+    cents: int
+    fraud: int
+    vector: np.ndarray
+    seq_len: int
+    loaded: LoadedState
+    alert: bool
+    budget: int | None
+    result_json: str
+
+
+_SEP = "\x1f"
+
+
+def _ident(value: Any) -> str:
+    text = str(value)
+    if _SEP in text or "\x00" in text:
+        raise InputValidationError(f"identifier {text!r} holds a control character (\\x1f or \\x00)")
+    return text
 
 
 class RedisState:
@@ -96,6 +246,52 @@ class RedisState:
             pipe.expire(key, self.horizon)
         pipe.execute()
         self._pending = {}
+
+    # ------------------------------------------------------------ several workers
+    def load_many(self, items: list[tuple[Any, Any, Any, int, int]]) -> list[LoadedState]:
+        """Histories of ``(card, terminal, tx_id, cutoff, labels_until)`` items (distinct cards and
+        terminals) in one round trip whatever their number: a Lua script reads the lists, versions
+        and stored results, drops entries at or before ``cutoff`` and looks up the fraud labels of
+        the entries at or before ``labels_until`` (the only ones the delayed windows read)."""
+        if not items:
+            return []
+        args: list[Any] = [self.prefix]
+        for card_id, terminal_id, tx_id, cutoff, labels_until in items:
+            args.append(_SEP.join((_ident(card_id), _ident(terminal_id), _ident(tx_id), str(cutoff),
+                                   str(labels_until))))
+        raw = self._script("_load", _LOAD)(keys=[], args=args)
+        out = []
+        for c_times, c_cents, c_fr, t_times, t_fr, s_raw, cv, tv, stored, c_drop, t_drop in raw:
+            card = CardHistory(times=c_times, cents=c_cents, frauds=c_fr,
+                               seq=[np.frombuffer(b, dtype=np.float32) for b in s_raw])
+            out.append(LoadedState(card, TerminalHistory(times=t_times, frauds=t_fr), cv or b"0", tv or b"0",
+                                   int(c_drop), int(t_drop), stored or None))
+        return out
+
+    def commit_many(self, commits: list[Commit]) -> list[tuple[str, bytes]]:
+        """Apply each commit atomically, all in one round trip: ``("ok", stored)`` when applied,
+        ``("dup", stored)`` when its id was applied before, ``("retry", b"")`` when its card or
+        terminal changed since the load (reload and recompute it). ``stored`` is
+        ``b"<decision>|<result JSON>"``, the decision counted against the day's budget."""
+        if not commits:
+            return []
+        budget = commits[0].budget
+        args: list[Any] = [self.prefix, self.horizon, -1 if budget is None else int(budget)]
+        for c in commits:
+            ld = c.loaded
+            meta = _SEP.join((_ident(c.card_id), _ident(c.terminal_id), _ident(c.tx_id), str(c.sec), str(c.cents),
+                              "1" if c.fraud else "0", ld.card_version.decode(), ld.terminal_version.decode(),
+                              str(ld.card_drop), str(ld.terminal_drop), "1" if c.alert else "0", str(c.seq_len)))
+            args += [meta, c.vector.astype(np.float32).tobytes(), c.result_json]
+        raw = self._script("_commit", _COMMIT)(keys=[], args=args)
+        return [(status.decode(), stored) for status, stored in raw]
+
+    def _script(self, name: str, source: str) -> Any:
+        script = getattr(self, name, None)
+        if script is None:
+            script = self.client.register_script(source)
+            setattr(self, name, script)
+        return script
 
     def set_label(self, tx_id: Any, fraud: bool) -> bool:
         """Store the label (even for a transaction not seen yet); always True."""

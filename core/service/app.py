@@ -8,6 +8,7 @@ the ``trillium.verticals`` entry point; the core names none of them.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -93,5 +94,20 @@ def create_app(settings: ServiceSettings | None = None, db: Database | None = No
             return ctx.limits.upload_bytes, "upload_bytes"
         return ctx.limits.request_bytes, "request_bytes"
 
-    app.add_middleware(ServiceMiddleware, max_inflight=settings.max_inflight, limit_for=limit_for)
+    templates: list[tuple[re.Pattern[str], str]] = []
+    seen: dict[str, str | None] = {}
+
+    def template_for(path: str) -> str | None:
+        if path in seen:
+            return seen[path]
+        if not templates:
+            for tpl in app.openapi()["paths"]:
+                templates.append((re.compile("^" + re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(tpl)) + "$"), tpl))
+        found = next((tpl for rx, tpl in templates if rx.match(path)), None)
+        if len(seen) < 4096:
+            seen[path] = found
+        return found
+
+    app.add_middleware(ServiceMiddleware, max_inflight=settings.max_inflight, limit_for=limit_for,
+                       template_for=template_for)
     return app

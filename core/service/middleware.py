@@ -36,11 +36,14 @@ class ServiceMiddleware:
     """Refuse a body past its limit (413, before reading it when Content-Length says so), a request
     past ``max_inflight`` (503 + Retry-After), and record every answer in the Prometheus metrics.
 
-    ``limit_for(path)`` gives the byte limit of a path and the name of the limit.
+    ``limit_for(path)`` gives the byte limit of a path and the name of the limit; ``template_for(path)``
+    the route template it matched, for the metrics' ``route`` label.
     """
 
-    def __init__(self, app: Any, *, max_inflight: int, limit_for: Callable[[str], tuple[int, str]]) -> None:
+    def __init__(self, app: Any, *, max_inflight: int, limit_for: Callable[[str], tuple[int, str]],
+                 template_for: Callable[[str], str | None] = lambda _: None) -> None:
         self.app = app
+        self.template_for = template_for
         self.max_inflight = max_inflight
         self.limit_for = limit_for
         self.inflight = 0
@@ -82,8 +85,9 @@ class ServiceMiddleware:
                 self.inflight -= 1
                 INFLIGHT.dec()
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or ("unmatched" if guarded else path)
+            # the route's template (/v1/x/studies/{id}), so that ids never become label values
+            template = (self.template_for(path) if scope.get("route") is not None else None) or (
+                "unmatched" if guarded else path)
             REQUESTS.labels(method, template, str(status_box[0])).inc()
             REQUEST_SECONDS.labels(method, template).observe(time.perf_counter() - t0)
 
