@@ -293,6 +293,70 @@ def load_ct(
     names one. A missing slice is an error unless ``interpolate_missing`` is set, in which case
     the gap is filled by linear interpolation and a warning is recorded on the volume.
     """
+    plan = _plan_series(source, series_uid=series_uid, interpolate_missing=interpolate_missing)
+    slices, ref, warnings, fill = plan.slices, plan.ref, plan.warnings, plan.fill
+    hu = _read_pixels(slices, workers=workers)
+    if fill:
+        hu = _interpolate_gaps(hu, fill)
+        for w in warnings:
+            log.warning(w)
+
+    row_cos, col_cos = ref.orientation[:3], ref.orientation[3:]
+    sy, sx = float(ref.spacing[0]), float(ref.spacing[1])
+    affine = np.eye(4)
+    affine[:3, 0] = row_cos * sx
+    affine[:3, 1] = col_cos * sy
+    affine[:3, 2] = plan.normal * plan.step
+    affine[:3, 3] = slices[0].position
+
+    ds0 = slices[0].ds
+    return CTVolume(
+        hu=hu, affine=affine, series_uid=plan.series_uid,
+        study_uid=str(ds0.get("StudyInstanceUID", "")),
+        patient_id=str(ds0.get("PatientID", "")) or None,
+        study_date=_da_date(str(ds0.get("StudyDate", ""))),
+        modality=str(ds0.get("Modality", "CT")),
+        description=str(ds0.get("SeriesDescription", "")),
+        files=[s.label for s in slices], warnings=warnings, skipped=plan.skipped,
+        frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "")),
+        sop_instance_uids=[str(s.ds.get("SOPInstanceUID", "")) for s in slices],
+    )
+
+
+def check_ct_series(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    series_uid: str | None = None,
+    interpolate_missing: bool = False,
+) -> dict[str, Any]:
+    """Every check ``load_ct`` makes before it decodes a pixel: the files are DICOM, a CT series
+    is there, its tags and geometry are whole (the same code, so a series this accepts is one
+    ``load_ct`` reads unless its pixel data itself is corrupt). Reads headers only, so a
+    service can refuse a bad upload at once. Returns what the series is: ``series_uid``,
+    ``study_uid``, ``patient_id``, ``study_date``, ``slices``, ``skipped`` (files left out)."""
+    plan = _plan_series(source, series_uid=series_uid, interpolate_missing=interpolate_missing)
+    ds0 = plan.slices[0].ds
+    return {"series_uid": plan.series_uid, "study_uid": str(ds0.get("StudyInstanceUID", "")),
+            "patient_id": str(ds0.get("PatientID", "")) or None,
+            "study_date": _da_date(str(ds0.get("StudyDate", ""))), "slices": len(plan.slices),
+            "skipped": [label for label, _ in plan.skipped]}
+
+
+@dataclass
+class _SeriesPlan:
+    """The chosen series' slices in order and its geometry, from the headers alone."""
+
+    series_uid: str
+    slices: list[_Slice]
+    ref: _Slice  # the slice the others were checked against (its orientation and spacing are the series')
+    normal: np.ndarray
+    step: float
+    warnings: list[str]
+    fill: list[tuple[int, int]]
+    skipped: list[tuple[str, str]]
+
+
+def _plan_series(source: Any, *, series_uid: str | None, interpolate_missing: bool) -> _SeriesPlan:
     headers, _, skipped = _headers(source)
     by_series: dict[str, list[tuple[str, Any, Dataset]]] = {}
     for label, opener, ds in headers:
@@ -405,31 +469,7 @@ def load_ct(
                                   f"{b.position.round(3).tolist()} is {gap:.3f} mm from the previous slice "
                                   f"({a.label}), the series spacing is {step:.3f} mm")
 
-    hu = _read_pixels(slices, workers=workers)
-    if fill:
-        hu = _interpolate_gaps(hu, fill)
-        for w in warnings:
-            log.warning(w)
-
-    sy, sx = float(ref.spacing[0]), float(ref.spacing[1])
-    affine = np.eye(4)
-    affine[:3, 0] = row_cos * sx
-    affine[:3, 1] = col_cos * sy
-    affine[:3, 2] = normal * step
-    affine[:3, 3] = slices[0].position
-
-    ds0 = slices[0].ds
-    return CTVolume(
-        hu=hu, affine=affine, series_uid=chosen,
-        study_uid=str(ds0.get("StudyInstanceUID", "")),
-        patient_id=str(ds0.get("PatientID", "")) or None,
-        study_date=_da_date(str(ds0.get("StudyDate", ""))),
-        modality=str(ds0.get("Modality", "CT")),
-        description=str(ds0.get("SeriesDescription", "")),
-        files=[s.label for s in slices], warnings=warnings, skipped=skipped,
-        frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "")),
-        sop_instance_uids=[str(s.ds.get("SOPInstanceUID", "")) for s in slices],
-    )
+    return _SeriesPlan(chosen, slices, ref, normal, step, warnings, fill, skipped)
 
 
 def _da_date(value: str) -> str | None:
