@@ -38,6 +38,8 @@ def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 800
         settings = replace(settings, redis_url="redis://127.0.0.1:6379/0")
         log.warning("%d workers share one online state: using Redis at %s (set TRILLIUM_REDIS_URL to change)",
                     settings.workers, settings.redis_url)
+    if settings.redis_url:
+        _check_redis(settings.redis_url)
     connect()  # migrate once, here, before any worker starts
     metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=_run_dir())
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -48,6 +50,19 @@ def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 800
                     loop="uvloop", http="httptools")
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _check_redis(url: str) -> None:
+    """Fail at once, naming the URL, rather than letting every worker fail at startup."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach it is the same error to the user
+        safe = url.split("@")[-1]
+        raise ConfigError(f"cannot reach Redis at redis://{safe.split('://')[-1]} ({type(exc).__name__}); "
+                          f"several workers keep the finance online state there. Start Redis, set "
+                          f"TRILLIUM_REDIS_URL, or run with --workers 1") from None
 
 
 def _run_dir() -> str:

@@ -93,7 +93,8 @@ class ServiceProcess:
         raise AssertionError(f"trillium serve not ready after {timeout:.0f} s ({last}):\n{self.log()[-4000:]}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> list[int]:
@@ -111,7 +112,8 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         import redis
 
         client = redis.Redis.from_url(REDIS_URL)
