@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trillium.core.errors import TrilliumError
+from trillium.core.service.cli import keys_app, serve_cmd
 from trillium.core.verticals import load_ref, verticals
 
 console = Console(stderr=True)
@@ -30,8 +31,6 @@ models_app = typer.Typer(help="The model registry: versions, aliases, integrity.
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
-from trillium.core.service.cli import keys_app, serve_cmd  # noqa: E402 - after the core groups
-
 app.add_typer(keys_app, name="keys")
 app.command("serve")(serve_cmd)
 for _vertical in verticals():  # each vertical's group, found through the trillium.verticals entry point

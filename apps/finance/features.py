@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from calendar import timegm
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -538,7 +540,11 @@ class OnlineTransaction:
 def parse_online(spec: FeatureSpec, tx: Mapping[str, Any]) -> OnlineTransaction:
     """Validate and convert one transaction mapping; ``InputValidationError`` names the field."""
     try:
-        sec = int(np.datetime64(pd.Timestamp(tx[TIMESTAMP]).to_datetime64(), "s").astype(np.int64))
+        ts = tx[TIMESTAMP]
+        if type(ts) is datetime:  # the service's parsed JSON: whole seconds since the epoch, UTC
+            sec = timegm(ts.utctimetuple()) if ts.tzinfo is not None else timegm(ts.timetuple())
+        else:
+            sec = int(np.datetime64(pd.Timestamp(ts).to_datetime64(), "s").astype(np.int64))
         amount = float(tx[AMOUNT])
         tx_id = tx[TRANSACTION_ID]
         card_id = tx[CUSTOMER_ID] if spec.card_history else None

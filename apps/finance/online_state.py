@@ -34,7 +34,6 @@ import numpy as np
 from trillium.core.errors import ConfigError, InputValidationError
 from trillium.finance.features import CardHistory, TerminalHistory
 
-
 # Both scripts build their key names from the prefix (one Redis server, not a sharded cluster)
 # and take one argument string per transaction, fields separated by \x1f: each argument costs
 # the Python client microseconds to encode, so fewer arguments is most of the client's time.

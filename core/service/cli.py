@@ -36,6 +36,8 @@ def serve_cmd(
                                        "redis://127.0.0.1:6379/0)."),
     max_inflight: int = typer.Option(256, help="Requests one worker holds at once; past it, 503 + Retry-After."),
     reload_seconds: float = typer.Option(2.0, help="How often workers look whether a model's alias moved."),
+    max_batch: int = typer.Option(64, help="Most requests per model call of the dynamic batcher (1: no batching)."),
+    batch_delay_ms: float = typer.Option(1.0, help="Longest a batch waits for more requests after its first."),
     log_level: str = typer.Option("warning", help="uvicorn's log level."),
 ) -> None:
     """Serve every field's models over HTTP (OpenAPI docs at /docs) until SIGINT or SIGTERM."""
@@ -43,7 +45,7 @@ def serve_cmd(
     from trillium.core.service.settings import ServiceSettings
 
     settings = ServiceSettings(fields=fields, workers=workers, redis_url=redis_url, max_inflight=max_inflight,
-                               reload_seconds=reload_seconds)
+                               reload_seconds=reload_seconds, max_batch=max_batch, batch_delay_ms=batch_delay_ms)
     console.print(f"serving on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}); "
                   f"API docs at http://{host}:{port}/docs")
     try:

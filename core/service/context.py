@@ -124,7 +124,7 @@ class ServiceContext:
         for fn in reversed(self._shutdown):
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - stop the rest whatever one does
+            except Exception:  # a failed step must not keep the others from running
                 log.exception("service shutdown step failed")
 
     def readiness(self) -> dict[str, Any]:

@@ -43,10 +43,12 @@ class ErrorBody(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The request cannot be read (e.g. a malformed multipart body)."},
     401: {"model": ErrorBody, "description": "No API key, or an unknown or revoked one."},
     403: {"model": ErrorBody, "description": "The key lacks the route's scope."},
     404: {"model": ErrorBody, "description": "No such object."},
     413: {"model": ErrorBody, "description": "The body, image or archive is past a limit."},
+    415: {"model": ErrorBody, "description": "The body's content type is not one the route reads."},
     422: {"model": ErrorBody, "description": "A field is missing, malformed or out of range."},
     503: {"model": ErrorBody, "description": "Overloaded, shutting down, or the model is not loaded: retry "
                                              "after the Retry-After header's seconds."},

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 __all__ = ["BATCH_SIZE", "INFLIGHT", "MODEL_VERSION", "QUEUE_DEPTH", "REQUESTS", "REQUEST_SECONDS", "render"]
 

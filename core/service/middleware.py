@@ -11,8 +11,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from trillium.core.untrusted import LimitExceededError
 from trillium.core.service.metrics import INFLIGHT, REQUEST_SECONDS, REQUESTS
+from trillium.core.untrusted import LimitExceededError
 
 __all__ = ["ServiceMiddleware"]
 

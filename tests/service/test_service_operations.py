@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -65,7 +65,7 @@ class Load:
                 with self._lock:
                     self.answers.append(item)
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         for t in self.threads:
             t.start()
         return self
@@ -121,7 +121,7 @@ def test_a_killed_worker_is_replaced_and_no_accepted_feedback_is_lost(home_env: 
         workers = server.worker_pids()
         assert len(workers) == 2, workers
         tag = f"kill-{os.getpid()}"
-        body = lambda i: {"transaction_id": f"{tag}-{i}", "label": "genuine" if i % 3 else "fraud",  # noqa: E731
+        body = lambda i: {"transaction_id": f"{tag}-{i}", "label": "genuine" if i % 3 else "fraud",
                           "comment": tag}
         with Load(server.url, home_env["keys"]["finance"], "/v1/finance/feedback", body) as load:
             time.sleep(2)
