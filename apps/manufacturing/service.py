@@ -39,7 +39,7 @@ from trillium.core.access import KeyInfo
 from trillium.core.errors import InputValidationError
 from trillium.core.registry import ModelRecord
 from trillium.core.service.context import ServiceContext
-from trillium.core.service.errors import ERROR_RESPONSES, ErrorBody, error_response
+from trillium.core.service.errors import ERROR_RESPONSES, error_response
 from trillium.core.untrusted import LimitExceededError, Limits, check_pixels, save_upload
 
 __all__ = ["InspectResponse", "decode_upload", "router"]
@@ -79,12 +79,6 @@ class InspectResponse(BaseModel):
     overlay_png: str | None = Field(
         default=None, description="The image with the anomaly map as a heat overlay, a base64 PNG; only when "
                                   "`overlay` is true.")
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    **ERROR_RESPONSES,
-    400: {"model": ErrorBody, "description": "The multipart body cannot be parsed."},
-}
 
 
 @dataclass(frozen=True)
@@ -182,7 +176,7 @@ def router(ctx: ServiceContext) -> APIRouter:
     batcher = ctx.batcher(BATCHER, inspect_batch, stack=False)
     api = APIRouter()
 
-    @api.post("/inspect", response_model=InspectResponse, responses=ERRORS,
+    @api.post("/inspect", response_model=InspectResponse, responses=ERROR_RESPONSES,
               summary="Inspect one image: verdict, score, defect type, optional overlay")
     async def inspect(
         image: Annotated[UploadFile, File(description="The image: PNG, JPEG, BMP or TIFF, 8 or 16 bit, grey or "

@@ -29,7 +29,7 @@ from trillium.core.access import KeyInfo
 from trillium.core.db import Database
 from trillium.core.errors import InputValidationError
 from trillium.core.service.context import ServiceContext
-from trillium.core.service.errors import ERROR_RESPONSES, ErrorBody, error_response
+from trillium.core.service.errors import ERROR_RESPONSES, error_response
 from trillium.core.untrusted import LimitExceededError, Limits
 
 __all__ = [
@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 
 _ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: ids end up in the database, the audit log and file names
 MODEL_NAME = "record-structurer"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    **ERROR_RESPONSES,
-    400: {"model": ErrorBody, "description": "The body is not JSON text at all (bytes no JSON encoding decodes)."},
-}
 
 
 # --------------------------------------------------------------------------- request / response models
@@ -415,7 +411,7 @@ def notes_router(ctx: ServiceContext) -> APIRouter:
     ctx.on_startup(lambda: threading.Thread(target=index.warm, name="notes-index", daemon=True).start())
     api = APIRouter(prefix="/notes")
 
-    @api.post("/structure", response_model=StructureResponse, responses=ERRORS,
+    @api.post("/structure", response_model=StructureResponse, responses=ERROR_RESPONSES,
               summary="Structure a clinical note: sections, entities with spans and ConText attributes")
     async def structure(body: StructureRequest, request: Request,
                         key: KeyInfo = ctx.require("medical:read")) -> Any:
@@ -447,7 +443,7 @@ def notes_router(ctx: ServiceContext) -> APIRouter:
         except LimitExceededError as exc:
             return error_response(413, "too_large", str(exc), ["text", exc.limit_name])
 
-    @api.post("/similar", response_model=SimilarResponse, responses=ERRORS,
+    @api.post("/similar", response_model=SimilarResponse, responses=ERROR_RESPONSES,
               summary="The stored notes most similar to a text or a stored note")
     async def similar(body: SimilarRequest, request: Request,
                       key: KeyInfo = ctx.require("medical:read")) -> Any:
