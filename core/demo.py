@@ -171,6 +171,10 @@ def demo_steps() -> list[tuple[str, Callable[[Console], Any]]]:
     for vertical in verticals():
         if vertical.demo:
             steps.append((vertical.name, partial(_vertical_demo, vertical.demo)))
+    if any(v.service for v in verticals()):
+        from trillium.core.service.demo import service_demo
+
+        steps.append(("service", service_demo))
     return steps
 
 

@@ -40,6 +40,8 @@ class Vertical:
       before the schema is compared or migrated (one Alembic history for every table);
     - ``service``: a function ``(ServiceContext) -> fastapi.APIRouter`` whose routes the HTTP
       service mounts under ``/v1/<name>`` (``trillium.core.service``);
+    - ``service_demo``: a function ``(httpx.Client) -> str`` making one authorised call to its
+      routes (the demo's last step, ``trillium.core.service.demo``);
     - ``roles``: the roles it defines, ``(role, scopes)`` pairs; its scopes are ``<name>:read`` and
       ``<name>:write`` (``trillium.core.access``);
     - ``order``: where it runs in the demo and appears in help (lower first).
@@ -51,6 +53,7 @@ class Vertical:
     demo: str | None = None
     tables: str | None = None
     service: str | None = None
+    service_demo: str | None = None
     roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     order: int = 100
 

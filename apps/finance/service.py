@@ -194,3 +194,13 @@ def _text(v: Any) -> str | None:
 
 def _iso(v: Any) -> str | None:
     return v.isoformat() if hasattr(v, "isoformat") else (None if v is None else str(v))
+
+
+def demo_call(client: Any) -> str:
+    """The demo's call: score one transaction (``trillium demo``'s last step)."""
+    tx = {"transaction_id": "demo-service-1", "timestamp": "2018-05-20T23:41:00", "customer_id": "demo-card",
+          "terminal_id": "demo-terminal", "amount": 2480.0}
+    r = client.post("/v1/finance/score", json=tx)
+    r.raise_for_status()
+    a = r.json()
+    return f"POST /v1/finance/score: p={a['probability']:.3f}, {a['decision']} ({a['model']})"

@@ -8,6 +8,7 @@ VERTICAL = Vertical(
     cli="trillium.finance.cli:app",
     demo="trillium.finance.demo:finance_demo",
     service="trillium.finance.service:router",
+    service_demo="trillium.finance.service:demo_call",
     roles=(("fraud_analyst", ("finance:write",)),),
     order=10,
 )

@@ -235,3 +235,21 @@ def router(ctx: ServiceContext) -> APIRouter:
         return body
 
     return api
+
+
+def demo_call(client: Any) -> str:
+    """The demo's call: inspect one synthetic part with a scratch (``trillium demo``'s last step)."""
+    import io
+
+    from PIL import Image
+
+    from trillium.manufacturing.synth import synthetic_images
+
+    images, _ = synthetic_images(1, size=128, seed=11, defect="scratch")
+    buf = io.BytesIO()
+    Image.fromarray((images[0][..., 0] * 255).round().astype("uint8")).save(buf, format="PNG")
+    r = client.post("/v1/manufacturing/inspect", files={"image": ("demo-part.png", buf.getvalue(), "image/png")})
+    r.raise_for_status()
+    a = r.json()
+    return f"POST /v1/manufacturing/inspect: {a['verdict']} (score {a['score']:.3f}, threshold " \
+           f"{a['threshold']:.3f}, {a['model']})"

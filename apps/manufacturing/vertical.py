@@ -9,6 +9,7 @@ VERTICAL = Vertical(
     demo="trillium.manufacturing.demo:manufacturing_demo",
     tables="trillium.manufacturing.tables",
     service="trillium.manufacturing.service:router",
+    service_demo="trillium.manufacturing.service:demo_call",
     roles=(("quality_engineer", ("manufacturing:write",)),),
     order=20,
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from typing import Any
 
 from fastapi import APIRouter
 
@@ -36,3 +37,14 @@ def router(ctx: ServiceContext) -> APIRouter:
         if ct_router is not None:
             api.include_router(ct_router(ctx))
     return api
+
+
+def demo_call(client: Any) -> str:
+    """The demo's call: structure one short note (``trillium demo``'s last step)."""
+    text = "Denies chest pain. History of type 2 diabetes. Metformin 500 mg PO BID. BP 148/92."
+    r = client.post("/v1/medical/notes/structure", json={"text": text})
+    r.raise_for_status()
+    a = r.json()
+    negated = sum(1 for e in a["entities"] if e.get("negated"))
+    return f"POST /v1/medical/notes/structure: {len(a['entities'])} entities ({negated} negated), " \
+           f"{len(a.get('medications', []))} medication(s)"

@@ -9,6 +9,7 @@ VERTICAL = Vertical(
     demo="trillium.medical.demo:medical_demo",
     tables="trillium.medical.tables",
     service="trillium.medical.service:router",
+    service_demo="trillium.medical.service:demo_call",
     roles=(("clinician", ("medical:write",)),),
     order=30,
 )
