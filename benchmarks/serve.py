@@ -23,6 +23,8 @@ model, a manufacturing inspector, stored notes), with one API key. Then:
    in-process on the same image (``inspect_arrays``, batches of 16): the HTTP/in-process ratio.
 5. Notes: a discharge-summary-length note per request, notes/s over HTTP, against
    ``RecordStructurer.structure`` in-process.
+6. The server: the same application and settings under granian instead of uvicorn, the finance
+   single route at uvicorn's best concurrency (why ``trillium serve`` runs uvicorn).
 """
 
 from __future__ import annotations
@@ -117,15 +119,28 @@ def wrk(url: str, *, lua: Path, env: dict[str, str], connections: int, seconds: 
 
 # ------------------------------------------------------------------ server
 class Server:
-    def __init__(self, home: Path, *, args: list[str], env: dict[str, str] | None = None) -> None:
+    """``trillium serve`` (uvicorn), or with ``granian=True`` the same application under granian
+    (the same settings through ``TRILLIUM_SERVE_*``), to compare the two servers in one run."""
+
+    def __init__(self, home: Path, *, args: list[str], env: dict[str, str] | None = None,
+                 granian_workers: int = 0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
         self.log = (home / f"serve-{self.port}.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trillium.core.cli", "serve", "--port", str(self.port), *args],
-            env={**os.environ, "TRILLIUM_HOME": str(home), "TRILLIUM_REDIS_PREFIX": self.prefix,
-                 "OMP_NUM_THREADS": "1", **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT, cwd=home)
+        full_env = {**os.environ, "TRILLIUM_HOME": str(home), "TRILLIUM_REDIS_PREFIX": self.prefix,
+                    "OMP_NUM_THREADS": "1", **(env or {})}
+        if granian_workers:
+            metrics = home / f"metrics-{self.port}"
+            metrics.mkdir()
+            full_env.update({"PROMETHEUS_MULTIPROC_DIR": str(metrics), "TRILLIUM_SERVE_WORKERS": str(granian_workers),
+                             "TRILLIUM_SERVE_REDIS_URL": REDIS_URL, "TRILLIUM_SERVE_FIELDS": "finance"})
+            cmd = [str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--factory", "--workers",
+                   str(granian_workers), "--host", "127.0.0.1", "--port", str(self.port), "--loop", "uvloop",
+                   "--no-ws", "trillium.core.service.app:create_app"]
+        else:
+            cmd = [sys.executable, "-m", "trillium.core.cli", "serve", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(cmd, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, cwd=home)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -329,7 +344,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15, help="Length of each wrk run.")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", default="16,32,64,128", help="wrk connections, finance single route.")
-    parser.add_argument("--skip", default="", help="Comma-separated parts to skip: baseline,lists,manufacturing,notes")
+    parser.add_argument("--skip", default="",
+                        help="Comma-separated parts to skip: baseline,lists,manufacturing,notes,granian")
     parser.add_argument("--keep", action="store_true", help="Keep the seeded home (printed).")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -386,6 +402,17 @@ def main() -> int:
         best = max(report["finance_single"], key=lambda r: r["requests_per_s"])
         best_base = max(report["finance_single_baseline"], key=lambda r: r["requests_per_s"])
         report["finance_single_ratio"] = best["requests_per_s"] / best_base["requests_per_s"]
+    if "granian" not in skip:
+        best = max(report["finance_single"], key=lambda r: r["requests_per_s"])
+        log(f"the same application under granian ({args.workers} workers), c={best['connections']}")
+        gran = Server(home, args=[], granian_workers=args.workers)
+        try:
+            warm(gran.url, key, work / "warm.jsonl")
+            g = finance_single(gran.url, key, work, tx_file, offset, [best["connections"]], args.seconds)[0]
+        finally:
+            gran.stop()
+        report["server_comparison"] = {"uvicorn": best, "granian": g,
+                                       "granian_over_uvicorn": g["requests_per_s"] / best["requests_per_s"]}
     within = [r for r in report["finance_single"] if r["p99_ms"] is not None and r["p99_ms"] <= 45 and not r["non_2xx"]]
     report["goals"] = {
         "finance_single_tx_per_s_at_p99_le_45ms": max((r["requests_per_s"] for r in within), default=0.0),

@@ -10,6 +10,7 @@ under a prefix of its own; tests that break a server (SIGKILL, alias switch) sta
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -74,6 +75,8 @@ class ServiceProcess:
             [sys.executable, "-m", "trillium.core.cli", "serve", "--port", str(self.port), "--workers", str(workers),
              "--reload-seconds", "0.5", "--log-level", "info", *args],
             env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True)
+        # a pytest stopped early (Ctrl-C, -x, a timeout) must not leave a server running
+        atexit.register(self._kill_group)
 
     def wait_ready(self, timeout: float = 180.0) -> ServiceProcess:
         deadline = time.monotonic() + timeout
@@ -91,6 +94,13 @@ class ServiceProcess:
             time.sleep(0.3)
         self.stop()
         raise AssertionError(f"trillium serve not ready after {timeout:.0f} s ({last}):\n{self.log()[-4000:]}")
+
+    def _kill_group(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def log(self) -> str:
         if not self._log.closed:
