@@ -23,7 +23,9 @@ model, a manufacturing inspector, stored notes), with one API key. Then:
    in-process on the same image (``inspect_arrays``, batches of 16): the HTTP/in-process ratio.
 5. Notes: a discharge-summary-length note per request, notes/s over HTTP, against
    ``RecordStructurer.structure`` in-process.
-6. The server: the same application and settings under granian instead of uvicorn, the finance
+6. The batcher's two forms for the finance route: batches in a thread of their own (``--batcher
+   thread``) and in the event loop's thread (``--batcher async``), at the same concurrencies.
+7. The server: the same application and settings under granian instead of uvicorn, the finance
    single route at uvicorn's best concurrency (why ``trillium serve`` runs uvicorn).
 """
 
@@ -345,7 +347,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", default="16,32,64,128", help="wrk connections, finance single route.")
     parser.add_argument("--skip", default="",
-                        help="Comma-separated parts to skip: baseline,lists,manufacturing,notes,granian")
+                        help="Comma-separated parts to skip: baseline,lists,manufacturing,notes,batcher,granian")
     parser.add_argument("--keep", action="store_true", help="Keep the seeded home (printed).")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -402,6 +404,15 @@ def main() -> int:
         best = max(report["finance_single"], key=lambda r: r["requests_per_s"])
         best_base = max(report["finance_single_baseline"], key=lambda r: r["requests_per_s"])
         report["finance_single_ratio"] = best["requests_per_s"] / best_base["requests_per_s"]
+    if "batcher" not in skip:
+        log("the other batcher form (async: batches in the event loop's thread), same concurrencies")
+        other = Server(home, args=["--workers", str(args.workers), "--fields", "finance", "--batcher", "async"])
+        try:
+            warm(other.url, key, work / "warm.jsonl")
+            report["finance_single_async_batcher"] = finance_single(other.url, key, work, tx_file, offset,
+                                                                    concurrency, args.seconds)
+        finally:
+            other.stop()
     if "granian" not in skip:
         best = max(report["finance_single"], key=lambda r: r["requests_per_s"])
         log(f"the same application under granian ({args.workers} workers), c={best['connections']}")

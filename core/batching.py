@@ -55,7 +55,7 @@ from trillium.core.errors import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatcherMetrics", "DynamicBatcher"]
+__all__ = ["AsyncBatcher", "BatcherMetrics", "DynamicBatcher"]
 
 Item = torch.Tensor | tuple[torch.Tensor, ...]
 _perf = time.perf_counter
@@ -571,3 +571,125 @@ class DynamicBatcher:
     def to_prometheus(self, prefix: str = "trillium_batcher") -> str:
         """Prometheus text for this batcher, labelled ``batcher="<name>"``."""
         return self.metrics.to_prometheus(prefix, labels={"batcher": self.name})
+
+
+# --------------------------------------------------------------------------------- asyncio
+class AsyncBatcher:
+    """The dynamic batcher for one asyncio event loop (an HTTP worker): same gathering rules,
+    bounded queue and metrics as ``DynamicBatcher`` with ``stack=False``, but ``fn`` runs in the
+    loop's own thread, between requests.
+
+    Why a second form: in a server worker the requests already arrive in one thread (the event
+    loop), so handing them to a batcher thread costs two thread switches per request and, worse,
+    makes the loop and the batcher fight over the interpreter lock. Here ``fn`` holds the loop
+    while it runs (milliseconds), the requests that arrive meanwhile wait in the socket and are
+    read when it returns, and the next batch takes them all. Which form serves a route better is
+    measured (``benchmarks/serve.py``), not assumed.
+
+    ``await submit(item)`` returns ``fn``'s result for the item; ``OverloadedError`` at once when
+    ``max_queue_size`` items wait; ``BatcherClosedError`` after ``close()``.
+    """
+
+    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], *, max_batch_size: int = 64,
+                 max_delay_ms: float = 1.0, max_queue_size: int = 1024, name: str = "batcher",
+                 metrics_window: int = 8192) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        for arg, val in (("max_batch_size", max_batch_size), ("max_queue_size", max_queue_size)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{arg} must be a positive integer, got {val!r}")
+        if not 0 <= max_delay_ms < float("inf"):
+            raise ValueError(f"max_delay_ms must be a finite number >= 0, got {max_delay_ms!r}")
+        self.fn = fn
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_delay_ms = float(max_delay_ms)
+        self.max_queue_size = max_queue_size
+        self._delay_s = self.max_delay_ms / 1e3
+        self._queue: deque[tuple[Any, Any, float]] = deque()
+        self._task: Any = None
+        self._full: Any = None
+        self._closed = False
+        self.metrics = BatcherMetrics(window=metrics_window, queue_depth=self._queue.__len__)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, item: Any) -> Any:
+        import asyncio
+
+        if self._closed:
+            raise BatcherClosedError(f"batcher {self.name!r} is closed; it accepts no new requests")
+        if len(self._queue) >= self.max_queue_size:
+            self.metrics.record_rejected()
+            raise OverloadedError(
+                f"batcher {self.name!r} is overloaded: its queue holds {self.max_queue_size} waiting "
+                f"requests (max_queue_size). Back off and retry later.")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.append((item, fut, _perf()))
+        self.metrics.requests += 1
+        if self._full is None:
+            self._full = asyncio.Event()
+        if len(self._queue) >= self.max_batch_size:
+            self._full.set()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        return await fut
+
+    async def _run(self) -> None:
+        import asyncio
+
+        q = self._queue
+        while q:
+            deadline = q[0][2] + self._delay_s
+            while len(q) < self.max_batch_size and not self._closed:
+                left = deadline - _perf()
+                if left <= 0:
+                    break
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), left)
+                except TimeoutError:
+                    break
+            batch = [q.popleft() for _ in range(min(len(q), self.max_batch_size))]
+            live = [b for b in batch if not b[1].done()]  # a caller that went away is not computed
+            if len(live) < len(batch):
+                self.metrics.record_cancelled(len(batch) - len(live))
+            if not live:
+                continue
+            t0 = _perf()
+            waits = [t0 - t for _, _, t in live]
+            try:
+                out = self.fn([item for item, _, _ in live])
+                if not isinstance(out, Sequence) or len(out) != len(live):
+                    raise RuntimeBackendError(f"batcher {self.name!r}: fn returned {type(out).__name__} for a "
+                                              f"batch of {len(live)}; it must return one result per item")
+            except Exception as exc:  # noqa: BLE001 - fn's error goes to every caller of the batch
+                compute = _perf() - t0
+                for _, fut, _ in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                self.metrics.record_batch(len(live), compute, waits, [_perf() - t for _, _, t in live], ok=False)
+            else:
+                compute = _perf() - t0
+                for (_, fut, _), result in zip(live, out, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+                self.metrics.record_batch(len(live), compute, waits, [_perf() - t for _, _, t in live], ok=True)
+            await asyncio.sleep(0)  # let the loop read the requests that arrived meanwhile
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop intake; run (``drain``) or fail what is queued; returns once nothing is pending."""
+        self._closed = True
+        if not drain:
+            err = BatcherClosedError(f"batcher {self.name!r} was closed before this request ran")
+            while self._queue:
+                _, fut, _ = self._queue.popleft()
+                if not fut.done():
+                    fut.set_exception(err)
+        if self._full is not None:
+            self._full.set()
+        if self._task is not None:
+            await self._task

@@ -53,7 +53,7 @@ def create_app(settings: ServiceSettings | None = None, db: Database | None = No
         try:
             yield
         finally:
-            ctx.stop()
+            await ctx.astop()
 
     app = FastAPI(title="Trillium", version="1", description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")

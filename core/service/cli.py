@@ -38,15 +38,32 @@ def serve_cmd(
     reload_seconds: float = typer.Option(2.0, help="How often workers look whether a model's alias moved."),
     max_batch: int = typer.Option(64, help="Most requests per model call of the dynamic batcher (1: no batching)."),
     batch_delay_ms: float = typer.Option(1.0, help="Longest a batch waits for more requests after its first."),
+    batcher: str = typer.Option("thread", help="Where batches run for routes that do not choose: thread (a "
+                                "thread per model) or async (the event loop's thread)."),
+    device: str = typer.Option("cpu", envvar="TRILLIUM_DEVICE",
+                               help="Where the models run: cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU). "
+                                    "Each worker loads its own copy there; /readyz names each model's backends."),
     log_level: str = typer.Option("warning", help="uvicorn's log level."),
 ) -> None:
     """Serve every field's models over HTTP (OpenAPI docs at /docs) until SIGINT or SIGTERM."""
     from trillium.core.service.server import serve
     from trillium.core.service.settings import ServiceSettings
 
+    device = device.strip().lower() or "cpu"
+    if device != "cpu":  # (torch is imported only then) a GPU asked for and absent fails here, not in every worker
+        from trillium.core.runtime.hardware import inference_device
+
+        try:
+            device = inference_device(device)
+        except TrilliumError as exc:
+            _fail(exc)
+            return
+    os.environ["TRILLIUM_DEVICE"] = device  # the workers (fresh interpreters) load their models there
+
     settings = ServiceSettings(fields=fields, workers=workers, redis_url=redis_url, max_inflight=max_inflight,
-                               reload_seconds=reload_seconds, max_batch=max_batch, batch_delay_ms=batch_delay_ms)
-    console.print(f"serving on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}); "
+                               reload_seconds=reload_seconds, max_batch=max_batch, batch_delay_ms=batch_delay_ms,
+                               batcher=batcher)
+    console.print(f"serving on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}, models on {device}); "
                   f"API docs at http://{host}:{port}/docs")
     try:
         serve(settings, host=host, port=port, log_level=log_level)

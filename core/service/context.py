@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 
 from trillium.core.access import KeyInfo, KeyVerifier
-from trillium.core.batching import DynamicBatcher
+from trillium.core.batching import AsyncBatcher, DynamicBatcher
 from trillium.core.db import Database
 from trillium.core.registry import ModelRecord, ModelRegistry
 from trillium.core.service.live import LiveModel
@@ -42,7 +43,8 @@ class ServiceContext:
         self.registry = registry or ModelRegistry(db)
         self.keys = KeyVerifier(db, settings.key_cache_seconds)
         self.models: dict[str, LiveModel] = {}
-        self.batchers: dict[str, DynamicBatcher] = {}
+        self.batchers: dict[str, DynamicBatcher | AsyncBatcher] = {}
+        self._async_shutdown: list[Callable[[], Any]] = []
         self._startup: list[Callable[[], None]] = []
         self._shutdown: list[Callable[[], None]] = []
         self.limits: Limits = limits()
@@ -57,8 +59,9 @@ class ServiceContext:
     def require(self, scope: str) -> Any:
         """A FastAPI dependency: the request's ``KeyInfo`` if its key holds ``scope`` (401 / 403 otherwise)."""
 
-        def dependency(request: Request, key: str | None = Security(_api_key)) -> KeyInfo:
-            info = self.keys.verify(key)
+        async def dependency(request: Request, key: str | None = Security(_api_key)) -> KeyInfo:
+            # async, so a request costs no thread hop; only a cache miss reads the database (in a thread)
+            info = self.keys.cached(key) or await run_in_threadpool(self.keys.verify, key)
             info.require(scope)
             request.state.key = info
             return info
@@ -84,29 +87,45 @@ class ServiceContext:
         return live
 
     def batcher(self, name: str, fn: Callable[[Any], Any], *, stack: bool = True,
-                max_batch_size: int | None = None, max_queue_size: int = 1024) -> DynamicBatcher:
-        """A ``DynamicBatcher`` named ``name`` whose batch sizes and queue depth go to ``/metrics``."""
+                max_batch_size: int | None = None, max_queue_size: int = 1024,
+                mode: str | None = None) -> DynamicBatcher | AsyncBatcher:
+        """A batcher named ``name`` whose batch sizes and queue depth go to ``/metrics``.
+
+        ``mode``: ``"thread"`` (``DynamicBatcher``: ``fn`` in a thread of its own, which suits a
+        model that releases the interpreter lock, as torch does) or ``"async"`` (``AsyncBatcher``:
+        ``fn`` in the event loop's thread, no thread switch per request; ``stack=False`` only);
+        default: the server's ``--batcher`` setting."""
         hist = BATCH_SIZE.labels(name)
         depth = QUEUE_DEPTH.labels(name)
+        mode = mode or self.settings.batcher
+        size = max_batch_size or self.settings.max_batch
 
         def counted(batch: Any) -> Any:
             n = len(batch) if not stack else (batch[0] if isinstance(batch, tuple) else batch).shape[0]
             hist.observe(n)
             out = fn(batch)
-            depth.set(len(b._queue))
+            depth.set(b.pending)
             return out
 
-        b = DynamicBatcher(counted, stack=stack, name=name, max_batch_size=max_batch_size or self.settings.max_batch,
-                           max_delay_ms=self.settings.batch_delay_ms, max_queue_size=max_queue_size)
+        b: DynamicBatcher | AsyncBatcher
+        if mode == "async" and not stack:
+            b = AsyncBatcher(counted, name=name, max_batch_size=size, max_delay_ms=self.settings.batch_delay_ms,
+                             max_queue_size=max_queue_size)
+            self._async_shutdown.append(b.close)
+        else:
+            b = DynamicBatcher(counted, stack=stack, name=name, max_batch_size=size,
+                               max_delay_ms=self.settings.batch_delay_ms, max_queue_size=max_queue_size)
+            self._shutdown.append(lambda: b.close(drain=True, timeout=30))
         self.batchers[name] = b
-        self._shutdown.append(lambda: b.close(drain=True, timeout=30))
         return b
 
     @staticmethod
-    async def run_batched(batcher: DynamicBatcher, item: Any) -> Any:
+    async def run_batched(batcher: DynamicBatcher | AsyncBatcher, item: Any) -> Any:
         """Submit ``item`` and await its result without blocking the event loop.
 
         A full queue raises ``OverloadedError`` at once (HTTP 503 with Retry-After)."""
+        if isinstance(batcher, AsyncBatcher):
+            return await batcher.submit(item)
         return await asyncio.wrap_future(batcher.submit(item))
 
     def on_startup(self, fn: Callable[[], None]) -> None:
@@ -120,6 +139,15 @@ class ServiceContext:
         for fn in self._startup:
             fn()
 
+    async def astop(self) -> None:
+        """Drain the event-loop batchers (their requests finish), then ``stop()``."""
+        for close in self._async_shutdown:
+            try:
+                await close()
+            except Exception:  # a failed step must not keep the others from running
+                log.exception("service shutdown step failed")
+        self.stop()
+
     def stop(self) -> None:
         for fn in reversed(self._shutdown):
             try:
@@ -128,5 +156,6 @@ class ServiceContext:
                 log.exception("service shutdown step failed")
 
     def readiness(self) -> dict[str, Any]:
-        models = {label: {"ready": m.ready, "version": m.version, "error": m.error} for label, m in self.models.items()}
+        models = {label: {"ready": m.ready, "version": m.version, "error": m.error, "backends": m.backends}
+                  for label, m in self.models.items()}
         return {"models": models}

@@ -17,13 +17,22 @@ from trillium.core.errors import RegistryError, TrilliumError
 from trillium.core.registry import ModelRecord, ModelRegistry
 from trillium.core.service.metrics import MODEL_VERSION
 
-__all__ = ["LiveModel", "ModelNotReadyError"]
+__all__ = ["LiveModel", "ModelNotReadyError", "runtime_routes"]
 
 log = logging.getLogger(__name__)
 
 
 class ModelNotReadyError(TrilliumError):
     """The model a route needs is not loaded (not registered yet, or its load failed): HTTP 503."""
+
+
+def runtime_routes(predictor: Any) -> dict[str, dict[str, str]]:
+    """``{model: {batch size: backend}}`` of a predictor's core runtimes (``Predictor.runtimes``);
+    a backend's name ends with its device when that is not the CPU ("eager/fp32/cuda")."""
+    runtimes = getattr(predictor, "runtimes", None)
+    if not callable(runtimes):
+        return {}
+    return {name: {str(size): backend for size, backend in rt.routes.items()} for name, rt in runtimes().items()}
 
 
 class LiveModel:
@@ -46,6 +55,7 @@ class LiveModel:
         self.reload_seconds = float(reload_seconds)
         self.on_switch = on_switch
         self.record: ModelRecord | None = None
+        self.backends: dict[str, dict[str, str]] = {}
         self._current: Any = None
         self.error: str | None = None
         self._stop = threading.Event()
@@ -103,11 +113,13 @@ class LiveModel:
                 return False
             previous = self.record
             self._current, self.record, self.error = predictor, record, None
+            self.backends = runtime_routes(predictor)
             MODEL_VERSION.labels(self.name, self.alias).set(record.version)
             if self.on_switch:
                 self.on_switch(predictor, record)
-            log.warning("model %s: now serving version %d (was %s)", self.label, record.version,
-                        previous.version if previous else "none")
+            log.warning("model %s: now serving version %d (was %s)%s", self.label, record.version,
+                        previous.version if previous else "none",
+                        f"; backends {self.backends}" if self.backends else "")
             return True
 
     def _watch(self) -> None:

@@ -34,6 +34,10 @@ def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 800
 
     if settings.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {settings.workers}")
+    if settings.batcher not in ("thread", "async"):
+        raise ConfigError(f"--batcher must be thread or async, got {settings.batcher!r}")
+    if settings.max_batch < 1:
+        raise ConfigError(f"--max-batch must be at least 1, got {settings.max_batch}")
     if settings.workers > 1 and not settings.redis_url:
         settings = replace(settings, redis_url="redis://127.0.0.1:6379/0")
         log.warning("%d workers share one online state: using Redis at %s (set TRILLIUM_REDIS_URL to change)",
