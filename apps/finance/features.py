@@ -552,12 +552,15 @@ def parse_online(spec: FeatureSpec, tx: Mapping[str, Any]) -> OnlineTransaction:
         extra = [float(tx[c]) for c in spec.passthrough]
     except KeyError as exc:
         raise InputValidationError(f"transaction lacks field {exc.args[0]!r}: {dict(tx)}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a date past what UTC seconds hold
         raise InputValidationError(f"transaction {tx.get(TRANSACTION_ID)!r} is malformed: {exc}") from None
     if not math.isfinite(amount) or amount < 0:
         raise InputValidationError(f"transaction {tx_id!r}: amount must be a finite number >= 0, got {amount}")
     if spec.card_history and (card_id is None or term_id is None or pd.isna(card_id) or pd.isna(term_id)):
-        raise InputValidationError(f"transaction {tx_id!r}: customer_id and terminal_id are required")
+        exc = InputValidationError(f"transaction {tx_id!r}: customer_id and terminal_id are required (the model "
+                                   f"reads the card's and the terminal's history)")
+        exc.fields = [CUSTOMER_ID, TERMINAL_ID]  # type: ignore[attr-defined]  # the service's error names them
+        raise exc
     label = tx.get(LABEL)
     fraud = 1 if label is not None and not pd.isna(label) and int(label) == 1 else 0
     return OnlineTransaction(tx_id, sec, amount, round(amount * 100.0), card_id, term_id, extra, fraud)

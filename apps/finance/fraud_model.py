@@ -220,9 +220,11 @@ class FraudModel:
         return attr.values.astype(np.float64)
 
     # ----------------------------------------------------------------- serving
-    def build_runtimes(self, autotune: bool = True, reports: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Put torch members on the core runtime: re-measure (``autotune``) or rebuild the
-        stored choice (``reports``). Returns the autotune reports per member."""
+    def build_runtimes(self, autotune: bool = True, reports: dict[str, Any] | None = None,
+                       device: str = "cpu") -> dict[str, Any]:
+        """Put torch members on the core runtime on ``device``: re-measure (``autotune``) or rebuild
+        the stored choice (``reports``; one measured on another device gives eager on this one).
+        Returns the autotune reports per member."""
         from trillium.core.runtime import InferenceRuntime, TuneSettings
 
         out: dict[str, Any] = {}
@@ -234,9 +236,9 @@ class FraudModel:
             if name == "seq":
                 example = (example[0], torch.rand(8, self.spec.seq_len, len(self.spec.seq_indices) + 1).round())
             if reports and name in reports:
-                m.runtime = InferenceRuntime.from_report(m.module, example, reports[name], device="cpu")
+                m.runtime = InferenceRuntime.from_report(m.module, example, reports[name], device=device)
             else:
-                m.runtime = InferenceRuntime(m.module, example, device="cpu")
+                m.runtime = InferenceRuntime(m.module, example, device=device)
                 if autotune:
                     m.runtime.autotune(TuneSettings(sizes=(1, 1024, RUNTIME_BLOCK)))
             out[name] = m.runtime.report
@@ -280,9 +282,10 @@ class FraudModel:
 
     @classmethod
     def load(cls, registry: ModelRegistry, name: str = "fraud", ref: int | str = "production",
-             runtime: bool = True) -> tuple[FraudModel, ModelRecord]:
+             runtime: bool = True, device: str | None = None) -> tuple[FraudModel, ModelRecord]:
         """Rebuild a registered model (sha256 of every file checked); torch members on the
-        runtime with the backends their stored autotune chose."""
+        runtime with the backends their stored autotune chose, on ``device`` (default: the
+        ``TRILLIUM_DEVICE`` environment variable, else the CPU)."""
         record = registry.get(name, ref)
         if record.kind != KIND:
             raise RegistryError(f"{name} v{record.version} is a {record.kind!r} artifact, not a fraud model")
@@ -310,6 +313,8 @@ class FraudModel:
             member.calibrator = calibrator
             model.members_[mname] = member
         if runtime:
-            model.build_runtimes(autotune=False, reports=record.autotune)
+            from trillium.core.runtime import inference_device
+
+            model.build_runtimes(autotune=False, reports=record.autotune, device=inference_device(device))
         return model, record
 

@@ -49,8 +49,11 @@ end
 """
 
 # ARGV[1]: key prefix; then per transaction "card\x1fterminal\x1ftx_id\x1fcutoff\x1flabels_until".
-# Returns per transaction: card times, cents, fraud flags; terminal times, fraud flags; the
-# sequence rows; both versions; the stored result (or false); both drop counts.
+# Returns eleven flat values per transaction: card times and cents (comma-joined), card fraud
+# flags ("0110"), terminal times (comma-joined), terminal fraud flags, the sequence rows (their
+# float32 bytes end to end), both versions, the stored result ("" if none), both drop counts.
+# Flat strings, not nested arrays: parsing a reply element costs the Python client microseconds,
+# and a card's history is hundreds of them.
 _LOAD = _SPLIT + """
 local p = ARGV[1]
 local out = {}
@@ -82,9 +85,17 @@ for a = 2, #ARGV do
       tf[#tf + 1] = fr
     end
   end
-  out[#out + 1] = {ct, cc, cf, tt, tf, redis.call('LRANGE', p .. ':s:' .. card, 0, -1),
-                   redis.call('GET', p .. ':cv:' .. card), redis.call('GET', p .. ':tv:' .. term),
-                   redis.call('GET', p .. ':res:' .. tx), cd, td}
+  out[#out + 1] = table.concat(ct, ',')
+  out[#out + 1] = table.concat(cc, ',')
+  out[#out + 1] = table.concat(cf, '')
+  out[#out + 1] = table.concat(tt, ',')
+  out[#out + 1] = table.concat(tf, '')
+  out[#out + 1] = table.concat(redis.call('LRANGE', p .. ':s:' .. card, 0, -1), '')
+  out[#out + 1] = redis.call('GET', p .. ':cv:' .. card) or '0'
+  out[#out + 1] = redis.call('GET', p .. ':tv:' .. term) or '0'
+  out[#out + 1] = redis.call('GET', p .. ':res:' .. tx) or ''
+  out[#out + 1] = cd
+  out[#out + 1] = td
 end
 return out
 """
@@ -169,6 +180,17 @@ class Commit:
 
 
 _SEP = "\x1f"
+_ZERO = ord("0")
+
+
+def _ints(joined: bytes) -> list[int]:
+    return [int(v) for v in joined.split(b",")] if joined else []
+
+
+def _rows(blob: bytes, width: int) -> list[np.ndarray]:
+    if not blob:
+        return []
+    return list(np.frombuffer(blob, dtype=np.float32).reshape(-1, width))
 
 
 def _ident(value: Any) -> str:
@@ -247,11 +269,12 @@ class RedisState:
         self._pending = {}
 
     # ------------------------------------------------------------ several workers
-    def load_many(self, items: list[tuple[Any, Any, Any, int, int]]) -> list[LoadedState]:
+    def load_many(self, items: list[tuple[Any, Any, Any, int, int]], seq_width: int) -> list[LoadedState]:
         """Histories of ``(card, terminal, tx_id, cutoff, labels_until)`` items (distinct cards and
         terminals) in one round trip whatever their number: a Lua script reads the lists, versions
         and stored results, drops entries at or before ``cutoff`` and looks up the fraud labels of
-        the entries at or before ``labels_until`` (the only ones the delayed windows read)."""
+        the entries at or before ``labels_until`` (the only ones the delayed windows read).
+        ``seq_width``: floats per stored sequence row."""
         if not items:
             return []
         args: list[Any] = [self.prefix]
@@ -260,10 +283,10 @@ class RedisState:
                                    str(labels_until))))
         raw = self._script("_load", _LOAD)(keys=[], args=args)
         out = []
-        for c_times, c_cents, c_fr, t_times, t_fr, s_raw, cv, tv, stored, c_drop, t_drop in raw:
-            card = CardHistory(times=c_times, cents=c_cents, frauds=c_fr,
-                               seq=[np.frombuffer(b, dtype=np.float32) for b in s_raw])
-            out.append(LoadedState(card, TerminalHistory(times=t_times, frauds=t_fr), cv or b"0", tv or b"0",
+        for i in range(0, len(raw), 11):
+            ct, cc, cf, tt, tf, seq, cv, tv, stored, c_drop, t_drop = raw[i:i + 11]
+            card = CardHistory(times=_ints(ct), cents=_ints(cc), frauds=[c - _ZERO for c in cf], seq=_rows(seq, seq_width))
+            out.append(LoadedState(card, TerminalHistory(times=_ints(tt), frauds=[c - _ZERO for c in tf]), cv, tv,
                                    int(c_drop), int(t_drop), stored or None))
         return out
 

@@ -102,14 +102,21 @@ class FraudScorer(Predictor):
 
     @classmethod
     def from_registry(cls, name: str = "fraud", ref: int | str = "production", *,
-                      registry: ModelRegistry | None = None, **kwargs: Any) -> FraudScorer:
+                      registry: ModelRegistry | None = None, device: str | None = None, **kwargs: Any
+                      ) -> FraudScorer:
+        """Load a registered version; its torch members run on ``device`` (default: the
+        ``TRILLIUM_DEVICE`` environment variable, else the CPU; ``trillium.core.runtime.inference_device``)."""
         registry = registry or ModelRegistry()
-        model, record = FraudModel.load(registry, name, ref)
+        model, record = FraudModel.load(registry, name, ref, device=device)
         kwargs.setdefault("model_label", f"{name}:v{record.version}")
         kwargs.setdefault("model_version_id", record.id)
         scorer = cls(model, **kwargs)
         scorer.registry_ref = ModelRef.of(registry, record)
         return scorer
+
+    def runtimes(self) -> dict[str, Any]:
+        """The core runtimes of the model's torch members (``seq``, ``mlp``); LightGBM has none."""
+        return {name: m.runtime for name, m in self.model.members_.items() if m.runtime is not None}
 
     # ----------------------------------------------------------------- real time
     def score(self, tx: Mapping[str, Any], *, explain: bool | str = "alerts") -> ScoreResult:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trillium.core.access import KeyInfo
 from trillium.core.registry import ModelRecord
@@ -38,7 +38,9 @@ __all__ = ["router"]
 MODEL_NAME = "fraud"
 MAX_LIST = 100_000
 
-Ident = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")] | int
+Ident = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")] | Annotated[
+    int, Field(ge=0, le=2**63 - 1)]
+EARLIEST, LATEST = 1970, 2999  # a card transaction outside these years is a malformed record
 
 
 class TransactionIn(BaseModel):
@@ -53,6 +55,13 @@ class TransactionIn(BaseModel):
     customer_id: Ident | None = Field(None, description="The card (or customer); required by card-history models.")
     terminal_id: Ident | None = Field(None, description="The terminal; required by card-history models.")
     amount: float = Field(ge=0, le=1e9, allow_inf_nan=False, description="Amount in the card's currency.")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _plausible(cls, value: datetime) -> datetime:
+        if not EARLIEST <= value.year <= LATEST:
+            raise ValueError(f"a transaction's year must be between {EARLIEST} and {LATEST}")
+        return value
 
 
 class Reason(BaseModel):
@@ -85,7 +94,7 @@ class ScoreListOut(BaseModel):
 class FeedbackIn(BaseModel):
     transaction_id: Ident
     label: Literal["fraud", "genuine"]
-    comment: str = Field("", max_length=2000)
+    comment: str = Field("", max_length=2000, pattern=r"^[^\x00]*$")
 
 
 class FeedbackOut(BaseModel):

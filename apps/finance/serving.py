@@ -84,7 +84,7 @@ class LocalState:
         self.max_results = max_results
         self.alerts: dict[int, int] = {}
 
-    def load_many(self, items: list[tuple[Any, Any, Any, int, int]]) -> list[LoadedState]:
+    def load_many(self, items: list[tuple[Any, Any, Any, int, int]], seq_width: int = 0) -> list[LoadedState]:
         out = []
         for card_id, terminal_id, tx_id, cutoff, _ in items:
             card, term = self.state.load(card_id, terminal_id, cutoff)
@@ -198,7 +198,7 @@ class OnlineBatchScorer:
             return []
         delay = spec.delay_days * 86_400
         loaded = self.state.load_many([(p.tx.card_id, p.tx.terminal_id, p.tx.tx_id, p.tx.sec - spec.horizon_seconds,
-                                        p.tx.sec - delay) for p in wave])
+                                        p.tx.sec - delay) for p in wave], len(spec.seq_indices))
         fresh = []
         for p, ld in zip(wave, loaded, strict=True):
             if ld.stored is not None:

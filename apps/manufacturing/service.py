@@ -145,7 +145,8 @@ def decode_upload(data: bytes, filename: str, lim: Limits) -> np.ndarray:
 def _image_id(given: str | None, filename: str | None) -> str:
     if given:
         return given
-    name = (filename or "").strip()
+    # the client's file name, without control characters (PostgreSQL refuses NUL in text)
+    name = "".join(ch for ch in (filename or "") if ch >= " " and ch != "\x7f").strip()
     return name[:_MAX_IMAGE_ID] if name else f"upload-{uuid.uuid4().hex[:16]}"
 
 
@@ -186,7 +187,8 @@ def router(ctx: ServiceContext) -> APIRouter:
         line: Annotated[str | None, Form(pattern=_LINE_PATTERN, json_schema_extra=_not_null, description="Store "
                                          "the inspection on this production line (needs manufacturing:write).")
                         ] = None,
-        image_id: Annotated[str | None, Form(min_length=1, max_length=_MAX_IMAGE_ID, json_schema_extra=_not_null,
+        image_id: Annotated[str | None, Form(min_length=1, max_length=_MAX_IMAGE_ID, pattern=r"^[^\x00-\x1f\x7f]+$",
+                                             json_schema_extra=_not_null,
                                              description="The part's id (default: the file name).")] = None,
         overlay_q: Annotated[bool | None, Query(alias="overlay", json_schema_extra=_not_null,
                                                 description="As the form field `overlay`.")] = None,

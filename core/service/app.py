@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
+from trillium.core.access import AuthenticationError
 from trillium.core.db import Database, connect
 from trillium.core.service.context import ServiceContext
 from trillium.core.service.errors import install_handlers
@@ -61,7 +63,7 @@ def create_app(settings: ServiceSettings | None = None, db: Database | None = No
     install_handlers(app)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], summary="Models loaded and database reachable",
@@ -108,6 +110,15 @@ def create_app(settings: ServiceSettings | None = None, db: Database | None = No
             seen[path] = found
         return found
 
+    async def authenticate(key: str | None) -> bool:
+        if ctx.keys.cached(key) is not None:
+            return True
+        try:
+            await run_in_threadpool(ctx.keys.verify, key)
+        except AuthenticationError:
+            return False
+        return True
+
     app.add_middleware(ServiceMiddleware, max_inflight=settings.max_inflight, limit_for=limit_for,
-                       template_for=template_for)
+                       template_for=template_for, authenticate=authenticate)
     return app

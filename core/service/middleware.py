@@ -41,8 +41,10 @@ class ServiceMiddleware:
     """
 
     def __init__(self, app: Any, *, max_inflight: int, limit_for: Callable[[str], tuple[int, str]],
-                 template_for: Callable[[str], str | None] = lambda _: None) -> None:
+                 template_for: Callable[[str], str | None] = lambda _: None,
+                 authenticate: Callable[[str | None], Awaitable[bool]] | None = None) -> None:
         self.app = app
+        self.authenticate = authenticate
         self.template_for = template_for
         self.max_inflight = max_inflight
         self.limit_for = limit_for
@@ -70,6 +72,12 @@ class ServiceMiddleware:
                                   f"(TRILLIUM_SERVE_MAX_INFLIGHT); retry after the Retry-After seconds", [],
                                   [(b"retry-after", b"1")])
                 return
+            # the key first, so a caller without one cannot make a worker read and parse a body
+            if path.startswith("/v1/") and self.authenticate is not None and not await self.authenticate(_header(scope, b"x-api-key")):
+                await _send_error(send_wrapped, 401, "unauthorized",
+                                  "a valid API key is required in the X-API-Key header (unknown, malformed, revoked "
+                                  "or missing)", [], [(b"www-authenticate", b"ApiKey")])
+                return
             limit, limit_name = self.limit_for(path)
             length = _content_length(scope)
             if length is not None and length > limit:
@@ -90,6 +98,13 @@ class ServiceMiddleware:
                 "unmatched" if guarded else path)
             REQUESTS.labels(method, template, str(status_box[0])).inc()
             REQUEST_SECONDS.labels(method, template).observe(time.perf_counter() - t0)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:
