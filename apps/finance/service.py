@@ -130,8 +130,7 @@ def router(ctx: ServiceContext) -> APIRouter:
     ctx.on_startup(start_state)
 
     def score_batch(requests: list[ScoreRequest]) -> list[Any]:
-        scorer = live.current  # one version answers the whole batch
-        record = live.record
+        scorer, record = live.current_with_record()  # one version answers the whole batch
         out = holder["online"].score_requests(scorer, record.version if record else None, requests)
         alerts = [(req, res) for req, results in zip(requests, out, strict=True) if not isinstance(results, Exception)
                   for res in results if res.decision == ALERT and not res.replayed]

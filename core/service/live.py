@@ -57,6 +57,7 @@ class LiveModel:
         self.record: ModelRecord | None = None
         self.backends: dict[str, dict[str, str]] = {}
         self._current: Any = None
+        self._pair: tuple[Any, ModelRecord] | None = None
         self.error: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -83,6 +84,14 @@ class LiveModel:
     @property
     def version(self) -> int | None:
         return self.record.version if self.record else None
+
+    def current_with_record(self) -> tuple[Any, ModelRecord]:
+        """The predictor in service and its registry record, read together: during a switch
+        ``current`` and ``record`` read one after the other could belong to two versions."""
+        pair = self._pair
+        if pair is None:
+            self.current  # noqa: B018 - raises ModelNotReadyError with the reason
+        return pair
 
     def start(self) -> None:
         """Load now (errors are kept in ``error`` and retried), then follow the alias."""
@@ -112,6 +121,7 @@ class LiveModel:
                 log.error("model %s: %s; still serving %s", self.label, self.error, self.version)
                 return False
             previous = self.record
+            self._pair = (predictor, record)  # one assignment: readers see both or neither
             self._current, self.record, self.error = predictor, record, None
             self.backends = runtime_routes(predictor)
             MODEL_VERSION.labels(self.name, self.alias).set(record.version)

@@ -94,8 +94,7 @@ class ServiceMiddleware:
                 INFLIGHT.dec()
         finally:
             # the route's template (/v1/x/studies/{id}), so that ids never become label values
-            template = (self.template_for(path) if scope.get("route") is not None else None) or (
-                "unmatched" if guarded else path)
+            template = self.template_for(path) or ("unmatched" if guarded else path)
             REQUESTS.labels(method, template, str(status_box[0])).inc()
             REQUEST_SECONDS.labels(method, template).observe(time.perf_counter() - t0)
 
