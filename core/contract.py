@@ -70,6 +70,11 @@ class Predictor(ABC):
                       registry: ModelRegistry | None = None) -> Predictor:
         """Load a registered version (sha256 checked); a wrong or missing one raises ``RegistryError``."""
 
+    def runtimes(self) -> dict[str, Any]:
+        """The core ``InferenceRuntime`` of each of its torch models, by name (none by default):
+        what ``/readyz`` reports as the backends, and so the device, a served model runs on."""
+        return {}
+
     def decision_settings(self) -> dict[str, Any]:
         """The decision step's settings, as the caller set them."""
         return {name: getattr(self, name) for name in self.decision_fields}

@@ -297,12 +297,13 @@ class DefectDetector:
         return self.net_.segmenter
 
     def use_runtime(self, *, sizes: tuple[int, ...] | None = None, include_compile: bool = False,
-                    report: dict[str, Any] | None = None) -> Any:
-        """Route inference through the core runtime; returns it.
+                    report: dict[str, Any] | None = None, device: str = "cpu", autotune: bool = True) -> Any:
+        """Route inference through the core runtime on ``device``; returns it.
 
         With ``report`` (an earlier autotune table, e.g. from the registry) the stored choice is
-        rebuilt without measuring; otherwise every backend is measured here. torch.compile is
-        left out by default because its build takes minutes for a conv net on 2 cores.
+        rebuilt without measuring (a table measured on another device gives eager on this one);
+        otherwise every backend is measured here, or with ``autotune=False`` eager fp32 is used.
+        torch.compile is left out by default because its build takes minutes for a conv net on 2 cores.
         """
         from trillium.core.runtime import InferenceRuntime
         from trillium.core.runtime.autotune import TuneSettings
@@ -310,10 +311,11 @@ class DefectDetector:
         self._fitted()
         example = torch.rand(1, self.channels, self.size, self.size)
         if report:
-            rt = InferenceRuntime.from_report(self.net_, example, report, device="cpu")
+            rt = InferenceRuntime.from_report(self.net_, example, report, device=device)
         else:
-            rt = InferenceRuntime(self.net_, example, device="cpu")
-            rt.autotune(TuneSettings(sizes=sizes or (1, self.block_size), include_compile=include_compile, budget_s=0.5, warmup=2,
-                                     min_repeats=3))
+            rt = InferenceRuntime(self.net_, example, device=device)
+            if autotune:
+                rt.autotune(TuneSettings(sizes=sizes or (1, self.block_size), include_compile=include_compile, budget_s=0.5,
+                                         warmup=2, min_repeats=3))
         self.runtime_ = rt
         return rt

@@ -107,6 +107,11 @@ class Inspector(Predictor):
     def threshold(self) -> float:
         return float(self.detector.threshold_)
 
+    def runtimes(self) -> dict[str, Any]:
+        """The detector network's core runtime, if it runs on one."""
+        rt = getattr(self.detector, "runtime_", None)
+        return {"detector": rt} if rt is not None else {}
+
     def apply_decision_settings(self, settings: dict[str, Any]) -> None:
         """Decide at another process's threshold (the detector holds it)."""
         if "threshold" in settings and float(settings["threshold"]) != self.threshold:
@@ -199,8 +204,18 @@ class Inspector(Predictor):
 
     @classmethod
     def from_registry(cls, name: str = DEFAULT_NAME, ref: int | str = "production", *,
-                      registry: ModelRegistry | None = None, runtime: bool = True) -> Inspector:
-        """Load a registered inspector (sha256 checked); with ``runtime`` use its autotuned backends."""
+                      registry: ModelRegistry | None = None, runtime: bool = True, device: str | None = None
+                      ) -> Inspector:
+        """Load a registered inspector (sha256 checked); with ``runtime`` use its autotuned backends.
+
+        ``device``: where the network runs (default: the ``TRILLIUM_DEVICE`` environment variable,
+        else the CPU). Off the CPU it always runs on the core runtime: the stored choice if it was
+        measured on that device, else eager fp32 there. The defect-type classifier's descriptors
+        stay on the CPU.
+        """
+        from trillium.core.runtime import inference_device
+
+        device = inference_device(device)
         registry = registry or ModelRegistry()
         net, record = registry.load_torch(name, ref)
         expect_model(net, (InspectionNet, PatchCoreNet), record, "an inspector")
@@ -211,8 +226,8 @@ class Inspector(Predictor):
         det.threshold_rule_ = record.extra.get("threshold_rule", "")
         det.validation_scores_ = record.extra.get("validation_scores", {"good": [], "defect": []})
         det.n_train_ = record.extra.get("n_train", 0)
-        if runtime and record.autotune:
-            det.use_runtime(report=record.autotune)
+        if (runtime and record.autotune) or device != "cpu":
+            det.use_runtime(report=(record.autotune if runtime else None) or None, device=device, autotune=False)
         clf = None
         if CLASSIFIER_FILE in record.files:
             meta = record.extra["classifier"]

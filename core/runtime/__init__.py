@@ -2,7 +2,7 @@
 
 from trillium.core.runtime.autotune import TuneSettings
 from trillium.core.runtime.backends import CandidateSpec
-from trillium.core.runtime.hardware import detect, matmul_peak_gflops
+from trillium.core.runtime.hardware import detect, inference_device, matmul_peak_gflops
 from trillium.core.runtime.runner import InferenceRuntime
 
-__all__ = ["CandidateSpec", "InferenceRuntime", "TuneSettings", "detect", "matmul_peak_gflops"]
+__all__ = ["CandidateSpec", "InferenceRuntime", "TuneSettings", "detect", "inference_device", "matmul_peak_gflops"]

@@ -90,3 +90,28 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 20, device: str = "cpu") ->
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
+
+
+DEVICE_ENV = "TRILLIUM_DEVICE"
+
+
+def inference_device(device: str | None = None) -> str:
+    """Where registered models run when loaded for serving: ``device`` if given, else the
+    ``TRILLIUM_DEVICE`` environment variable, else ``"cpu"``.
+
+    ``"auto"`` is CUDA when torch sees a GPU, else the CPU; ``"cuda"`` (or ``"cuda:N"``) on a
+    machine where torch sees none is a ``ConfigError`` rather than a silent fall back to the CPU.
+    """
+    from trillium.core.errors import ConfigError
+
+    raw = (device if device is not None else os.environ.get(DEVICE_ENV, "")).strip().lower() or "cpu"
+    if raw == "auto":
+        return detect().device
+    if raw == "cpu":
+        return raw
+    if raw == "cuda" or (raw.startswith("cuda:") and raw[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {raw!r} asked for ({DEVICE_ENV} or --device), but torch sees no CUDA device "
+                              f"here (torch {torch.__version__}); use cpu or auto")
+        return raw
+    raise ConfigError(f"device {raw!r}: expected cpu, cuda, cuda:N or auto ({DEVICE_ENV} or --device)")

@@ -99,6 +99,12 @@ class InferenceRuntime:
             name = self._route_cache[n] = self._route(n)
         return self._backends[name](inputs)
 
+    @property
+    def routes(self) -> dict[int, str]:
+        """The backend each measured batch size goes to (``{1: "eager/fp32"}`` before autotune);
+        a backend's name ends with its device when that is not the CPU."""
+        return dict(self._routes)
+
     def backend_for(self, batch_size: int) -> str:
         """The name of the backend a call with ``batch_size`` rows goes to."""
         return self._route(batch_size)
@@ -192,9 +198,17 @@ class InferenceRuntime:
         """Rebuild the backends an earlier autotune chose, without measuring again.
 
         A choice that cannot be built here (a CUDA backend on a CPU host, say) falls back to
-        eager with a warning; re-run ``autotune`` on new hardware.
+        eager with a warning; re-run ``autotune`` on new hardware. A report measured on another
+        device than ``device`` (a CPU autotune loaded for CUDA) is not rebuilt, since its backends
+        would run on that other device: the model runs eager on ``device``.
         """
         rt = cls(model, example_input, device=device)
+        measured_on = report.get("device")
+        if measured_on and measured_on != rt.device:
+            log.warning("the stored autotune was measured on %s, not %s: running eager/fp32 on %s "
+                        "(autotune on this device to choose its backends)", measured_on, rt.device, rt.device)
+            rt.report = report
+            return rt
         routes: list[tuple[int, str]] = []
         for size, name in sorted(((int(k), v) for k, v in report.get("choice", {}).items())):
             spec = CandidateSpec.parse(name)
