@@ -23,8 +23,9 @@ model, a manufacturing inspector, stored notes), with one API key. Then:
    in-process on the same image (``inspect_arrays``, batches of 16): the HTTP/in-process ratio.
 5. Notes: a discharge-summary-length note per request, notes/s over HTTP, against
    ``RecordStructurer.structure`` in-process.
-6. The batcher's two forms for the finance route: batches in a thread of their own (``--batcher
-   thread``) and in the event loop's thread (``--batcher async``), at the same concurrencies.
+6. The batcher's two forms for the finance route: in the event loop's thread (``--batcher async``,
+   the default) and in a thread of their own (``--batcher thread``), at the same concurrencies,
+   every field served in both.
 7. The server: the same application and settings under granian instead of uvicorn, the finance
    single route at uvicorn's best concurrency (why ``trillium serve`` runs uvicorn).
 """
@@ -136,7 +137,7 @@ class Server:
             metrics = home / f"metrics-{self.port}"
             metrics.mkdir()
             full_env.update({"PROMETHEUS_MULTIPROC_DIR": str(metrics), "TRILLIUM_SERVE_WORKERS": str(granian_workers),
-                             "TRILLIUM_SERVE_REDIS_URL": REDIS_URL, "TRILLIUM_SERVE_FIELDS": "finance"})
+                             "TRILLIUM_SERVE_REDIS_URL": REDIS_URL})
             cmd = [str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--factory", "--workers",
                    str(granian_workers), "--host", "127.0.0.1", "--port", str(self.port), "--loop", "uvloop",
                    "--no-ws", "trillium.core.service.app:create_app"]
@@ -405,11 +406,11 @@ def main() -> int:
         best_base = max(report["finance_single_baseline"], key=lambda r: r["requests_per_s"])
         report["finance_single_ratio"] = best["requests_per_s"] / best_base["requests_per_s"]
     if "batcher" not in skip:
-        log("the other batcher form (async: batches in the event loop's thread), same concurrencies")
-        other = Server(home, args=["--workers", str(args.workers), "--fields", "finance", "--batcher", "async"])
+        log("the other batcher form (thread: batches in a thread of their own), same concurrencies")
+        other = Server(home, args=["--workers", str(args.workers), "--batcher", "thread"])
         try:
             warm(other.url, key, work / "warm.jsonl")
-            report["finance_single_async_batcher"] = finance_single(other.url, key, work, tx_file, offset,
+            report["finance_single_thread_batcher"] = finance_single(other.url, key, work, tx_file, offset,
                                                                     concurrency, args.seconds)
         finally:
             other.stop()

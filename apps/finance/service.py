@@ -138,7 +138,7 @@ def router(ctx: ServiceContext) -> APIRouter:
             _store_alerts(ctx, alerts, record)
         return out
 
-    batcher = ctx.batcher("finance-score", score_batch, stack=False)
+    batcher = ctx.batcher("finance-score", score_batch, stack=False)  # the server's --batcher (async by default)
 
     @r.post("/score", response_model=ScoreOut | ScoreListOut, responses=ERROR_RESPONSES,
             summary="Score one transaction (an object) or a list (an array)")

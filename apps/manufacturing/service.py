@@ -174,7 +174,7 @@ def router(ctx: ServiceContext) -> APIRouter:
                                            keep_maps=any(it.keep_map for it in items))
         return [(r, record) for r in results]
 
-    batcher = ctx.batcher(BATCHER, inspect_batch, stack=False)
+    batcher = ctx.batcher(BATCHER, inspect_batch, stack=False, mode="thread")
     api = APIRouter()
 
     @api.post("/inspect", response_model=InspectResponse, responses=ERROR_RESPONSES,
