@@ -180,6 +180,15 @@ class KeyVerifier:
         self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, presented: str | None) -> KeyInfo | None:
+        """The cached, still fresh answer for a valid key (no database read); None otherwise."""
+        if not presented:
+            return None
+        hit = self._cache.get(_digest(presented))
+        if hit is not None and time.monotonic() - hit[0] < self.cache_seconds:
+            return hit[1]
+        return None
+
     def verify(self, presented: str | None) -> KeyInfo:
         """The key's ``KeyInfo``; ``AuthenticationError`` (never naming the secret) otherwise."""
         if not presented:
