@@ -407,9 +407,10 @@ class TerminalHistory:
 
 
 def online_vector(spec: FeatureSpec, sec: int, amount: float, cents: int, card: CardHistory,
-                  term: TerminalHistory, extra: list[float]) -> tuple[np.ndarray, np.ndarray]:
+                  term: TerminalHistory, extra: list[float], sequence: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """The feature vector and sequence of one transaction from its card's and terminal's
-    history (not yet containing it): the online twin of ``batch_features``."""
+    history (not yet containing it): the online twin of ``batch_features``. ``sequence=False``
+    (a model that reads none) returns ``None`` for it."""
     horizon = spec.horizon_seconds
     d = spec.delay_days * DAY
     ctimes, ccents, cfr = card.times, card.cents, card.frauds
@@ -444,6 +445,8 @@ def online_vector(spec: FeatureSpec, sec: int, amount: float, cents: int, card: 
     hits = [ctimes[i] for i in range(lo, hi) if cfr[i]]
     values.append((sec - hits[-1]) / DAY if hits else horizon / DAY)
     vector = np.array(values + extra, dtype=np.float64)
+    if not sequence:
+        return vector, None
     seq = np.zeros((spec.seq_len, _seq_width(spec) + 1), dtype=np.float32)
     past = card.seq[-spec.seq_len:]
     if past:

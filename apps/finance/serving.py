@@ -198,7 +198,8 @@ class OnlineBatchScorer:
             return []
         delay = spec.delay_days * 86_400
         loaded = self.state.load_many([(p.tx.card_id, p.tx.terminal_id, p.tx.tx_id, p.tx.sec - spec.horizon_seconds,
-                                        p.tx.sec - delay) for p in wave], len(spec.seq_indices))
+                                        p.tx.sec - delay) for p in wave],
+                                      len(spec.seq_indices) if model.needs_sequence else 0)
         fresh = []
         for p, ld in zip(wave, loaded, strict=True):
             if ld.stored is not None:
@@ -207,8 +208,8 @@ class OnlineBatchScorer:
                 fresh.append((p, ld))
         if not fresh:
             return []
-        rows = [online_vector(spec, p.tx.sec, p.tx.amount, p.tx.cents, ld.card, ld.terminal, p.tx.extra)
-                for p, ld in fresh]
+        rows = [online_vector(spec, p.tx.sec, p.tx.amount, p.tx.cents, ld.card, ld.terminal, p.tx.extra,
+                              model.needs_sequence) for p, ld in fresh]
         x = np.stack([v for v, _ in rows])
         seq = np.stack([s for _, s in rows]) if model.needs_sequence else None
         probs = model.predict_proba(x, seq)

@@ -21,6 +21,7 @@ from tests.conftest import REQUIRE_PG
 from trillium.core.errors import InputValidationError
 from trillium.finance.features import FeatureSpec, batch_features, previous_indices, sequence_tensor
 from trillium.finance.fraud_model import FraudModel
+from trillium.finance.online_state import tx_hash
 from trillium.finance.pipeline import ALERT, OVER_BUDGET, FraudScorer
 from trillium.finance.serving import LocalState, OnlineBatchScorer, ScoreRequest
 from trillium.finance.simulate import simulate_transactions
@@ -194,8 +195,10 @@ def test_two_workers_racing_on_the_same_cards_apply_each_transaction_once(model:
             t.join(120)
         assert not errors, errors
         assert len(results) == len(txs) and not any(r.replayed for r in results.values())
-        applied = [e.split(b":", 1)[1].decode() for e in a.client.lrange(f"{prefix}:t:T-shared", 0, -1)]
         by_id = {str(tx["transaction_id"]): tx for tx in txs}
+        # the terminal's history in the order it was applied
+        of_hash = {tx_hash(i): i for i in by_id}
+        applied = [of_hash[h] for h in a.terminal_hashes("T-shared")]
         assert sorted(applied) == sorted(by_id)  # each once
         reference = FraudScorer(model, threshold=0.99)
         for tx_id in applied:
