@@ -23,10 +23,14 @@ model, a manufacturing inspector, stored notes), with one API key. Then:
    in-process on the same image (``inspect_arrays``, batches of 16): the HTTP/in-process ratio.
 5. Notes: a discharge-summary-length note per request, notes/s over HTTP, against
    ``RecordStructurer.structure`` in-process.
-6. The batcher's two forms for the finance route: in the event loop's thread (``--batcher async``,
+6. The score route's fast handler against FastAPI's own handler of the same route
+   (``TRILLIUM_SERVE_FAST_ROUTES=0``), at the best concurrency of part 1.
+   Parts 1 and 6 also give the CPU each request cost the server's processes, Redis and wrk
+   (CPU seconds over requests, so other load on the machine does not inflate them much).
+7. The batcher's two forms for the finance route: in the event loop's thread (``--batcher async``,
    the default) and in a thread of their own (``--batcher thread``), at the same concurrencies,
    every field served in both.
-7. The server: the same application and settings under granian instead of uvicorn, the finance
+8. The server: the same application and settings under granian instead of uvicorn, the finance
    single route at uvicorn's best concurrency (why ``trillium serve`` runs uvicorn).
 """
 
@@ -230,19 +234,54 @@ def warm(url: str, key: str, path: Path, size: int = 2000) -> float:
     return len(lines) / (time.perf_counter() - t)
 
 
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (the server's workers)."""
+    total = 0.0
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout.split()
+    pids = [str(pid), *children]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _redis_cpu() -> float:
+    import redis
+
+    info = redis.Redis.from_url(REDIS_URL).info("cpu")
+    return float(info["used_cpu_user"] + info["used_cpu_sys"])
+
+
 def finance_single(url: str, key: str, work: Path, tx_file: Path, offset: list[int], concurrency: list[int],
-                   seconds: int) -> list[dict[str, Any]]:
+                   seconds: int, server_pid: int | None = None) -> list[dict[str, Any]]:
+    """wrk at each concurrency; with ``server_pid``, also the CPU each request cost the server's
+    processes, Redis and wrk (CPU time, not wall time: it says where the machine's cores went)."""
+    import resource
+
     lua = work / "lines.lua"
     lua.write_text(LUA_LINES)
     runs = []
     for c in concurrency:
         env = {"BENCH_BODIES": str(tx_file), "BENCH_PATH": "/v1/finance/score", "BENCH_KEY": key,
                "BENCH_CTYPE": "application/json", "BENCH_START": str(offset[0])}
+        before = (_process_cpu(server_pid), _redis_cpu(), resource.getrusage(resource.RUSAGE_CHILDREN)) \
+            if server_pid else None
         r = wrk(url, lua=lua, env=env, connections=c, seconds=seconds)
+        if before is not None and r["requests"]:
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            n = r["requests"]
+            r["cpu_us_per_request"] = {
+                "server": round((_process_cpu(server_pid) - before[0]) / n * 1e6),
+                "redis": round((_redis_cpu() - before[1]) / n * 1e6),
+                "wrk": round(((after.ru_utime + after.ru_stime) - (before[2].ru_utime + before[2].ru_stime)) / n * 1e6),
+            }
         offset[0] += r["requests"] + 1000
         r["transactions_per_s"] = r["requests_per_s"]
         log(f"  c={c}: {r['requests_per_s']:.0f} tx/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-            f"non-2xx {r['non_2xx']}")
+            f"non-2xx {r['non_2xx']}, CPU us/request {r.get('cpu_us_per_request')}")
         runs.append(r)
     return runs
 
@@ -348,7 +387,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", default="16,32,64,128", help="wrk connections, finance single route.")
     parser.add_argument("--skip", default="",
-                        help="Comma-separated parts to skip: baseline,lists,manufacturing,notes,batcher,granian")
+                        help="Comma-separated parts to skip: baseline,lists,manufacturing,notes,fastapi,batcher,granian")
     parser.add_argument("--keep", action="store_true", help="Keep the seeded home (printed).")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -379,7 +418,8 @@ def main() -> int:
         log("warming the online state with 7 days sent as lists")
         report["warm_tx_per_s"] = warm(server.url, key, work / "warm.jsonl")
         log(f"finance, one transaction per request, {args.workers} workers, Redis state, batcher")
-        report["finance_single"] = finance_single(server.url, key, work, tx_file, offset, concurrency, args.seconds)
+        report["finance_single"] = finance_single(server.url, key, work, tx_file, offset, concurrency, args.seconds,
+                                                  server.proc.pid)
         if "lists" not in skip:
             log("finance, lists of 1,000")
             report["finance_list"] = finance_lists(server.url, key, work, tx_file, offset[0], 1000, args.seconds)
@@ -405,6 +445,18 @@ def main() -> int:
         best = max(report["finance_single"], key=lambda r: r["requests_per_s"])
         best_base = max(report["finance_single_baseline"], key=lambda r: r["requests_per_s"])
         report["finance_single_ratio"] = best["requests_per_s"] / best_base["requests_per_s"]
+    if "fastapi" not in skip:
+        best = max(report["finance_single"], key=lambda r: r["requests_per_s"])
+        log(f"the score route through FastAPI's own handler (TRILLIUM_SERVE_FAST_ROUTES=0), c={best['connections']}")
+        plain = Server(home, args=["--workers", str(args.workers)], env={"TRILLIUM_SERVE_FAST_ROUTES": "0"})
+        try:
+            warm(plain.url, key, work / "warm.jsonl")
+            f = finance_single(plain.url, key, work, tx_file, offset, [best["connections"]], args.seconds,
+                               plain.proc.pid)[0]
+        finally:
+            plain.stop()
+        report["fast_route_comparison"] = {"fast_route": best, "fastapi_handler": f,
+                                           "fast_over_fastapi": best["requests_per_s"] / f["requests_per_s"]}
     if "batcher" not in skip:
         log("the other batcher form (thread: batches in a thread of their own), same concurrencies")
         other = Server(home, args=["--workers", str(args.workers), "--batcher", "thread"])

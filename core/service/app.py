@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
@@ -23,6 +23,7 @@ from trillium.core.access import AuthenticationError
 from trillium.core.db import Database, connect
 from trillium.core.service.context import ServiceContext
 from trillium.core.service.errors import install_handlers
+from trillium.core.service.fastroute import FastRoute
 from trillium.core.service.metrics import render
 from trillium.core.service.middleware import ServiceMiddleware
 from trillium.core.service.settings import ServiceSettings
@@ -92,10 +93,24 @@ def create_app(settings: ServiceSettings | None = None, db: Database | None = No
     def metrics() -> Response:
         return Response(render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    direct: dict[tuple[str, str], Any] = {}  # (method, path) -> a FastRoute's handler, called by the middleware
     for vertical in verticals():
         if vertical.service and vertical.name in served:
             router = load_ref(vertical.service)(ctx)
-            app.include_router(router, prefix=f"/{API_VERSION}/{vertical.name}", tags=[vertical.name])
+            prefix = f"/{API_VERSION}/{vertical.name}"
+            app.include_router(router, prefix=prefix, tags=[vertical.name])
+            for route in router.routes:
+                handler = route.direct_handler() if isinstance(route, FastRoute) else None
+                if handler is not None:
+                    direct.update({(method, prefix + route.path): handler for method in route.methods})
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        """The application's own exception handlers, for the routes the middleware answers."""
+        for cls in type(exc).__mro__:
+            handler = app.exception_handlers.get(cls)
+            if handler is not None:
+                return await handler(request, exc)
+        raise exc
 
     def limit_for(path: str) -> tuple[int, str]:
         if any(path.startswith(p) for p in ctx.large_upload_paths):
@@ -126,5 +141,5 @@ def create_app(settings: ServiceSettings | None = None, db: Database | None = No
         return True
 
     app.add_middleware(ServiceMiddleware, max_inflight=settings.max_inflight, limit_for=limit_for,
-                       template_for=template_for, authenticate=authenticate)
+                       template_for=template_for, authenticate=authenticate, direct=direct, on_error=on_error)
     return app

@@ -11,6 +11,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from trillium.core.service.metrics import INFLIGHT, REQUEST_SECONDS, REQUESTS
 from trillium.core.untrusted import LimitExceededError
 
@@ -37,13 +40,19 @@ class ServiceMiddleware:
     past ``max_inflight`` (503 + Retry-After), and record every answer in the Prometheus metrics.
 
     ``limit_for(path)`` gives the byte limit of a path and the name of the limit; ``template_for(path)``
-    the route template it matched, for the metrics' ``route`` label.
+    the route template it matched, for the metrics' ``route`` label. ``direct`` maps
+    ``(method, path)`` to a ``FastRoute`` handler answered here, without FastAPI's own stack;
+    ``on_error(request, exc)`` turns what it raises into the application's error response.
     """
 
     def __init__(self, app: Any, *, max_inflight: int, limit_for: Callable[[str], tuple[int, str]],
                  template_for: Callable[[str], str | None] = lambda _: None,
-                 authenticate: Callable[[str | None], Awaitable[bool]] | None = None) -> None:
+                 authenticate: Callable[[str | None], Awaitable[bool]] | None = None,
+                 direct: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] | None = None,
+                 on_error: Callable[[Request, Exception], Awaitable[Response]] | None = None) -> None:
         self.app = app
+        self.direct = direct or {}
+        self.on_error = on_error
         self.authenticate = authenticate
         self.template_for = template_for
         self.max_inflight = max_inflight
@@ -88,7 +97,11 @@ class ServiceMiddleware:
             self.inflight += 1
             INFLIGHT.inc()
             try:
-                await self.app(scope, _counting(receive, limit, limit_name), send_wrapped)
+                handler = self.direct.get((method, path))
+                if handler is not None:
+                    await self._answer(handler, scope, _counting(receive, limit, limit_name), send_wrapped)
+                else:
+                    await self.app(scope, _counting(receive, limit, limit_name), send_wrapped)
             finally:
                 self.inflight -= 1
                 INFLIGHT.dec()
@@ -97,6 +110,18 @@ class ServiceMiddleware:
             template = self.template_for(path) or ("unmatched" if guarded else path)
             REQUESTS.labels(method, template, str(status_box[0])).inc()
             REQUEST_SECONDS.labels(method, template).observe(time.perf_counter() - t0)
+
+
+    async def _answer(self, handler: Callable[[Request], Awaitable[Response]], scope: Scope, receive: Receive,
+                      send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            if self.on_error is None:
+                raise
+            response = await self.on_error(request, exc)
+        await response(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
