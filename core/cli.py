@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trillium.core.access_cli import audit_cmd, users_app
 from trillium.core.errors import TrilliumError
 from trillium.core.service.cli import keys_app, serve_cmd
 from trillium.core.verticals import load_ref, verticals
@@ -32,6 +33,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
+app.command("audit")(audit_cmd)
 app.command("serve")(serve_cmd)
 for _vertical in verticals():  # each vertical's group, found through the trillium.verticals entry point
     if _vertical.cli:
