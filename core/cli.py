@@ -88,7 +88,16 @@ def dashboard(
     upload_mib = max(1, -(-limits().upload_bytes // (1024 * 1024)))
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
-           "--client.toolbarMode", "viewer", "--server.maxUploadSize", str(upload_mib)]
+           "--client.toolbarMode", "viewer", "--server.maxUploadSize", str(upload_mib),
+           "--client.showSidebarNavigation", "false"]  # the login gate draws the links a user's roles allow
+    from trillium.core.users import oidc_config
+
+    try:
+        oidc = oidc_config()  # OpenID Connect logins (st.login) when an owner-only oidc.toml is there
+    except TrilliumError as exc:
+        fail(exc)
+    if oidc is not None:
+        cmd += ["--secrets.files", str(oidc)]
     # Replace this process with Streamlit's (POSIX): a supervisor's SIGTERM then stops the server
     # itself instead of orphaning a child that keeps the port. Elsewhere, wait for the child.
     if os.name == "posix":

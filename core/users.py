@@ -347,3 +347,19 @@ def oidc_login(db: Database, name: str, roles_: list[str], *, issuer: str = "", 
              ignored_roles=ignored, origin=origin)
     with db.session() as s:
         return _info(_get(s, name))
+
+
+def oidc_config() -> Path | None:
+    """The dashboard's OpenID Connect settings file, if any: ``TRILLIUM_OIDC_CONFIG`` or
+    ``$TRILLIUM_HOME/oidc.toml``. It holds the client secret and the cookie secret, so it must be
+    readable by its owner only (a ``ConfigError`` otherwise, before the dashboard starts)."""
+    from trillium.core.config import home_dir
+
+    raw = os.environ.get("TRILLIUM_OIDC_CONFIG", "").strip()
+    path = Path(raw) if raw else home_dir() / "oidc.toml"
+    if not path.exists():
+        if raw:
+            raise ConfigError(f"TRILLIUM_OIDC_CONFIG names {path}, which does not exist")
+        return None
+    read_secret(file=path, what="OIDC settings")  # checks the mode
+    return path
