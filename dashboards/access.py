@@ -61,7 +61,7 @@ def origin() -> str:
         forwarded = st.context.headers.get("X-Forwarded-For", "")
     except Exception:  # noqa: BLE001 - no client context (AppTest)  # nosec B110
         ip, forwarded = None, ""
-    ip = ip if isinstance(ip, str) and ip else "localhost"
+    ip = ip if isinstance(ip, str) and ip and ip not in ("::ffff:127.0.0.1", "127.0.0.1", "::1") else "localhost"
     forwarded = forwarded if isinstance(forwarded, str) else ""  # (AppTest hands back mocks)
     return ip + (f" (forwarded for {forwarded[:100]})" if forwarded else "")
 
