@@ -59,7 +59,7 @@ def origin() -> str:
     try:
         ip = st.context.ip_address
         forwarded = st.context.headers.get("X-Forwarded-For", "")
-    except Exception:  # noqa: BLE001 - no client context (AppTest)  # nosec B110
+    except Exception:  # noqa: BLE001 - no client context (AppTest)
         ip, forwarded = None, ""
     ip = ip if isinstance(ip, str) and ip and ip not in ("::ffff:127.0.0.1", "127.0.0.1", "::1") else "localhost"
     forwarded = forwarded if isinstance(forwarded, str) else ""  # (AppTest hands back mocks)
@@ -79,7 +79,7 @@ def _oidc_settings() -> dict[str, Any] | None:
         if "auth" not in st.secrets:
             return None
         extra = dict(st.secrets.get("trillium", {}))
-    except Exception:  # noqa: BLE001 - no secrets file at all: built-in accounts only  # nosec B110
+    except Exception:  # noqa: BLE001 - no secrets file at all: built-in accounts only
         return None
     return {"role_claim": str(extra.get("role_claim", "roles")), "name_claim": str(extra.get("name_claim", "email")),
             "label": str(extra.get("provider_label", "your organisation's sign-in"))}

@@ -62,7 +62,7 @@ def test_login_form_wrong_then_right_password() -> None:
 
 def test_roles_decide_pages() -> None:
     at = logged_in(app("finance"), ("clinician",), name="cy").run()
-    assert [e.value for e in at.error][0].startswith("Your role (clinician) does not open this page")
+    assert next(e.value for e in at.error).startswith("Your role (clinician) does not open this page")
     assert not at.dataframe and not at.metric and TITLES["finance"] not in [t.value for t in at.title]
     assert actions("cy")[-1] == "access.denied"
     at = logged_in(app("medical"), ("clinician",), name="cy").run()
