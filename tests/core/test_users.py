@@ -205,3 +205,34 @@ def test_users_and_audit_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     res = runner.invoke(app, ["audit", "--since", "last week"])
     assert res.exit_code == 2 and "--since" in res.output
     assert os.environ["NEW_PW"] not in json.dumps(audit_rows(db), default=str)
+
+
+def test_demo_accounts_one_per_role_in_an_owner_only_file(trillium_home: Path) -> None:
+    import io
+    import stat
+
+    from rich.console import Console
+
+    from trillium.core.access import roles
+    from trillium.core.access_demo import accounts_demo
+    from trillium.core.demo import demo_steps
+
+    assert "accounts" in [name for name, _ in demo_steps()]
+    printed = io.StringIO()
+    out = accounts_demo(Console(file=printed, width=300))
+    path = Path(out["file"])
+    assert path == trillium_home / "demo-accounts" and str(path) in printed.getvalue()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    lines = [ln.split() for ln in path.read_text().splitlines() if not ln.startswith("#")]
+    assert sorted(role for _, role, _ in lines) == sorted(roles())
+    db = dbmod.connect()
+    for name, role, password in lines:
+        assert password not in printed.getvalue()
+        assert authenticate(db, name, password).roles == (role,)
+    # a rerun rotates the passwords and keeps one account per role
+    path.chmod(0o644)
+    accounts_demo(Console(file=io.StringIO()))
+    again = {n: p for n, _, p in (ln.split() for ln in path.read_text().splitlines() if not ln.startswith("#"))}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert set(again) == {n for n, _, _ in lines} and all(again[n] != p for n, _, p in lines)
+    assert len(list_users(db)) == len(roles())
