@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -43,6 +44,17 @@ def _password(env: str | None, file: Path | None) -> str:
     return secret
 
 
+def _db() -> Any:
+    """The database; when it is unreachable, one clear line (no traceback, no password) and exit 2."""
+    from trillium.core.db import connect
+
+
+    try:
+        return connect()
+    except TrilliumError as exc:
+        _fail(exc)
+
+
 def _actor() -> str:
     from trillium.core.db import _whoami
 
@@ -57,11 +69,10 @@ def users_add(
     password_file: Path | None = _PW_FILE,
 ) -> None:
     """Make a built-in account with its roles."""
-    from trillium.core.db import connect
     from trillium.core.users import add_user
 
     try:
-        info = add_user(connect(), name, _password(password_env, password_file), role, actor=_actor())
+        info = add_user(_db(), name, _password(password_env, password_file), role, actor=_actor())
     except TrilliumError as exc:
         _fail(exc)
         return
@@ -75,11 +86,10 @@ def users_passwd(
     password_file: Path | None = _PW_FILE,
 ) -> None:
     """Set a new password (this also lifts a lock-out)."""
-    from trillium.core.db import connect
     from trillium.core.users import set_password
 
     try:
-        set_password(connect(), name, _password(password_env, password_file), actor=_actor())
+        set_password(_db(), name, _password(password_env, password_file), actor=_actor())
     except TrilliumError as exc:
         _fail(exc)
         return
@@ -92,11 +102,10 @@ def users_disable(
     enable: bool = typer.Option(False, "--enable", help="Re-enable a disabled account instead."),
 ) -> None:
     """Disable an account (it keeps its row and audit history), or re-enable it."""
-    from trillium.core.db import connect
     from trillium.core.users import disable_user
 
     try:
-        disable_user(connect(), name, actor=_actor(), enable=enable)
+        disable_user(_db(), name, actor=_actor(), enable=enable)
     except TrilliumError as exc:
         _fail(exc)
         return
@@ -110,13 +119,12 @@ def users_grant(
     revoke: list[str] = typer.Option([], "--revoke", help="A role to take away; repeatable."),
 ) -> None:
     """Add roles to an account (and take others away with --revoke)."""
-    from trillium.core.db import connect
     from trillium.core.users import grant_roles
 
     if not role and not revoke:
         _fail(TrilliumError("name at least one role to grant, or --revoke ROLE"))
     try:
-        info = grant_roles(connect(), name, list(role or []), remove=revoke, actor=_actor())
+        info = grant_roles(_db(), name, list(role or []), remove=revoke, actor=_actor())
     except TrilliumError as exc:
         _fail(exc)
         return
@@ -126,10 +134,9 @@ def users_grant(
 @users_app.command("list")
 def users_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The accounts: roles, source (local or oidc), state, last login (never a hash)."""
-    from trillium.core.db import connect
     from trillium.core.users import list_users
 
-    rows = list_users(connect())
+    rows = list_users(_db())
     if as_json:
         out.print_json(json.dumps(rows, default=str))
         return
@@ -152,10 +159,9 @@ def audit_cmd(
 ) -> None:
     """The audit log, newest first: who did what to which object, from where."""
     from trillium.core.audit import audit_rows, parse_since
-    from trillium.core.db import connect
 
     try:
-        rows = audit_rows(connect(), patient=patient, user=user, since=parse_since(since) if since else None,
+        rows = audit_rows(_db(), patient=patient, user=user, since=parse_since(since) if since else None,
                           action=action, limit=limit or None)
     except TrilliumError as exc:
         _fail(exc)

@@ -236,3 +236,19 @@ def test_demo_accounts_one_per_role_in_an_owner_only_file(trillium_home: Path) -
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert set(again) == {n for n, _, _ in lines} and all(again[n] != p for n, _, p in lines)
     assert len(list_users(db)) == len(roles())
+
+
+def test_a_database_password_is_in_no_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreachable server or a bad URL: one error line, naming the host but not the password."""
+    from trillium.core.cli import app
+
+    secret = "Db-Pa55word-never-shown"
+    for url in (f"postgresql+psycopg://trillium:{secret}@127.0.0.1:1/x",
+                f"nosuchdriver://trillium:{secret}@127.0.0.1:1/x"):
+        monkeypatch.setenv("TRILLIUM_DB_URL", url)
+        dbmod.reset_connections()
+        res = CliRunner().invoke(app, ["users", "list"])
+        assert res.exit_code == 2, res.output  # one clear line, no traceback
+        text_ = res.output
+        assert "127.0.0.1" in text_ or "nosuchdriver" in text_
+        assert secret not in text_, text_
