@@ -105,6 +105,14 @@ def _login_form(db: Any, note: str = "") -> None:
     st.subheader("Log in")
     if note:
         st.info(note)
+    from sqlalchemy import func, select
+
+    from trillium.core.db import User
+
+    with db.session() as s:
+        if not s.scalar(select(func.count()).select_from(User)):
+            st.info("No account exists yet. Make the first one with `trillium users add NAME --role admin` "
+                    "(or run `make demo`, which makes one per role).")
     oidc = _oidc_settings()
     if oidc is not None:
         if getattr(st.user, "is_logged_in", False):

@@ -21,6 +21,6 @@ def logged_in(at: AppTest, roles: tuple[str, ...] = ("admin",), name: str = "tes
     with db.session() as s:
         exists = s.scalars(select(User).where(User.name == name)).one_or_none() is not None
     if not exists:
-        add_user(db, name, PASSWORD, list(roles))
+        add_user(db, name, PASSWORD, list(roles), actor="test-setup")
     at.session_state["_trillium_user"] = {"name": name, "source": "local", "last_seen": time.time()}
     return at

@@ -39,7 +39,9 @@ def test_without_a_session_a_page_shows_only_the_login(name: str) -> None:
     assert not at.exception
     assert [t.value for t in at.title] == ["Trillium"] and [h.value for h in at.subheader] == ["Log in"]
     assert [t.label for t in at.text_input] == ["User name", "Password"]
-    assert not at.dataframe and not at.metric and not at.info and not at.tabs and not at.sidebar.children
+    assert not at.dataframe and not at.metric and not at.tabs and not at.sidebar.children
+    assert [i.value for i in at.info] == [("No account exists yet. Make the first one with `trillium users add NAME "
+                                          "--role admin` (or run `make demo`, which makes one per role).")]
 
 
 def test_login_form_wrong_then_right_password() -> None:
@@ -104,3 +106,20 @@ def test_admins_see_the_latest_audit_entries_and_the_accounts() -> None:
     assert {("user.add", "vi"), ("user.add", "root")} <= set(zip(audit["action"], audit["target"], strict=True))
     users = next(d.value for d in at.dataframe if "source" in d.value.columns)
     assert sorted(users["name"]) == ["root", "vi"]
+
+
+def test_first_run_hint_and_an_admin_adds_a_user_from_the_home_page() -> None:
+    at = app("home").run()
+    assert any("No account exists yet" in i.value and "trillium users add" in i.value for i in at.info)
+    at = logged_in(app("home"), ("admin",), name="root").run()
+    at.text_input(key="new_user").input("newbie")
+    at.multiselect(key="new_roles").select("quality_engineer")
+    at.text_input(key="new_password").input(PASSWORD)
+    next(b for b in at.button if b.label == "Add").click().run()
+    assert not at.exception and any("User newbie added" in m.value for m in at.success)
+    rows = audit_rows(connect(), patient=None, action="user.add")
+    assert [(r["actor"], r["details"]["roles"]) for r in rows if r["target"] == "newbie"] == [
+        ("root", ["quality_engineer"])]
+    from trillium.core.users import authenticate
+
+    assert authenticate(connect(), "newbie", PASSWORD).roles == ("quality_engineer",)
