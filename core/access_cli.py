@@ -170,6 +170,9 @@ def audit_cmd(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps([{**r, "at": r["at"].isoformat() if isinstance(r["at"], datetime)
                                           else r["at"]} for r in rows], indent=1, default=str))
+        # an export of who-saw-what is itself an access to audit data: recorded
+        _db().audit("audit.export", target=str(json_path)[:300], actor=_actor(), rows=len(rows), patient=patient or "",
+                    user=user or "", since=since or "", action_prefix=action or "")
         console.print(f"{len(rows)} audit rows written to {json_path}")
         return
     table = Table(title=f"Audit log ({len(rows)} rows)")

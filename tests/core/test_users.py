@@ -200,6 +200,8 @@ def test_users_and_audit_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
     assert [(r["actor"], r["action"], r["target"]) for r in rows] == [("fay", "medical.note.view", "note-1")]
+    export = audit_rows(db, action="audit.export")
+    assert [(e["target"], e["details"]["rows"], e["details"]["patient"]) for e in export] == [(str(out), 1, "p-7")]
     res = runner.invoke(app, ["audit", "--user", "fay", "--since", "1h"])
     assert res.exit_code == 0 and "user.login" in res.stdout
     res = runner.invoke(app, ["audit", "--since", "last week"])
