@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
+import subprocess  # nosec B404 # our own interpreter, argument lists only
 import sys
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trillium.core.access_cli import audit_cmd, users_app
 from trillium.core.errors import TrilliumError
 from trillium.core.service.cli import keys_app, serve_cmd
 from trillium.core.verticals import load_ref, verticals
@@ -32,6 +33,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
+app.command("audit")(audit_cmd)
 app.command("serve")(serve_cmd)
 for _vertical in verticals():  # each vertical's group, found through the trillium.verticals entry point
     if _vertical.cli:
@@ -85,14 +88,24 @@ def dashboard(
     upload_mib = max(1, -(-limits().upload_bytes // (1024 * 1024)))
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
-           "--client.toolbarMode", "viewer", "--server.maxUploadSize", str(upload_mib)]
+           "--client.toolbarMode", "viewer", "--server.maxUploadSize", str(upload_mib),
+           "--client.showSidebarNavigation", "false"]  # the login gate draws the links a user's roles allow
+    from trillium.core.users import oidc_config
+
+    try:
+        oidc = oidc_config()  # OpenID Connect logins (st.login) when an owner-only oidc.toml is there
+    except TrilliumError as exc:
+        fail(exc)
+    if oidc is not None:
+        cmd += ["--secrets.files", str(oidc)]
     # Replace this process with Streamlit's (POSIX): a supervisor's SIGTERM then stops the server
     # itself instead of orphaning a child that keeps the port. Elsewhere, wait for the child.
     if os.name == "posix":
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, cmd)
-    raise typer.Exit(subprocess.call(cmd))
+        # our own interpreter running streamlit, from an argument list (no shell, no user input in it)
+        os.execv(sys.executable, cmd)  # nosec B606 # see above
+    raise typer.Exit(subprocess.call(cmd))  # nosec B603 # the same argument list, no shell
 
 
 # ------------------------------------------------------------------ bench

@@ -171,6 +171,9 @@ def demo_steps() -> list[tuple[str, Callable[[Console], Any]]]:
     for vertical in verticals():
         if vertical.demo:
             steps.append((vertical.name, partial(_vertical_demo, vertical.demo)))
+    from trillium.core.access_demo import accounts_demo
+
+    steps.append(("accounts", accounts_demo))  # the dashboard needs a login
     if any(v.service for v in verticals()):
         from trillium.core.service.demo import service_demo
 

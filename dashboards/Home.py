@@ -16,6 +16,10 @@ from trillium.core.errors import TrilliumError
 
 st.set_page_config(page_title="Trillium", layout="wide")
 
+from trillium.dashboards.access import require
+
+user = require()  # everyone may see the home page, once logged in
+
 
 @st.cache_resource
 def database(url: str) -> dbmod.Database:
@@ -68,3 +72,8 @@ if job_rows:
     st.dataframe(pd.DataFrame(job_rows), hide_index=True, use_container_width=True)
 else:
     st.info("No batch job has run yet.")
+
+if user.is_admin:
+    from trillium.dashboards.admin import admin_section
+
+    admin_section(d, user)

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 from streamlit.testing.v1 import AppTest
 
+from tests.dashboard_login import logged_in
 from trillium import dashboards
 from trillium.core import jobs
 from trillium.core.models.reference import TabularMLP
@@ -17,7 +18,7 @@ APP = str(Path(dashboards.__file__).parent / "Home.py")
 
 
 def test_home_on_empty_database_shows_guidance() -> None:
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = logged_in(AppTest.from_file(APP, default_timeout=60)).run()
     assert not at.exception
     assert any("No model registered yet" in i.value for i in at.info)
 
@@ -35,7 +36,7 @@ def test_home_lists_registered_models_and_jobs(tmp_path: Path) -> None:
     pd.DataFrame({"id": range(10)}).to_parquet(src, index=False)
     job = jobs.run_job("home-demo-job", jobs.ParquetSource(src, 4), lambda frame, _: frame.assign(x=2 * frame["id"]),
                        jobs.CsvSink(tmp_path / "out.csv"), progress=False)
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = logged_in(AppTest.from_file(APP, default_timeout=60), ("viewer",)).run()
     assert not at.exception
     models, job_table = (d.value for d in at.dataframe)
     # every version, newest first, each with its name, number (per name, not the row id) and kind

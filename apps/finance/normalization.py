@@ -384,7 +384,7 @@ def normalize(
     valid = valid.astype(_final_dtypes(valid))
     if len(quarantined):
         logger.info("%s: %d of %d rows quarantined", source, len(quarantined), n)
-    assert len(good) == len(valid)
+    assert len(good) == len(valid)  # nosec B101 # internal invariant, not input validation
     return valid, quarantined
 
 

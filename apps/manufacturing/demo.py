@@ -85,7 +85,7 @@ def manufacturing_demo(console: Console) -> dict[str, Any]:
                                   defects=work / "labelled", registry=ModelRegistry(db), seed=0)
     inspector = trained.inspector
     record = trained.record
-    assert record is not None
+    assert record is not None  # nosec B101 # type narrowing: training registers
     console.print(f"manufacturing: registered inspector v{record.version} (production) in {trained.seconds:.0f} s; "
                   f"threshold {inspector.threshold:.3f} ({inspector.detector.threshold_rule_})")
 

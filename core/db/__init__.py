@@ -30,6 +30,7 @@ from trillium.core.db.models import (
     ModelAlias,
     ModelVersion,
     Prediction,
+    User,
 )
 from trillium.core.errors import ConfigError, DatabaseError
 
@@ -45,6 +46,7 @@ __all__ = [
     "ModelAlias",
     "ModelVersion",
     "Prediction",
+    "User",
     "connect",
     "migrate",
 ]

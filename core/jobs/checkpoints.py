@@ -182,5 +182,5 @@ def set_status(db: Database, job_id: int, status: str, error: str | None = None)
     with db.session() as s:
         s.execute(update(Job).where(Job.id == job_id).values(status=status, error=error, updated_at=utcnow()))
         job = s.get(Job, job_id, populate_existing=True)
-        assert job is not None
+        assert job is not None  # nosec B101 # type narrowing: the row just updated
         return job

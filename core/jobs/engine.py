@@ -423,7 +423,7 @@ def read_output(
     sink = output_sink(output)
     if isinstance(sink, CsvSink):
         return sink.read(equals=equals, empty_columns=empty_columns, dtype=dtype, parse_dates=parse_dates)
-    assert isinstance(sink, ParquetSink)
+    assert isinstance(sink, ParquetSink)  # nosec B101 # type narrowing: one of two sinks
     return sink.read(equals=equals, empty_columns=empty_columns)
 
 

@@ -127,11 +127,11 @@ class AppendFile:
 
     @property
     def offset(self) -> int:
-        assert self._fh is not None, "open() first"
+        assert self._fh is not None, "open() first"  # nosec B101 # programming error, not input
         return self._fh.tell()
 
     def append(self, data: bytes) -> int:
-        assert self._fh is not None, "open() first"
+        assert self._fh is not None, "open() first"  # nosec B101 # programming error, not input
         if data:
             self._fh.write(data)
             self._fh.flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404 # our own interpreter, argument lists only
 import sys
 import time
 from typing import Any
@@ -55,7 +55,8 @@ def service_demo(console: Console) -> dict[str, Any]:
     log_path = home_dir() / "demo-serve.log"
     env = {**os.environ, "TRILLIUM_HOME": str(home_dir())}
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "trillium.core.cli", "serve", "--port", str(port),
+        # our own interpreter running trillium serve, from an argument list (no shell, no user input)
+        proc = subprocess.Popen([sys.executable, "-m", "trillium.core.cli", "serve", "--port", str(port),  # nosec B603
                                  "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     answers: dict[str, str] = {}

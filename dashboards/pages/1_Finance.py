@@ -17,6 +17,10 @@ from trillium.core.config import database_url
 from trillium.core.errors import TrilliumError
 
 st.set_page_config(page_title="Trillium · Finance", layout="wide")
+
+from trillium.dashboards.access import audit_view, origin, require
+
+user = require("finance:read")
 st.title("Finance: fraud alerts")
 
 
@@ -43,7 +47,6 @@ from trillium.finance.records import FRAUD, GENUINE
 from trillium.finance.store import alert_details, alert_queue, latest_scoring_job, model_history, record_feedback
 
 budget = st.sidebar.number_input("Alert budget per day", min_value=1, max_value=10_000, value=100, step=10)
-analyst = st.sidebar.text_input("Analyst", value="analyst")
 show_labelled = st.sidebar.checkbox("Show labelled alerts", value=False)
 
 queue = alert_queue(db=db, budget=int(budget), include_labelled=show_labelled)
@@ -65,6 +68,7 @@ with tab_queue:
     choice = st.selectbox("Transaction", shown["transaction_id"].tolist(), key="alert_choice")
     row = shown[shown["transaction_id"] == choice].iloc[0]
     details = alert_details(int(row["prediction_id"]), db=db)
+    audit_view(user, "finance.alert.view", str(choice), customer=str(row["customer_id"]))
     left, right = st.columns([3, 2])
     with left:
         st.subheader(f"Transaction {choice}")
@@ -79,15 +83,20 @@ with tab_queue:
             st.caption("No reasons stored for this alert.")
     with right:
         st.subheader("Label")
-        comment = st.text_input("Comment", key="comment")
-        b1, b2 = st.columns(2)
-        for col, label in ((b1, FRAUD), (b2, GENUINE)):
-            if col.button(f"Mark {label}", key=f"label_{label}", use_container_width=True):
-                try:
-                    fid = record_feedback(choice, label, db=db, analyst=analyst, comment=comment)
-                    st.success(f"Transaction {choice} labelled {label} (feedback {fid}).")
-                except TrilliumError as exc:
-                    st.error(str(exc))
+        if not user.allows("finance:write"):
+            st.caption(f"Labelling needs the finance:write scope (fraud_analyst); {user.name} may only read.")
+        else:
+            comment = st.text_input("Comment", key="comment")
+            b1, b2 = st.columns(2)
+            for col, label in ((b1, FRAUD), (b2, GENUINE)):
+                if col.button(f"Mark {label}", key=f"label_{label}", use_container_width=True):
+                    try:  # the label carries the logged-in user; record_feedback audits it (finance.feedback)
+                        fid = record_feedback(choice, label, db=db, analyst=user.name, comment=comment)
+                        db.audit("finance.label", target=str(choice), actor=user.name, label=label,
+                                 feedback_id=fid, origin=origin())
+                        st.success(f"Transaction {choice} labelled {label} (feedback {fid}).")
+                    except TrilliumError as exc:
+                        st.error(str(exc))
     # the card's recent history, from the latest scoring job that holds the card
     job = latest_scoring_job(db)
     if job is not None and Path(job.output_uri).exists():

@@ -19,6 +19,10 @@ from trillium.core.config import database_url
 from trillium.core.errors import TrilliumError
 
 st.set_page_config(page_title="Trillium · Medical", layout="wide")
+
+from trillium.dashboards.access import audit_view, origin, require
+
+user = require("medical:read")
 st.title("Medical: CT studies, patients, records and similar cases")
 
 COLOURS = {"problem": "#fde2e1", "medication": "#dff0d8", "allergy": "#fcf8e3", "vital": "#d9edf7",
@@ -207,9 +211,15 @@ with tab_ct:
         label = {s_["id"]: f"{s_['patient_id'] or '?'} · {s_['study_date'] or ''} · {len(s_['findings'])} findings"
                  f" · {s_['series_uid'][-12:]}" for s_ in studies}
         chosen = st.selectbox("Study", list(label), format_func=label.get, key="ct-study")
-        show_ct_study(next(s_ for s_ in studies if s_["id"] == chosen))
+        study_ = next(s_ for s_ in studies if s_["id"] == chosen)
+        audit_view(user, "medical.ct.view", study_["series_uid"], patient=study_["patient_id"] or "",
+                   findings=len(study_["findings"]))
+        show_ct_study(study_)
     st.subheader("Analyse a study")
-    ct_upload = st.file_uploader("A zipped DICOM series", type=["zip"], key="ct-upload")
+    ct_upload = st.file_uploader("A zipped DICOM series", type=["zip"], key="ct-upload") \
+        if user.allows("medical:write") else None
+    if not user.allows("medical:write"):
+        st.caption("Uploading a study needs the medical:write scope (clinician).")
     if ct_upload is not None and st.button("Analyse and store", key="ct-analyse"):
         from trillium.medical.imaging.analyzer import analyze_upload
 
@@ -220,7 +230,8 @@ with tab_ct:
         except TrilliumError as exc:
             st.error(f"Cannot analyse this upload: {exc}")
         else:
-            db.audit("medical.ct.upload", target=result.series_uid, findings=len(result.findings))
+            db.audit("medical.ct.upload", target=result.series_uid, actor=user.name, origin=origin(),
+                     patient=getattr(result, "patient_id", "") or "", findings=len(result.findings))
             st.success(f"Stored series {result.series_uid}: {len(result.findings)} findings "
                        f"in {result.timings['total']:.1f} s.")
 
@@ -230,6 +241,7 @@ with tab_patient:
     else:
         pid = st.selectbox("Patient", [p["patient_id"] for p in patients], key="patient")
         view = patient_view(pid, db=db)
+        audit_view(user, "medical.patient.view", pid, patient=pid)
         s = view["summary"]
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("notes", s["notes"])
@@ -287,6 +299,7 @@ with tab_record:
         if stored is None:
             st.warning(f"Note {note_id} is no longer in the database.")
         else:
+            audit_view(user, "medical.note.view", note_id, patient=stored.get("patient_id") or "")
             show_note(stored["text"], stored["entities"], "stored")
 
 with tab_similar:
@@ -300,6 +313,7 @@ with tab_similar:
         if mode == "A stored note":
             qid = st.selectbox("Note", [n["note_id"] for n in notes], key="sim-note")
             hits = index.neighbours(qid, k=k)
+            audit_view(user, "medical.note.similar", qid, k=k)
         else:
             text = st.text_area("Describe the case", key="sim-text")
             if text.strip():
@@ -311,7 +325,10 @@ with tab_similar:
                          hide_index=True, width="stretch")
 
 with tab_upload:
-    upload = st.file_uploader("A clinical note (plain text)", type=["txt", "text", "note", "md"], key="upload")
+    if not user.allows("medical:write"):
+        st.info("Uploading notes needs the medical:write scope (clinician).")
+    upload = st.file_uploader("A clinical note (plain text)", type=["txt", "text", "note", "md"], key="upload") \
+        if user.allows("medical:write") else None
     if upload is not None:
         from trillium.medical.records.notes import Note, NoteReadError, decode_text
 
@@ -330,5 +347,6 @@ with tab_upload:
                 from trillium.medical.store import store_notes
 
                 store_notes([note], db=db, source=f"upload:{upload.name}")
-                db.audit("medical.note.upload", target=note.note_id, entities=len(note.entities))
+                db.audit("medical.note.upload", target=note.note_id, actor=user.name, origin=origin(),
+                         patient=note.patient_id or "", entities=len(note.entities))
                 st.success(f"Stored {note.note_id} with {len(note.entities)} entities.")

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from trillium.manufacturing.pipeline import Inspector
 
 st.set_page_config(page_title="Trillium · Manufacturing", layout="wide")
+
+from trillium.dashboards.access import audit_view, origin, require
+
+user = require("manufacturing:read")
 st.title("Manufacturing: visual inspection")
 
 INSPECTOR = "inspector"  # registry name of the inspector (trillium.manufacturing.pipeline.DEFAULT_NAME)
@@ -102,7 +106,6 @@ line = None if line_choice == "all lines" else line_choice
 verdict = st.sidebar.selectbox("Verdict", ["all", *VERDICTS], key="verdict")
 limit = int(st.sidebar.number_input("Latest inspections in the gallery", min_value=1, max_value=500, value=24,
                                     step=4, key="limit"))
-operator = st.sidebar.text_input("Operator", value="operator", key="operator")
 
 try:
     production = ModelRegistry(db).get(INSPECTOR, "production")
@@ -263,10 +266,12 @@ with tab_threshold:
             st.altair_chart(ticks + rule, width="stretch")
         else:
             st.caption("The registered model holds no validation scores.")
-        if st.button("Apply threshold", key="apply_threshold"):
+        if not user.allows("manufacturing:write"):
+            st.caption("Applying a threshold needs the manufacturing:write scope (quality_engineer).")
+        elif st.button("Apply threshold", key="apply_threshold"):
             target = f"{production.name}:v{production.version}"
-            try:
-                db.audit("manufacturing.threshold", target=target, actor=operator or None,
+            try:  # the choice carries the logged-in user and where they are
+                db.audit("manufacturing.threshold", target=target, actor=user.name, origin=origin(),
                          threshold=float(threshold), registered_threshold=registered,
                          false_alarms=false_alarms, n_good=len(good), caught=caught, n_defect=len(defect))
             except Exception as exc:  # noqa: BLE001 - a failed write is shown, the page goes on
@@ -284,7 +289,10 @@ with tab_upload:
     if production is None:
         st.info(f"No inspector registered yet, so there is nothing to inspect with. {TRAIN_HINT}")
     else:
-        upload = st.file_uploader("Image to inspect", type=IMAGE_TYPES, key="upload")
+        upload = st.file_uploader("Image to inspect", type=IMAGE_TYPES, key="upload") \
+            if user.allows("manufacturing:write") else None
+        if not user.allows("manufacturing:write"):
+            st.caption("Inspecting an uploaded image needs the manufacturing:write scope (quality_engineer).")
         if upload is None:
             st.caption(f"Inspected with {production.name} v{production.version} (production); "
                        "nothing is stored in the database.")
@@ -304,6 +312,8 @@ with tab_upload:
             except (TrilliumError, ValueError) as exc:
                 st.error(f"Cannot inspect {upload.name!r}: {exc}")
             if result is not None:
+                audit_view(user, "manufacturing.upload.inspect", upload.name[:200], verdict=result.verdict,
+                           score=float(result.score), size=upload.size)
                 left, right = st.columns([1, 2])
                 with left:
                     st.metric("verdict", result.verdict)

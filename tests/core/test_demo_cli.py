@@ -28,7 +28,7 @@ def _cli(*args: str, home: Path, timeout: float = 600) -> subprocess.CompletedPr
 def test_help_lists_every_command_group(trillium_home: Path) -> None:
     res = _cli("--help", home=trillium_home)
     assert res.returncode == 0
-    for name in ("demo", "dashboard", "bench", "db", "models", "finance", "medical", "manufacturing"):
+    for name in ("demo", "dashboard", "bench", "db", "models", "finance", "medical", "manufacturing", "users", "audit"):
         assert name in res.stdout
 
 
@@ -52,6 +52,12 @@ def test_demo_then_models_commands(trillium_home: Path) -> None:
     assert fin_job.rows_out == fin_job.rows_in - 2 > 100_000
     assert 0 < fin_alerts <= 14 * 100
     assert "fraud" in _cli("models", "list", "fraud", home=trillium_home).stdout
+    # the dashboard's accounts: one per role, passwords only in an owner-only file whose path is printed
+    accounts = trillium_home / "demo-accounts"
+    assert str(accounts) in " ".join(res.stderr.split()) and (accounts.stat().st_mode & 0o777) == 0o600
+    users = json.loads(_cli("users", "list", "--json", home=trillium_home).stdout)
+    assert {u["name"] for u in users} >= {"demo-admin", "demo-viewer", "demo-clinician"}
+    assert not [ln for ln in accounts.read_text().splitlines()[1:] if ln.split()[-1] in res.stdout + res.stderr]
     # manufacturing: 60 test images inspected as a job, the corrupt one quarantined, verdicts and
     # a simulated shift of 192 parts stored, phase-I limits fixed, the drifting lots flagged
     with db.session() as s:

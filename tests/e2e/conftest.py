@@ -8,12 +8,19 @@ Playwright's Python package through ``executable_path``: no tool downloads a bro
 Two servers: one on an empty home (every page must explain itself, never show a traceback) and
 one on a home seeded through the domain APIs (``seed.py``). Screenshots of every step go to
 ``TRILLIUM_E2E_SCREENSHOTS`` (default ``test-artifacts/e2e``, ignored by git).
+
+Every page needs a login: both homes get one built-in account per role (``ACCOUNTS``, random
+passwords made per run), and the seeded dashboard also logs in through a real OpenID Connect
+provider (oidc-provider-mock, a Flask app on Authlib, served on loopback by the test process)
+configured in the home's owner-only ``oidc.toml``. The seeded home and its dashboard are shared by
+the session's browser modules (one seeding, one server process).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -24,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.accounts import ACCOUNTS, LOCKABLE, OIDC_USER
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = Path(__file__).with_name("seed.py")
@@ -62,17 +71,42 @@ def browser() -> Iterator[object]:
         b.close()
 
 
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    """A fresh browser context (no cookies, so no session) and its page; JavaScript errors fail the test."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield p
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _serve(home: Path, log: Path) -> Iterator[str]:
+def add_accounts(home: Path) -> None:
+    """The built-in accounts of ``ACCOUNTS`` (and ``LOCKABLE``) in HOME's database."""
+    from trillium.core.db import connect, reset_connections
+    from trillium.core.users import add_user
+
+    db = connect(f"sqlite:///{home / 'trillium.db'}")
+    for role, (name, password) in ACCOUNTS.items():
+        add_user(db, name, password, [role], actor="e2e")
+    add_user(db, LOCKABLE[0], LOCKABLE[1], ["viewer"], actor="e2e")
+    reset_connections()
+
+
+def _serve(home: Path, log: Path, port: int | None = None) -> Iterator[str]:
     """`trillium dashboard` on HOME (a subprocess, like a user starts it); yields its URL."""
-    port = _free_port()
+    port = port or _free_port()
     env = {**os.environ, "TRILLIUM_HOME": str(home), "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "AUTHLIB_INSECURE_TRANSPORT": "1"}
     env.pop("TRILLIUM_DB_URL", None)
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "trillium.core.cli", "dashboard", "--port", str(port)],
@@ -103,10 +137,24 @@ def _serve(home: Path, log: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def empty_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("e2e-empty")
+    add_accounts(home)
     yield from _serve(home, home / "streamlit.log")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def oidc_provider() -> Iterator[str]:
+    """A real OpenID Connect provider on loopback (its authorize page lists OIDC_USER to click)."""
+    try:
+        from oidc_provider_mock import User, run_server_in_thread
+    except ImportError:
+        _missing("the oidc-provider-mock package is not installed (pip install -e '.[dev]')")
+    os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"  # plain http on loopback
+    user = User(sub=OIDC_USER["sub"], claims={k: v for k, v in OIDC_USER.items() if k != "sub"})
+    with run_server_in_thread(user_claims=[user]) as server:
+        yield f"http://localhost:{server.server_port}"
+
+
+@pytest.fixture(scope="session")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A home seeded through the domain APIs, in its own process; returns what was stored."""
     home = tmp_path_factory.mktemp("e2e-seeded")
@@ -116,9 +164,26 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict:
                          timeout=600, check=False, cwd=home)
     if res.returncode != 0:
         raise RuntimeError(f"seeding failed:\n{res.stdout}\n{res.stderr}")
+    add_accounts(home)
     return {**json.loads(res.stdout.strip().splitlines()[-1]), "home": home}
 
 
-@pytest.fixture(scope="module")
-def seeded_dashboard(seeded: dict) -> Iterator[str]:
-    yield from _serve(seeded["home"], seeded["home"] / "streamlit.log")
+@pytest.fixture(scope="session")
+def seeded_dashboard(seeded: dict, oidc_provider: str) -> Iterator[str]:
+    """The seeded home's dashboard, with built-in accounts and the OIDC provider's logins."""
+    home, port = seeded["home"], _free_port()
+    oidc = home / "oidc.toml"
+    oidc.write_text(f"""[auth]
+redirect_uri = "http://localhost:{port}/oauth2callback"
+cookie_secret = "{secrets.token_urlsafe(32)}"
+client_id = "trillium-dashboard"
+client_secret = "{secrets.token_urlsafe(24)}"
+server_metadata_url = "{oidc_provider}/.well-known/openid-configuration"
+
+[trillium]
+role_claim = "roles"
+name_claim = "email"
+provider_label = "the test identity provider"
+""")
+    oidc.chmod(0o600)
+    yield from _serve(home, home / "streamlit.log", port)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from tests.e2e.accounts import ACCOUNTS
 from tests.finance.whatif import expected_alerts_per_day
 
 try:
@@ -38,18 +39,6 @@ TITLES = {"home": "Trillium", "finance": "Finance: fraud alerts",
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture
-def page(browser, request: pytest.FixtureRequest) -> Page:
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    p = context.new_page()
-    p.set_default_timeout(60_000)
-    errors: list[str] = []
-    p.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield p
-    context.close()
-    assert not errors, f"JavaScript errors in the page: {errors}"
-
-
 def settle(page: Page) -> None:
     """Wait until the Streamlit script has run to the end and the page shows no traceback.
 
@@ -75,13 +64,30 @@ def shoot(page: Page, folder: Path, name: str) -> Path:
     return path
 
 
-def open_page(page: Page, base: str, name: str) -> None:
-    """Go through the sidebar navigation, as a user does (the home page is the app's root)."""
+def login(page: Page, base: str, user: str, password: str) -> None:
+    """Log in through the form every page shows first (the home page is the app's root)."""
     page.goto(base)
+    expect(page.get_by_role("heading", name="Log in", exact=True)).to_be_visible()
+    settle(page)
+    page.locator(".st-key-login_user input").fill(user)
+    page.locator(".st-key-login_password input").fill(password)
+    page.get_by_role("button", name="Log in", exact=True).click()
+    expect(page.locator('[data-testid="stSidebar"]').get_by_text(f"Signed in as {user}")).to_be_visible()
+    settle(page)
+
+
+def nav_links(page: Page):
+    """The sidebar's page links (the login gate draws those the user's roles open)."""
+    return page.locator('[data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]')
+
+
+def open_page(page: Page, base: str, name: str, role: str = "admin") -> None:
+    """Log in as the account of ROLE, then go through the sidebar navigation, as a user does."""
+    login(page, base, *ACCOUNTS[role])
     expect(page.get_by_role("heading", name=TITLES["home"], exact=True)).to_be_visible()
     settle(page)
     if PAGES[name]:
-        page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=PAGES[name]).click()
+        nav_links(page).filter(has_text=re.compile(rf"^{PAGES[name]}$")).click()
         page.wait_for_url(re.compile(rf"/{PAGES[name]}$"))
         expect(page.get_by_role("heading", name=TITLES[name], exact=True)).to_be_visible()  # the new page ran
         settle(page)
@@ -154,9 +160,8 @@ def test_every_page_explains_an_empty_database(page: Page, empty_dashboard: str,
 
 # ------------------------------------------------------------------ seeded
 def test_home_lists_models_and_jobs(page: Page, seeded_dashboard: str, seeded: dict, screenshots: Path) -> None:
-    open_page(page, seeded_dashboard, "home")
-    nav = page.locator('[data-testid="stSidebarNav"] a')
-    expect(nav).to_have_text(["Home", "Finance", "Medical", "Manufacturing"])
+    open_page(page, seeded_dashboard, "home", role="viewer")  # (an admin's home also lists the audit log)
+    expect(nav_links(page)).to_have_text(["Home", "Finance", "Medical", "Manufacturing"])
     expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
     expect(page.get_by_role("heading", name="Batch jobs", exact=True)).to_be_visible()
     expect(page.locator("body")).not_to_contain_text("Deploy")  # the viewer toolbar: no developer menu for analysts
@@ -196,8 +201,8 @@ def test_finance_label_an_alert_and_move_the_threshold(page: Page, seeded_dashbo
     settle(page)
     shoot(page, screenshots, "finance-labelled")
     with connect(db_url(seeded["home"])).session() as s:
-        labels = [(f.entity_id, f.label, f.comment) for f in s.scalars(select(Feedback))]
-    assert labels == [(chosen, "fraud", "confirmed with the card holder")]
+        labels = [(f.entity_id, f.label, f.comment, f.analyst) for f in s.scalars(select(Feedback))]
+    assert labels == [(chosen, "fraud", "confirmed with the card holder", ACCOUNTS["admin"][0])]  # who is logged in
 
     # the what-if shows the mean alerts per day of the job's stored probabilities at each threshold,
     # computed here from the job's output; the slider is moved with the keyboard
@@ -356,18 +361,13 @@ def test_manufacturing_gallery_chart_threshold_and_upload(page: Page, seeded_das
     thumb.press("End")
     expect(page.get_by_text("At 1.000:", exact=False)).to_be_visible()
     settle(page)
-    page.locator(".st-key-operator input").fill("night-shift")
-    page.locator(".st-key-operator input").press("Enter")
-    expect(page.locator(".st-key-operator input")).to_have_value("night-shift")
-    settle(page)
-    tab(page, "Threshold tuning")
     page.locator(".st-key-apply_threshold button").click()
     expect(page.get_by_text("Threshold 1.000 applied for inspector:v1")).to_be_visible()
     settle(page)
     shoot(page, screenshots, "manufacturing-threshold")
     with connect(db_url(seeded["home"])).session() as s:
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "manufacturing.threshold")).all()
-    assert [(e.actor, e.details["threshold"]) for e in events] == [("night-shift", 1.0)]
+    assert [(e.actor, e.details["threshold"]) for e in events] == [(ACCOUNTS["admin"][0], 1.0)]  # who is logged in
 
     tab(page, "Inspect an image")
     page.locator(".st-key-upload input[type='file']").set_input_files(man["upload_image"])

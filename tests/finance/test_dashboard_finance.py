@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from tests.dashboard_login import logged_in
 from tests.finance.whatif import expected_alerts_per_day
 from trillium import dashboards
 from trillium.core.db import Feedback, Job, connect
@@ -25,7 +26,7 @@ def metric(at: AppTest, label: str) -> str:
 
 
 def test_finance_page_on_empty_database() -> None:
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at = logged_in(AppTest.from_file(PAGE, default_timeout=60)).run()
     assert not at.exception
     assert any("No finance alerts yet" in i.value for i in at.info)
 
@@ -45,7 +46,7 @@ def scored(tmp_path: Path, one_thread: None) -> Path:
 
 
 def test_finance_page_queue_label_kpis_whatif(scored: Path) -> None:
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at = logged_in(AppTest.from_file(PAGE, default_timeout=60)).run()
     assert not at.exception
     queue = at.dataframe[0].value
     assert len(queue) > 0
@@ -56,7 +57,7 @@ def test_finance_page_queue_label_kpis_whatif(scored: Path) -> None:
     assert any(f"Transaction {chosen} labelled fraud" in s.value for s in at.success)
     with connect().session() as s:
         labels = s.scalars(select(Feedback)).all()
-    assert [(f.entity_id, f.label, f.analyst) for f in labels] == [(str(chosen), "fraud", "analyst")]
+    assert [(f.entity_id, f.label, f.analyst) for f in labels] == [(str(chosen), "fraud", "tester")]
     # labelled alerts leave the queue
     at.run()
     assert str(chosen) not in set(at.dataframe[0].value["transaction_id"].astype(str))

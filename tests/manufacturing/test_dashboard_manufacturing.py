@@ -15,6 +15,7 @@ from PIL import Image
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from tests.dashboard_login import logged_in
 from trillium import dashboards
 from trillium.core.db import AuditEvent, connect
 from trillium.manufacturing.detector import DefectDetector
@@ -27,7 +28,7 @@ T0 = datetime(2024, 3, 4, 6, 0, tzinfo=UTC)
 
 
 def page() -> AppTest:
-    return AppTest.from_file(PAGE, default_timeout=60)
+    return logged_in(AppTest.from_file(PAGE, default_timeout=60))
 
 
 def metric(at: AppTest, label: str) -> str:
@@ -162,7 +163,7 @@ def test_threshold_tuning_and_upload(inspector: Inspector) -> None:
     assert any("Chosen threshold: 0.250" in m.value and "--threshold 0.250" in m.value for m in at.markdown)
     with connect().session() as s:
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "manufacturing.threshold")).all()
-    assert [(e.target, e.actor, e.details["threshold"]) for e in events] == [("inspector:v1", "operator", 0.25)]
+    assert [(e.target, e.actor, e.details["threshold"]) for e in events] == [("inspector:v1", "tester", 0.25)]
 
     # upload: a real image is inspected, with its overlay; a file that is no image is an error
     image, _ = synthetic_images(1, size=48, seed=3, defect="scratch")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from tests.dashboard_login import logged_in
 from trillium import dashboards
 from trillium.core.db import connect
 from trillium.medical.records.notes import Note
@@ -18,7 +19,7 @@ PAGE = str(Path(dashboards.__file__).parent / "pages" / "2_Medical.py")
 
 
 def page() -> AppTest:
-    return AppTest.from_file(PAGE, default_timeout=60)
+    return logged_in(AppTest.from_file(PAGE, default_timeout=60))
 
 
 def markdown(at: AppTest) -> str:

@@ -359,7 +359,7 @@ class CTStudyWorker:
     def _run(self, job_id: int) -> None:
         with self.db.session() as s:
             job = s.get(Job, job_id)
-            assert job is not None
+            assert job is not None  # nosec B101 # type narrowing: a claimed job's row
             params = dict(job.params or {})
             params["attempts"] = int(params.get("attempts", 0)) + 1
             params["worker_pid"] = os.getpid()
