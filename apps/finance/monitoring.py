@@ -22,6 +22,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from trillium.core.db import Database, Prediction, connect
+from trillium.core.errors import InputValidationError
 from trillium.core.monitoring.profile import build_profile
 from trillium.core.monitoring.store import check_batch
 from trillium.core.registry import ModelRegistry
@@ -63,6 +64,21 @@ def monitor_scored(scorer: FraudScorer, x: np.ndarray, probability: np.ndarray, 
     record = registry.get(ref.name, ref.version)
     return check_batch(registry, record, feature_frame(scorer.model, x), probability, db=db or registry.db,
                        job_id=job_id, label=label, days=timestamps, alerted=np.asarray(decision) == ALERT)
+
+
+def monitor_batch(scorer: FraudScorer, frame: pd.DataFrame, *, history: pd.DataFrame | None = None,
+                  label: str, db: Database | None = None) -> list[int]:
+    """Score a canonical frame (with ``history`` as card context) and check it as one batch
+    (scope ``batch``, no job): what the demo does with its shifted day."""
+    ref = scorer.registry_ref
+    if ref is None:
+        raise InputValidationError("monitoring needs a registered scorer (FraudScorer.from_registry)")
+    x, seq = scorer.features_for(frame, history)
+    scored = scorer.score_features(frame, x, seq, reasons="none")
+    registry = ref.registry()
+    return check_batch(registry, registry.get(ref.name, ref.version), feature_frame(scorer.model, x),
+                       scored["probability"].to_numpy(), db=db or registry.db, label=label, scope="batch",
+                       alerted=scored["decision"].to_numpy() == ALERT)
 
 
 def live_performance(db: Database | None = None, *, model_version_id: int | None = None,
@@ -122,4 +138,4 @@ def performance_for(model: str, registry: ModelRegistry | None = None, db: Datab
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-__all__ = ["feature_frame", "live_performance", "monitor_scored", "performance_for", "reference_profile"]
+__all__ = ["feature_frame", "live_performance", "monitor_batch", "monitor_scored", "performance_for", "reference_profile"]

@@ -212,6 +212,13 @@ class DriftReport:
                             "message": f"{label}: {c.unseen:.1%} in unseen categories ({', '.join(c.unseen_values)})"})
         return out
 
+    def with_thresholds(self, thresholds: Thresholds) -> DriftReport:
+        """The same comparison judged by other thresholds (the statistics are not recomputed):
+        what a calibration sweep over thresholds needs."""
+        cols = [ColumnDrift(**{**asdict(c)}) for c in self.columns]
+        score = ColumnDrift(**asdict(self.score)) if self.score else None
+        return _decide(DriftReport(self.rows, cols, score, thresholds))
+
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "status": self.status(), "max_psi": self.max_psi,
                 "drifted": [c.name for c in self.drifted],
@@ -249,14 +256,20 @@ def compare(profile: Mapping[str, Any], frame: pd.DataFrame | Mapping[str, Any],
         if len(s) != len(frame):
             raise InputValidationError(f"score has {len(s)} values for {len(frame)} batch rows")
         score_drift = _numeric(SCORE, profile["score"], s)
-    tested = columns + ([score_drift] if score_drift else [])
-    enough = len(frame) >= t.min_rows
+    return _decide(DriftReport(len(frame), columns, score_drift, t))
+
+
+def _decide(report: DriftReport) -> DriftReport:
+    """Apply the report's thresholds: BH over its columns and the score, then the drift rule."""
+    t = report.thresholds
+    tested = report.columns + ([report.score] if report.score else [])
+    enough = report.rows >= t.min_rows
     q = benjamini_hochberg([c.pvalue if (c.pvalue is not None and enough) else np.nan for c in tested])
     for c, qv in zip(tested, q, strict=True):
         c.qvalue = float(qv) if np.isfinite(qv) else None
         significant = c.qvalue is not None and c.qvalue <= t.fdr
         c.drifted = enough and ((significant and c.psi >= t.psi_floor) or c.psi >= t.psi_act)
-    return DriftReport(len(frame), columns, score_drift, t)
+    return report
 
 
 __all__ = ["ColumnDrift", "DriftReport", "Thresholds", "benjamini_hochberg", "bin_shares", "compare", "psi"]
