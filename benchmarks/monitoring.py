@@ -13,7 +13,7 @@ registered with its reference profile (the held-out week); then
 - on every checked day, the alert precision the calibrated scores expect (mean probability of the
   alerted rows) is compared with the true precision (the simulator's labels).
 
-Thresholds: ``--calibrate`` picks the FDR level and PSI floor on a *calibration* bank (other
+Thresholds: by default the script picks the FDR level and PSI floor on a *calibration* bank (other
 seeds) as the most sensitive setting with no false alarm on its unshifted days, then evaluates
 with them on the evaluation bank; the reported figures never come from the data the thresholds
 were chosen on.

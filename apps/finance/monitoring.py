@@ -76,9 +76,11 @@ def monitor_batch(scorer: FraudScorer, frame: pd.DataFrame, *, history: pd.DataF
     x, seq = scorer.features_for(frame, history)
     scored = scorer.score_features(frame, x, seq, reasons="none")
     registry = ref.registry()
+    ts = pd.to_datetime(frame["timestamp"])
     return check_batch(registry, registry.get(ref.name, ref.version), feature_frame(scorer.model, x),
                        scored["probability"].to_numpy(), db=db or registry.db, label=label, scope="batch",
-                       alerted=scored["decision"].to_numpy() == ALERT)
+                       alerted=scored["decision"].to_numpy() == ALERT,
+                       one_day=len(ts) > 0 and ts.dt.normalize().nunique() == 1)
 
 
 def live_performance(db: Database | None = None, *, model_version_id: int | None = None,

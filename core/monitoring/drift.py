@@ -32,13 +32,15 @@ EPS = 1e-4  # floor of a bin's share in PSI, so an empty bin is a large, finite 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The rules' thresholds. Defaults: PSI's conventional levels; the rest were set on the
-    calibration runs of ``benchmarks/monitoring.py`` (other seeds than the evaluation)."""
+    """The rules' thresholds. Defaults: PSI's conventional levels (0.1 watch, 0.25 act); ``fdr``
+    and ``psi_floor`` as chosen by ``benchmarks/monitoring.py --calibrate`` on its calibration
+    banks (seeds 11 and 12, never the evaluation's seed 101): the most sensitive pair with no
+    false alarm on their 60 unshifted days. The quality levels are conventions, not tuned."""
 
     psi_watch: float = 0.1
     psi_act: float = 0.25
-    fdr: float = 0.001          # Benjamini-Hochberg false discovery rate over one batch's columns
-    psi_floor: float = 0.02     # a significant test needs at least this PSI to count as drift
+    fdr: float = 0.01           # Benjamini-Hochberg false discovery rate over one batch's columns
+    psi_floor: float = 0.03     # a significant test needs at least this PSI to count as drift
     missing_increase: float = 0.05   # missing share above the reference's by this much
     out_of_range: float = 0.01  # share of values outside the reference's [min, max]
     unseen: float = 0.01        # share of values in categories the reference never saw

@@ -85,14 +85,16 @@ def record_run(report: DriftReport, *, model_name: str, model_version: int, scop
 def check_batch(registry: ModelRegistry, record: ModelRecord, frame: pd.DataFrame, score: Sequence[float] | np.ndarray,
                 *, db: Database | None = None, job_id: int | None = None, label: str = "",
                 days: Sequence[Any] | np.ndarray | None = None, alerted: Sequence[bool] | np.ndarray | None = None,
-                thresholds: Thresholds | None = None, scope: str = "job") -> list[int]:
+                thresholds: Thresholds | None = None, scope: str = "job", one_day: bool | None = None
+                ) -> list[int]:
     """Compare a scored batch with the version's profile and store the run(s); returns their ids.
 
     ``days`` (one date per row) adds one ``day`` run per day of the data beside the job's run,
     so a job covering two weeks still shows drift day by day. ``alerted`` marks the rows the
     decision step alerted on: each run then carries the precision a calibrated model expects of
-    them, with its error. A version registered without a profile is skipped with a warning
-    (older versions) and returns no ids.
+    them, with its error. ``one_day`` says the batch is one day of data (calendar columns are
+    then left out; default: only for ``scope="day"``). A version registered without a profile is
+    skipped with a warning (older versions) and returns no ids.
     """
     profile = load_profile(registry, record)
     if profile is None:
@@ -112,7 +114,8 @@ def check_batch(registry: ModelRegistry, record: ModelRecord, frame: pd.DataFram
 
     common = {"model_name": record.name, "model_version": record.version, "model_version_id": record.id,
               "db": db, "job_id": job_id, "label": label}
-    ids = [record_run(compare(profile, frame, s, thresholds, one_day=scope == "day"), scope=scope, performance=perf(slice(None)), **common)]
+    whole_day = scope == "day" if one_day is None else one_day
+    ids = [record_run(compare(profile, frame, s, thresholds, one_day=whole_day), scope=scope, performance=perf(slice(None)), **common)]
     if days is not None:
         day_keys = pd.to_datetime(pd.Series(np.asarray(days))).dt.strftime("%Y-%m-%d").to_numpy()
         if len(day_keys) != len(frame):

@@ -90,7 +90,9 @@ def create_app(settings: ServiceSettings | None = None, db: Database | None = No
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of every worker",
              response_class=Response)
     def metrics() -> Response:
-        return Response(render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        from trillium.core.monitoring.metrics import render as monitoring_gauges
+
+        return Response(render() + monitoring_gauges(db), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     for vertical in verticals():
         if vertical.service and vertical.name in served:

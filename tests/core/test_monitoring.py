@@ -156,3 +156,24 @@ def test_runs_and_alerts_are_stored_once_per_job_and_day(database: Database) -> 
     assert store.runs("m", db=database, since="2999-01-01").empty
     with pytest.raises(InputValidationError, match="since"):
         store.runs("m", db=database, since="yesterday-ish")
+
+
+def test_prometheus_gauges_of_the_latest_runs(database: Database) -> None:
+    from trillium.core.monitoring.metrics import render
+
+    assert b"trillium_monitoring_max_psi{" not in render(database)  # nothing stored yet, still answers
+    registry = ModelRegistry(database)
+    profile = build_profile(_frame(5_000, 0), score=np.random.default_rng(1).beta(1, 20, 5_000),
+                            categorical=["colour"])
+    rec = registry.register("m", {"w.bin": b"weights"}, profile=profile)
+    score = np.random.default_rng(4).beta(1, 20, 1_000)
+    store.check_batch(registry, rec, _frame(1_000, 2), score, db=database, label="ok")
+    store.check_batch(registry, rec, _frame(1_000, 3, shift=1.0), score, db=database, label="moved",
+                      alerted=score > 0.1)
+    text = render(database).decode()
+    latest = store.runs("m", db=database).iloc[-1]
+    assert f'trillium_monitoring_max_psi{{model="m",version="1"}} {latest["max_psi"]}' in text
+    assert 'trillium_monitoring_status{model="m",version="1"} 2.0' in text
+    n_act = int((store.alerts("m", db=database)["severity"] == "act").sum())
+    assert f'trillium_monitoring_open_alerts{{model="m",severity="act"}} {float(n_act)}' in text
+    assert 'trillium_monitoring_estimated_precision{model="m",version="1"}' in text
