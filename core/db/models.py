@@ -199,4 +199,4 @@ class ApiKey(Base):
 
 # The monitoring tables are core tables kept in their own module (trillium.core.monitoring);
 # imported here so that Base.metadata, and so the migrations' comparison, always holds them.
-from trillium.core.monitoring import tables as _monitoring_tables  # noqa: E402,F401
+from trillium.core.monitoring import tables as _monitoring_tables  # noqa: F401

@@ -217,7 +217,7 @@ class DriftReport:
     def with_thresholds(self, thresholds: Thresholds) -> DriftReport:
         """The same comparison judged by other thresholds (the statistics are not recomputed):
         what a calibration sweep over thresholds needs."""
-        cols = [ColumnDrift(**{**asdict(c)}) for c in self.columns]
+        cols = [ColumnDrift(**asdict(c)) for c in self.columns]
         score = ColumnDrift(**asdict(self.score)) if self.score else None
         return _decide(DriftReport(self.rows, cols, score, thresholds))
 
