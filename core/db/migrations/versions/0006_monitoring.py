@@ -9,7 +9,6 @@ Self-contained: it only creates its two tables, so it can be re-chained after an
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0006_monitoring'
 down_revision = '0004'
 branch_labels = None
