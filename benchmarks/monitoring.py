@@ -199,10 +199,11 @@ def _mfg_render(line: Any, first: int, n: int, seed: int) -> np.ndarray:
                     ).astype(np.float32) / 255.0
 
 
-def manufacturing_evaluate(seed: int, t: Thresholds) -> dict[str, Any]:
+def manufacturing_prepare(seed: int) -> dict[str, Any]:
     """A tiny detector trained on good parts; a reference of 300 fresh good parts (scores out of
     sample); 30 unshifted lots of 50; lighting drift (brightness +0.05, about 10 %) and a new
-    surface texture (brushing 1.6x as strong, turned 45 degrees), each on its first lot."""
+    surface texture (brushing 1.6x as strong, turned 45 degrees), each on its first lot.
+    Returns the comparisons; thresholds are applied by ``manufacturing_evaluate``."""
     from dataclasses import replace as dc_replace
 
     import torch
@@ -221,23 +222,45 @@ def manufacturing_evaluate(seed: int, t: Thresholds) -> dict[str, Any]:
     ref_imgs = _mfg_render(line, 10_000, MFG_REF, seed)
     profile = reference_profile(inspector, np.stack([inspector.prepare(im) for im in ref_imgs]))
 
-    def check(images: np.ndarray) -> dict[str, Any]:
+    def check(images: np.ndarray) -> Any:
         batch = np.stack([inspector.prepare(im) for im in images])
-        rep = compare(profile, image_stats(batch), det.predict(batch).scores, t)
-        alerts = rep.alerts()
-        return {"flagged": bool(alerts), "rules": sorted({f"{a['rule']}:{a['feature']}" for a in alerts}),
-                "max_psi": round(rep.max_psi, 4)}
+        return compare(profile, image_stats(batch), det.predict(batch).scores)
 
     clean = [check(_mfg_render(line, 20_000 + k * MFG_LOT, MFG_LOT, seed)) for k in range(MFG_LOTS)]
     shifts = {"lighting drift (brightness +0.05)": dc_replace(line, brightness=line.brightness + 0.05),
               "new surface texture (contrast x1.6, angle +45)": dc_replace(line, contrast=line.contrast * 1.6,
                                                                            angle=line.angle + 45.0)}
-    shift_results = [{"shift": name, **check(_mfg_render(shifted, 90_000, MFG_LOT, seed))}
-                     for name, shifted in shifts.items()]
+    return {"clean": clean, "shifts": {name: check(_mfg_render(shifted, 90_000, MFG_LOT, seed))
+                                       for name, shifted in shifts.items()}}
+
+
+def manufacturing_evaluate(prep: dict[str, Any], t: Thresholds) -> dict[str, Any]:
+    def verdict(report: Any) -> dict[str, Any]:
+        rep = report.with_thresholds(t)
+        alerts = rep.alerts()
+        return {"flagged": bool(alerts), "rules": sorted({f"{a['rule']}:{a['feature']}" for a in alerts}),
+                "max_psi": round(rep.max_psi, 4)}
+
+    clean = [verdict(r) for r in prep["clean"]]
+    shift_results = [{"shift": name, **verdict(r)} for name, r in prep["shifts"].items()]
     return {"lot_size": MFG_LOT, "reference_images": MFG_REF, "unshifted_lots": MFG_LOTS,
             "false_alarms": sum(c["flagged"] for c in clean),
             "shifts_flagged_first_lot": sum(r["flagged"] for r in shift_results), "shifts": len(shift_results),
             "shift_results": shift_results, "unshifted_results": clean}
+
+
+def calibrate_manufacturing(preps: list[dict[str, Any]]) -> tuple[Thresholds, list[dict[str, Any]]]:
+    """As ``calibrate``, on the calibration lines' lots (the field's own thresholds)."""
+    table = []
+    for fdr, floor in GRID:
+        t = replace(Thresholds(), fdr=fdr, psi_floor=floor)
+        res = [manufacturing_evaluate(p, t) for p in preps]
+        table.append({"fdr": fdr, "psi_floor": floor, "false_alarms": sum(r["false_alarms"] for r in res),
+                      "shifts_flagged": sum(r["shifts_flagged_first_lot"] for r in res)})
+    ok = [r for r in table if r["false_alarms"] == 0] or sorted(table, key=lambda r: r["false_alarms"])[:1]
+    best = max(ok, key=lambda r: (r["shifts_flagged"], r["fdr"], -r["psi_floor"]))
+    return replace(Thresholds(), fdr=best["fdr"], psi_floor=best["psi_floor"]), table
+
 
 GRID = [(fdr, floor) for fdr in (1e-2, 1e-3, 1e-4, 1e-6) for floor in (0.01, 0.02, 0.03, 0.05, 0.1)]
 
@@ -281,8 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         prep = finance_prepare(args.seed, args.customers)
         finance = finance_evaluate(prep, thresholds)
         finance.update(rows_per_day=prep["rows_per_day"], alert_threshold=prep["threshold"])
+    mfg_thresholds, mfg_grid = thresholds, []
     if args.only != "finance":
-        manufacturing = manufacturing_evaluate(args.seed, thresholds)
+        if not (args.no_calibrate or args.only):
+            mfg_thresholds, mfg_grid = calibrate_manufacturing([manufacturing_prepare(s)
+                                                                for s in args.calibration_seeds])
+        manufacturing = manufacturing_evaluate(manufacturing_prepare(args.seed), mfg_thresholds)
+        manufacturing.update(thresholds=mfg_thresholds.as_dict(), calibration_grid=mfg_grid)
     out = {"benchmark": "monitoring", "python": sys.version.split()[0], "machine": platform.machine(),
            "cpu_count": os.cpu_count(), "seconds": round(time.perf_counter() - t0, 1),
            "settings": {"customers": args.customers, "seed": args.seed, "calibration_seeds": args.calibration_seeds,

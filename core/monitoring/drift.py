@@ -5,8 +5,8 @@ Why both an index and a test: the population stability index (credit-risk practi
 the move is more than chance. A test alone flags negligible moves on big batches; PSI alone
 misses a small but certain move in the tail (a new fraud scenario touches 1 % of rows). A
 feature drifts when its test is significant after Benjamini-Hochberg control of the false
-discovery rate over all the batch's features *and* its PSI reaches a small floor, or when its
-PSI alone reaches the act level.
+discovery rate over all the batch's features *and* its PSI reaches a small floor; it is an
+``act`` alert when its PSI reaches 0.25, else ``watch``.
 
 Numeric columns: KS two-sample test against the profile's stored sample. Categorical columns:
 chi-square test of the batch's counts against the reference shares.
@@ -28,6 +28,7 @@ from trillium.core.errors import InputValidationError
 from trillium.core.monitoring.profile import SCORE
 
 EPS = 1e-4  # floor of a bin's share in PSI, so an empty bin is a large, finite contribution
+MIN_EXPECTED = 5.0  # rows a bin must expect in a batch, else it is merged with its neighbour
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Thresholds:
     fdr: float = 0.01           # Benjamini-Hochberg false discovery rate over one batch's columns
     psi_floor: float = 0.03     # a significant test needs at least this PSI to count as drift
     missing_increase: float = 0.05   # missing share above the reference's by this much
-    out_of_range: float = 0.01  # share of values outside the reference's [min, max]
+    out_of_range: float = 0.01  # share of values outside the reference's [min, max] (and more than chance)
     unseen: float = 0.01        # share of values in categories the reference never saw
     min_rows: int = 50          # fewer rows than this: no test (too few to say anything)
 
@@ -65,6 +66,25 @@ def bin_shares(edges: Sequence[float], values: np.ndarray) -> np.ndarray:
     counts = np.bincount(np.searchsorted(np.asarray(edges, np.float64), values, side="left"),
                          minlength=len(edges) + 1)
     return counts / max(counts.sum(), 1)
+
+
+def merge_bins(shares: Sequence[float], rows: int, min_expected: float = MIN_EXPECTED) -> np.ndarray:
+    """Start indices of groups of adjacent bins, each expecting at least ``min_expected`` of
+    ``rows`` batch rows (for ``np.add.reduceat``).
+
+    Why: with few rows per bin, PSI is biased upward (about (bins - 1) / rows under no change:
+    0.3 for 15 bins and 50 images) and the chi-square approximation breaks; merging the profile's
+    tail bins for a small batch keeps both honest. A large batch keeps every bin."""
+    p = np.asarray(shares, np.float64)
+    starts, acc = [0], 0.0
+    for i, share in enumerate(p):
+        acc += share * rows
+        if acc >= min_expected and i + 1 < len(p):
+            starts.append(i + 1)
+            acc = 0.0
+    if len(starts) > 1 and p[starts[-1]:].sum() * rows < min_expected:
+        starts.pop()  # a short last group joins the one before
+    return np.asarray(starts, np.int64)
 
 
 def benjamini_hochberg(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -93,6 +113,7 @@ class ColumnDrift:
     missing: float = 0.0
     missing_reference: float = 0.0
     out_of_range: float = 0.0
+    out_of_range_p: float | None = None
     unseen: float = 0.0
     unseen_values: list[str] = field(default_factory=list)
     mean: float | None = None
@@ -111,16 +132,24 @@ def _numeric(name: str, ref: Mapping[str, Any], values: np.ndarray) -> ColumnDri
     if len(finite) == 0 or not ref.get("sample"):
         return col
     col.mean = float(finite.mean())
-    col.psi = psi(ref["proportions"], bin_shares(ref["edges"], finite))
-    col.out_of_range = float(np.mean((finite < ref["min"]) | (finite > ref["max"])))
+    groups = merge_bins(ref["proportions"], len(finite))
+    ref_props = np.add.reduceat(np.asarray(ref["proportions"], np.float64), groups)
+    counts = np.add.reduceat(np.bincount(np.searchsorted(np.asarray(ref["edges"], np.float64), finite, side="left"),
+                                         minlength=len(ref["edges"]) + 1), groups)
+    col.psi = psi(ref_props, counts / counts.sum())
+    outside = int(np.sum((finite < ref["min"]) | (finite > ref["max"])))
+    col.out_of_range = outside / len(finite)
+    # a new value falls outside the range of N reference values with chance 2 / (N + 1) under no
+    # change: one part of a lot of 50 outside a 300-part reference is no evidence; many are
+    n_ref = int(ref.get("rows", 0) * (1 - col.missing_reference))
+    col.out_of_range_p = float(stats.binomtest(outside, len(finite), min(1.0, 2 / (n_ref + 1)),
+                                               alternative="greater").pvalue) if outside else 1.0
     res = stats.ks_2samp(np.asarray(ref["sample"], np.float64), finite, method="asymp")
     col.statistic, col.pvalue = float(res.statistic), float(res.pvalue)
     # KS compares against a sample and is weak in the tails and on discrete columns (a count that is
     # 0 for most rows); the chi-square on the profile's bins uses every reference row and sees a
     # few percent of rows moving into a tail bin. Both are run, Bonferroni-combined.
-    p_bins = _two_sample_chi2(ref["proportions"], int(ref.get("rows", 0) * (1 - col.missing_reference)),
-                              np.bincount(np.searchsorted(np.asarray(ref["edges"], np.float64), finite, side="left"),
-                                          minlength=len(ref["edges"]) + 1))
+    p_bins = _two_sample_chi2(ref_props, int(ref.get("rows", 0) * (1 - col.missing_reference)), counts)
     if p_bins is not None:
         col.test = "ks+chi2"
         col.pvalue = float(min(1.0, 2 * min(col.pvalue, p_bins)))
@@ -182,9 +211,10 @@ class DriftReport:
         return float(max(vals)) if vals else 0.0
 
     def status(self) -> str:
-        """"act", "watch" or "ok": the worst of the rules' verdicts."""
-        return "act" if any(a["severity"] == "act" for a in self.alerts()) else (
-            "watch" if self.alerts() or self.max_psi >= self.thresholds.psi_watch else "ok")
+        """"act", "watch" or "ok": the worst of the rules' verdicts (a PSI without a significant
+        test is no verdict: on a small batch it is large by chance)."""
+        alerts = self.alerts()
+        return "act" if any(a["severity"] == "act" for a in alerts) else ("watch" if alerts else "ok")
 
     def alerts(self) -> list[dict[str, Any]]:
         """The rules crossed: one entry per rule and column."""
@@ -204,7 +234,7 @@ class DriftReport:
                 out.append({"rule": "missing", "severity": "act", "feature": label, "value": c.missing,
                             "threshold": c.missing_reference + t.missing_increase,
                             "message": f"{label}: {c.missing:.1%} missing (reference {c.missing_reference:.1%})"})
-            if c.out_of_range > t.out_of_range:
+            if c.out_of_range > t.out_of_range and c.out_of_range_p is not None and c.out_of_range_p <= t.fdr:
                 out.append({"rule": "out_of_range", "severity": "watch", "feature": label, "value": c.out_of_range,
                             "threshold": t.out_of_range,
                             "message": f"{label}: {c.out_of_range:.1%} of values outside the reference range"})
@@ -270,8 +300,10 @@ def _decide(report: DriftReport) -> DriftReport:
     for c, qv in zip(tested, q, strict=True):
         c.qvalue = float(qv) if np.isfinite(qv) else None
         significant = c.qvalue is not None and c.qvalue <= t.fdr
-        c.drifted = enough and ((significant and c.psi >= t.psi_floor) or c.psi >= t.psi_act)
+        # PSI alone is no rule: on a small batch it is large by chance (see merge_bins)
+        c.drifted = enough and significant and c.psi >= t.psi_floor
     return report
 
 
-__all__ = ["ColumnDrift", "DriftReport", "Thresholds", "benjamini_hochberg", "bin_shares", "compare", "psi"]
+__all__ = ["ColumnDrift", "DriftReport", "Thresholds", "benjamini_hochberg", "bin_shares", "compare", "merge_bins",
+           "psi"]

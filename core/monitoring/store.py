@@ -73,7 +73,7 @@ def record_run(report: DriftReport, *, model_name: str, model_version: int, scop
         s.add_all(MonitoringAlert(run_id=run.id, model_name=model_name, model_version=model_version,
                                   rule=a["rule"], severity=a["severity"], feature=a["feature"],
                                   value=float(a["value"]), threshold=float(a["threshold"]),
-                                  message=f"{label or scope} {day or ''}: {a['message']}".replace("  ", " "))
+                                  message=f"{' '.join(filter(None, [label or scope, day]))}: {a['message']}")
                   for a in alerts)
         run_id = run.id
     if alerts:
