@@ -304,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         prep = finance_prepare(args.seed, args.customers)
         finance = finance_evaluate(prep, thresholds)
         finance.update(rows_per_day=prep["rows_per_day"], alert_threshold=prep["threshold"])
-    mfg_thresholds, mfg_grid = thresholds, []
+    from trillium.manufacturing.monitoring import THRESHOLDS as mfg_default
+
+    mfg_thresholds, mfg_grid = mfg_default, []
     if args.only != "finance":
         if not (args.no_calibrate or args.only):
             mfg_thresholds, mfg_grid = calibrate_manufacturing([manufacturing_prepare(s)

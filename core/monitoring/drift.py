@@ -28,7 +28,7 @@ from trillium.core.errors import InputValidationError
 from trillium.core.monitoring.profile import SCORE
 
 EPS = 1e-4  # floor of a bin's share in PSI, so an empty bin is a large, finite contribution
-MIN_EXPECTED = 5.0  # rows a bin must expect in a batch, else it is merged with its neighbour
+MIN_EXPECTED = 1.0  # rows a bin must expect in a batch, else it is merged (Cochran: none below 1)
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,10 @@ def merge_bins(shares: Sequence[float], rows: int, min_expected: float = MIN_EXP
     ``rows`` batch rows (for ``np.add.reduceat``).
 
     Why: with few rows per bin, PSI is biased upward (about (bins - 1) / rows under no change:
-    0.3 for 15 bins and 50 images) and the chi-square approximation breaks; merging the profile's
-    tail bins for a small batch keeps both honest. A large batch keeps every bin."""
+    0.3 for 15 bins and 50 images) and the chi-square approximation breaks below about one
+    expected row (Cochran); merging the profile's tail bins for a small batch keeps the test
+    honest. A large batch keeps every bin, tails included (where a new fraud pattern shows).
+    PSI itself decides nothing without a significant test, so its chance level is harmless."""
     p = np.asarray(shares, np.float64)
     starts, acc = [0], 0.0
     for i, share in enumerate(p):
