@@ -62,12 +62,13 @@ with tab_drift:
     if timeline.empty:
         st.info("No run in this period.")
     else:
-        days = timeline[timeline["scope"] == "day"]
-        shown = days if len(days) else timeline
-        x = shown["day"].fillna(shown["created_at"].str[:19])
+        finer = timeline[timeline["scope"] != "job"]  # days and single batches; a job's own run repeats them
+        shown = finer if len(finer) else timeline
+        x = shown["day"].fillna(shown["label"].where(shown["label"] != "", shown["created_at"].str[:19]))
         chart = pd.DataFrame({"largest PSI of a column": shown["max_psi"].to_numpy(),
                               "PSI of the score": shown["score_psi"].astype(float).to_numpy()}, index=x.to_numpy())
-        st.caption("PSI per run (per day of data where the job gave one): 0.1 is watch, 0.25 is act.")
+        st.caption("PSI per run (per day of data where the job gave one, and per checked batch): 0.1 is "
+                   "watch, 0.25 is act; a PSI counts only with a significant test (small batches are noisy).")
         st.line_chart(chart)
         st.subheader("Columns that moved")
         moved = pd.DataFrame(rep["moved_columns"])
