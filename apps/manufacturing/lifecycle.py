@@ -25,7 +25,7 @@ import numpy as np
 from safetensors.torch import load_file
 
 from trillium.core.errors import InputValidationError
-from trillium.core.registry import ModelRecord, ModelRegistry, data_fingerprint
+from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry, data_fingerprint
 from trillium.manufacturing.defect_types import DefectTypeClassifier
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.evaluate import few_shot_split
@@ -176,9 +176,12 @@ def _finish(detector: DefectDetector, line: _LineData, *, name: str, register: b
     if register:
         metrics = {"n_train_good": detector.n_train_, "threshold": detector.threshold_,
                    "validation_good_p99": _p99(detector.validation_scores_["good"]), **(extra_metrics or {})}
+        registry = registry or ModelRegistry()
         record = inspector.register(registry, name, metrics=metrics, data_fingerprint=data_fingerprint(line.good),
                                     profile=_reference_profile(inspector, line.good))
         inspector.record = record
+        # where it is registered: its jobs then find its monitoring profile (and a cluster can load it)
+        inspector.registry_ref = ModelRef.of(registry, record)
     return TrainResult(inspector, record, time.perf_counter() - started, line.quarantined)
 
 

@@ -11,7 +11,8 @@ from trillium.core.monitoring import store
 from trillium.core.monitoring.profile import PROFILE_FILE
 from trillium.core.registry import ModelRegistry
 from trillium.manufacturing.detector import DefectDetector
-from trillium.manufacturing.lifecycle import _reference_profile
+from trillium.manufacturing.batch import inspect_folder
+from trillium.manufacturing.lifecycle import _finish, _LineData, _reference_profile
 from trillium.manufacturing.monitoring import image_stats, monitor_images
 from trillium.manufacturing.pipeline import Inspector
 from trillium.manufacturing.synth import synthetic_images
@@ -51,3 +52,30 @@ def test_registered_inspector_profile_and_lot_drift() -> None:
     alerts = store.alerts(record.name)
     assert set(alerts["message"].str.split(":").str[0]) == {"new lamp"}
     assert "brightness" in set(alerts["feature"])
+
+
+def test_a_trained_inspector_checks_its_inspection_jobs(tmp_path) -> None:
+    """Training registers the profile and keeps where it is registered, so the inspection job
+    right after (as in the demo) is checked against it."""
+    import time
+
+    from PIL import Image
+
+    torch.manual_seed(0)
+    good, _ = synthetic_images(40, size=32, seed=3)
+    det = DefectDetector(size=32, width=4, steps=3, batch_size=4, pool=3, val_fraction=0.5)
+    det.fit(good.transpose(0, 3, 1, 2))
+    line = _LineData(good.transpose(0, 3, 1, 2), None, [], [])
+    registry = ModelRegistry(connect())
+    trained = _finish(det, line, name="inspector", register=True, autotune=False, registry=registry,
+                      started=time.perf_counter())
+    assert trained.inspector.registry_ref is not None and PROFILE_FILE in trained.record.files
+    folder = tmp_path / "lot"
+    folder.mkdir()
+    lot, _ = synthetic_images(12, size=32, seed=3, start=900)
+    for i, img in enumerate(np.clip(lot + 0.2, 0, 1)):  # a much brighter lot
+        Image.fromarray((img[..., 0] * 255).round().astype("uint8")).save(folder / f"part-{i:02d}.png")
+    job = inspect_folder(trained.inspector, folder, tmp_path / "out.csv", progress=False)
+    runs = store.runs("inspector")
+    assert runs["job_id"].tolist() == [job.job.job_id] and runs["rows"].tolist() == [12]
+    assert "brightness" in set(store.alerts("inspector")["feature"])
