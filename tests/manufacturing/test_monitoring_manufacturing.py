@@ -10,8 +10,8 @@ from trillium.core.db import connect
 from trillium.core.monitoring import store
 from trillium.core.monitoring.profile import PROFILE_FILE
 from trillium.core.registry import ModelRegistry
-from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.batch import inspect_folder
+from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.lifecycle import _finish, _LineData, _reference_profile
 from trillium.manufacturing.monitoring import image_stats, monitor_images
 from trillium.manufacturing.pipeline import Inspector
