@@ -15,6 +15,7 @@ from rich.table import Table
 
 from trillium.core.access_cli import audit_cmd, users_app
 from trillium.core.errors import TrilliumError
+from trillium.core.monitoring.cli import monitor_app
 from trillium.core.service.cli import keys_app, serve_cmd
 from trillium.core.verticals import load_ref, verticals
 
@@ -35,6 +36,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="users")
 app.command("audit")(audit_cmd)
+app.add_typer(monitor_app, name="monitor")
 app.command("serve")(serve_cmd)
 for _vertical in verticals():  # each vertical's group, found through the trillium.verticals entry point
     if _vertical.cli:

@@ -212,9 +212,18 @@ class ModelRegistry:
         extra: dict[str, Any] | None = None,
         description: str = "",
         aliases: Sequence[str] = (),
+        profile: Mapping[str, Any] | None = None,
     ) -> ModelRecord:
-        """Store ``files`` as the next version of ``name``; returns its record."""
+        """Store ``files`` as the next version of ``name``; returns its record.
+
+        ``profile``: the version's reference profile for monitoring
+        (``trillium.core.monitoring.build_profile``), stored as one more sha256-checked file.
+        """
         _check_name("model name", name)
+        if profile is not None:
+            from trillium.core.monitoring.profile import PROFILE_FILE, profile_bytes
+
+            files = {**files, PROFILE_FILE: profile_bytes(profile)}
         for fname in files:
             _check_name("file name", fname)
         for alias in aliases:

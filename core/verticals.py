@@ -44,6 +44,9 @@ class Vertical:
       routes (the demo's last step, ``trillium.core.service.demo``);
     - ``roles``: the roles it defines, ``(role, scopes)`` pairs; its scopes are ``<name>:read`` and
       ``<name>:write`` (``trillium.core.access``);
+    - ``monitoring``: a function ``(model_name, db=None) -> DataFrame`` of the model's realised
+      performance from labels, by day (``trillium.core.monitoring.report``); empty for models it
+      does not know;
     - ``order``: where it runs in the demo and appears in help (lower first).
     """
 
@@ -55,6 +58,7 @@ class Vertical:
     service: str | None = None
     service_demo: str | None = None
     roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    monitoring: str | None = None
     order: int = 100
 
 

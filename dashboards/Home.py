@@ -73,6 +73,17 @@ if job_rows:
 else:
     st.info("No batch job has run yet.")
 
+# Open monitoring alerts (drift, data quality): the latest few, in text so the page's tables stay
+# the registry's and the jobs'; the Monitoring page has the rest.
+from trillium.core.monitoring.store import alerts as monitoring_alerts
+
+recent = monitoring_alerts(db=d, open_only=True, limit=5)
+if len(recent):
+    st.subheader("Monitoring alerts")
+    for a in recent.itertuples():
+        (st.error if a.severity == "act" else st.warning)(f"{a.model} v{a.version} · {a.rule}: {a.message}")
+    st.caption("All alerts, drift over time and performance: the Monitoring page.")
+
 if user.is_admin:
     from trillium.dashboards.admin import admin_section
 

@@ -153,11 +153,16 @@ def _login_form(db: Any, note: str = "") -> None:
 
 
 def _pages() -> list[tuple[str, str, str | None]]:
-    """(path relative to Home.py, label, scope) of each page: a page of field x needs x:read."""
+    """(path relative to Home.py, label, scope) of each page: a page of field x needs x:read; a
+    page of no field (Monitoring) needs a login only."""
+    from trillium.core.verticals import verticals
+
+    fields = {v.name for v in verticals()}
     out: list[tuple[str, str, str | None]] = [("Home.py", "Home", None)]
     for p in sorted((DASHBOARDS / "pages").glob("[0-9]*_*.py")):
         label = p.stem.split("_", 1)[1].replace("_", " ")
-        out.append((f"pages/{p.name}", label, f"{label.lower().replace(' ', '_')}:read"))
+        field = label.lower().replace(" ", "_")
+        out.append((f"pages/{p.name}", label, f"{field}:read" if field in fields else None))
     return out
 
 

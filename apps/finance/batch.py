@@ -30,7 +30,7 @@ import pandas as pd
 from trillium.core import jobs
 from trillium.core.contract import PredictorFactory, job_output
 from trillium.core.db import Database, connect
-from trillium.core.errors import InputValidationError, JobError
+from trillium.core.errors import InputValidationError, JobError, TrilliumError
 from trillium.finance.adapters import read_transactions, transaction_source
 from trillium.finance.features import FeatureTable
 from trillium.finance.formats import PROFILES, detect_format
@@ -86,7 +86,8 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
                fmt: str = "auto", history: str | os.PathLike[str] | None = None, chunk_rows: int = 100_000,
                db: Database | None = None, store: bool = True, progress: bool = True, reasons: str = "alerts",
                name: str | None = None, resume: bool = True, engine: str = "local", address: str | None = None,
-               workers: int | None = None, max_failed_chunks: int | None = jobs.DEFAULT_MAX_FAILED_CHUNKS) -> ScoreJobResult:
+               workers: int | None = None, max_failed_chunks: int | None = jobs.DEFAULT_MAX_FAILED_CHUNKS,
+               monitor: bool = True) -> ScoreJobResult:
     """Score a transaction file into ``output`` (Parquet parts directory or .csv) as a job.
 
     ``engine="ray"`` scores on a Ray cluster (``address``; ``workers`` actors), into a directory
@@ -126,7 +127,26 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
         # read back from the output, not from this run: a resumed job's earlier chunks count too
         stored = store_alerts(read_scores(output, decision=ALERT), db=db, job_id=result.job_id,
                               model_version_id=scorer.model_version_id)
+    if monitor and scorer.registry_ref is not None:
+        _monitor_job(scorer, output, valid, table, db, result)
     return ScoreJobResult(result, stored, feature_seconds)
+
+
+def _monitor_job(scorer: FraudScorer, output: str | os.PathLike[str], valid: pd.DataFrame, table: FeatureTable,
+                 db: Database, result: jobs.JobResult) -> None:
+    """Drift and quality of the whole job's output (a resumed job's earlier chunks included)."""
+    from trillium.finance.monitoring import monitor_scored
+
+    scored = read_scores(output)
+    position = pd.Series(np.arange(len(valid)), index=valid["transaction_id"].astype(str).to_numpy())
+    at = position.reindex(scored["transaction_id"].astype(str).to_numpy()).to_numpy()
+    ok = ~np.isnan(at)
+    x, _ = table.rows(at[ok].astype(np.int64), sequences=False)
+    try:
+        monitor_scored(scorer, x, scored["probability"].to_numpy()[ok], scored["decision"].to_numpy()[ok],
+                       scored["timestamp"].to_numpy()[ok], db=db, job_id=result.job_id, label=result.name)
+    except TrilliumError:  # the scores are written and stored; a monitoring failure must not undo that
+        log.exception("monitoring of job %s failed; its scores are stored", result.name)
 
 
 def read_scores(output: str | os.PathLike[str], decision: str | None = None) -> pd.DataFrame:

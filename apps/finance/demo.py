@@ -70,6 +70,22 @@ def finance_demo(console: Console) -> dict[str, Any]:
     console.print(f"finance: batch job scored {job.rows_out:,}, quarantined {job.rows_quarantined} "
                   f"({job.quarantine}), stored {scored.alerts_stored:,} alerts")
 
+    # Monitoring: the job above was checked against the model's reference profile (one run for the
+    # job, one per day). One more day arrives with every amount 1.5 times higher (prices moved,
+    # the model did not): checked as a batch, it raises the drift alerts the Monitoring page shows.
+    from trillium.finance.monitoring import monitor_batch
+
+    last = cut + pd.Timedelta(days=13)
+    shifted = sim[sim["timestamp"] >= last].drop(columns=["label", "fraud_scenario"]).copy()
+    shifted["amount"] = (shifted["amount"] * 1.5).round(2)
+    monitor_batch(scorer, shifted, history=sim[sim["timestamp"] < last].drop(columns=["fraud_scenario"]),
+                  label="demo: a day with amounts x1.5", db=db)
+    from trillium.core.monitoring.store import alerts as monitoring_alerts
+
+    drift_alerts = monitoring_alerts("fraud", db=db)
+    console.print(f"finance: monitoring stored {len(drift_alerts)} alert(s); the shifted day's: "
+                  + "; ".join(drift_alerts[drift_alerts["scope"] == "batch"]["message"].head(2)))
+
     queue = alert_queue(db=db, budget=100)
     top = queue.iloc[0]
     truth = sim.set_index(sim["transaction_id"].astype(str))["label"]
@@ -96,7 +112,9 @@ def finance_demo(console: Console) -> dict[str, Any]:
     table.add_row("feedback", f"transaction {top['transaction_id']} labelled {label}")
     table.add_row("real time", f"tx {res.transaction_id}: p={res.probability:.3f} {res.decision}; "
                                + "; ".join(r.text for r in res.reasons))
+    table.add_row("monitoring", f"{len(drift_alerts)} drift/quality alerts (`trillium monitor report --model fraud`)")
     table.add_row("elapsed", f"{time.perf_counter() - t0:.1f} s")
     console.print(table)
     return {"model_version": result.record.version, "alerts": scored.alerts_stored, "queue": len(queue),
-            "queue_precision": precision, "metrics": m, "evaluation": evaluation}
+            "queue_precision": precision, "metrics": m, "evaluation": evaluation,
+            "monitoring_alerts": len(drift_alerts)}

@@ -258,7 +258,8 @@ class FraudModel:
 
     def register(self, registry: ModelRegistry, name: str = "fraud", *, metrics: dict[str, Any] | None = None,
                  training_data: Any = None, aliases: tuple[str, ...] = ("production",),
-                 description: str = "") -> ModelRecord:
+                 description: str = "", profile: dict[str, Any] | None = None) -> ModelRecord:
+        """Store the model; ``profile`` is its monitoring reference (``finance.monitoring.reference_profile``)."""
         files: dict[str, bytes] = {"config.json": json.dumps(self._config(), indent=2).encode()}
         autotune: dict[str, Any] = {}
         for mname, m in self.members_.items():
@@ -277,7 +278,7 @@ class FraudModel:
             data_fingerprint=data_fingerprint(training_data) if training_data is not None else None,
             autotune=autotune, extra={"train_rows": self.train_rows_, "train_frauds": self.train_frauds_},
             input_signature={"features": self.spec.names, "seq_len": self.spec.seq_len},
-            description=description or f"fraud model ({self.kind})", aliases=aliases,
+            description=description or f"fraud model ({self.kind})", aliases=aliases, profile=profile,
         )
 
     @classmethod

@@ -125,8 +125,22 @@ def train_model(frame: pd.DataFrame, *, kind: str = "gbt+seq", train_days: int =
     if promote is None:  # decide by the comparison
         promote = compared is None or metrics.get("average_precision", 0.0) >= compared.get("average_precision", 0.0)
     record = model.register(registry, name, metrics=metrics, training_data=frame.iloc[train][[TRANSACTION_ID, LABEL]],
-                            aliases=("production",) if promote else (), description=description)
+                            aliases=("production",) if promote else (), description=description,
+                            profile=_reference_profile(model, table, frame, holdout_days))
     return TrainResult(model, record, metrics, bool(promote), compared)
+
+
+def _reference_profile(model: FraudModel, table: FeatureTable, frame: pd.DataFrame, holdout_days: int
+                       ) -> dict[str, Any]:
+    """The monitoring reference: every row of the held-out days (cards already known compromised
+    included, as production sees them), never trained on, with the model's scores on them."""
+    from trillium.finance.monitoring import reference_profile
+
+    day = frame[TIMESTAMP].to_numpy().astype("datetime64[D]")
+    idx = np.flatnonzero(day >= day.max() + 1 - holdout_days)
+    x, seq = table.rows(idx, model.needs_sequence)
+    return reference_profile(model, x, seq, meta={"window": f"last {holdout_days} days to {day.max()}",
+                                                  "rows_from": str(day[idx].min())})
 
 
 def merge_feedback(frame: pd.DataFrame, db: Database | None = None) -> tuple[pd.DataFrame, int]:

@@ -10,5 +10,6 @@ VERTICAL = Vertical(
     service="trillium.finance.service:router",
     service_demo="trillium.finance.service:demo_call",
     roles=(("fraud_analyst", ("finance:write",)),),
+    monitoring="trillium.finance.monitoring:performance_for",
     order=10,
 )

@@ -85,8 +85,20 @@ def inspect_folder(inspector: Inspector, root: str | os.PathLike[str], output: s
             model_version = inspector.record.id if inspector.record is not None else None
             stored = store_inspections(frame[["image_id", "score", "verdict", "defect_type", "overlay", "threshold"]],
                                        db=db, line=line, model_version_id=model_version, job_id=job.job_id)
+            _monitor(inspector, frame, db, job)
     log.info("inspected %d images (%d quarantined), stored %d", job.rows_out, job.rows_quarantined, stored)
     return InspectJobResult(job, stored, out)
+
+
+def _monitor(inspector: Inspector, frame: pd.DataFrame, db: Database, job: jobs.JobResult) -> None:
+    """Drift of the lot's images and scores against the inspector's profile (after the verdicts are stored)."""
+    from trillium.core.errors import TrilliumError
+    from trillium.manufacturing.monitoring import monitor_job
+
+    try:
+        monitor_job(inspector, frame, db=db, job_id=job.job_id, label=job.name)
+    except TrilliumError:  # the verdicts are stored; a monitoring failure must not undo that
+        log.exception("monitoring of job %s failed; its verdicts are stored", job.name)
 
 
 def read_inspections(output: str | os.PathLike[str]) -> pd.DataFrame:

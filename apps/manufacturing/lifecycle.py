@@ -25,7 +25,7 @@ import numpy as np
 from safetensors.torch import load_file
 
 from trillium.core.errors import InputValidationError
-from trillium.core.registry import ModelRecord, ModelRegistry, data_fingerprint
+from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry, data_fingerprint
 from trillium.manufacturing.defect_types import DefectTypeClassifier
 from trillium.manufacturing.detector import DefectDetector
 from trillium.manufacturing.evaluate import few_shot_split
@@ -176,9 +176,29 @@ def _finish(detector: DefectDetector, line: _LineData, *, name: str, register: b
     if register:
         metrics = {"n_train_good": detector.n_train_, "threshold": detector.threshold_,
                    "validation_good_p99": _p99(detector.validation_scores_["good"]), **(extra_metrics or {})}
-        record = inspector.register(registry, name, metrics=metrics, data_fingerprint=data_fingerprint(line.good))
+        registry = registry or ModelRegistry()
+        record = inspector.register(registry, name, metrics=metrics, data_fingerprint=data_fingerprint(line.good),
+                                    profile=_reference_profile(inspector, line.good))
         inspector.record = record
+        # where it is registered: its jobs then find its monitoring profile (and a cluster can load it)
+        inspector.registry_ref = ModelRef.of(registry, record)
     return TrainResult(inspector, record, time.perf_counter() - started, line.quarantined)
+
+
+def _reference_profile(inspector: Inspector, good: np.ndarray) -> dict[str, Any]:
+    """The monitoring reference: the good images the detector held out for its threshold (their
+    scores are out of sample); with fewer than 20 of them, every good image's statistics and no
+    score (scores of training images are lower than production's and would read as drift)."""
+    from trillium.core.monitoring.profile import build_profile
+    from trillium.manufacturing.monitoring import image_stats, reference_profile
+
+    try:
+        _, held = inspector.detector.validation_split(len(good))
+    except ValueError:
+        held = np.zeros(0, np.int64)
+    if len(held) >= 20:
+        return reference_profile(inspector, good[held], meta={"reference": "held-out good images"})
+    return build_profile(image_stats(good), meta={"domain": "manufacturing", "reference": "all good images"})
 
 
 def train_inspector(data: str | os.PathLike[str], *, model: str = "segmenter", coreset: float = 0.01,

@@ -178,8 +178,9 @@ class Inspector(Predictor):
     # ------------------------------------------------------------------ registry
     def register(self, registry: ModelRegistry | None = None, name: str = DEFAULT_NAME, *,
                  metrics: dict[str, Any] | None = None, aliases: Sequence[str] = ("production",),
-                 data_fingerprint: str | None = None) -> ModelRecord:
-        """Store the inspector as the next version of ``name`` (weights, classifier, threshold)."""
+                 data_fingerprint: str | None = None, profile: dict[str, Any] | None = None) -> ModelRecord:
+        """Store the inspector as the next version of ``name`` (weights, classifier, threshold);
+        ``profile``: its monitoring reference (``manufacturing.monitoring.reference_profile``)."""
         registry = registry or ModelRegistry()
         det = self.detector
         det._fitted()
@@ -198,7 +199,7 @@ class Inspector(Predictor):
         return registry.register_torch(
             name, det.net_, example, init_kwargs=det.net_kwargs_, extra_files=extra_files,
             metrics=metrics or {}, autotune=runtime.report if runtime is not None else {},
-            extra=extra, aliases=aliases, data_fingerprint=data_fingerprint,
+            extra=extra, aliases=aliases, data_fingerprint=data_fingerprint, profile=profile,
             description="anomaly segmenter + few-shot defect-type classifier",
         )
 

@@ -217,3 +217,8 @@ class User(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(100), default="")
+
+
+# The monitoring tables are core tables kept in their own module (trillium.core.monitoring);
+# imported here so that Base.metadata, and so the migrations' comparison, always holds them.
+from trillium.core.monitoring import tables as _monitoring_tables  # noqa: F401

@@ -91,7 +91,9 @@ def create_app(settings: ServiceSettings | None = None, db: Database | None = No
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of every worker",
              response_class=Response)
     def metrics() -> Response:
-        return Response(render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        from trillium.core.monitoring.metrics import render as monitoring_gauges
+
+        return Response(render() + monitoring_gauges(db), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     direct: dict[tuple[str, str], Any] = {}  # (method, path) -> a FastRoute's handler, called by the middleware
     for vertical in verticals():

@@ -6,7 +6,7 @@ database connections, apart from the test process; it prints a JSON summary of w
 job and its output folder) for the browser tests to look for.
 
 - finance: a small fraud model trained on simulated transactions, a day scored as a batch job
-  (alerts, reasons, the what-if's job output);
+  (alerts, reasons, the what-if's job output), and a shifted day checked by monitoring (alerts);
 - medical: synthetic notes structured and stored, and a phantom CT series written as DICOM with
   one stored finding (the slice viewer reads the series from disk);
 - manufacturing: a tiny inspector trained on synthetic good parts and registered, then good and
@@ -40,6 +40,12 @@ def seed_finance(work: Path) -> dict:
     scorer = FraudScorer.from_registry(alerts_per_day=20)
     job = score_file(scorer, work / "today.csv", work / "scores", history=work / "history.parquet",
                      progress=False).job
+    # one shifted day checked by monitoring (amounts x2), so the Monitoring page has an alert
+    from trillium.finance.monitoring import monitor_batch
+
+    shifted = today[today["timestamp"] < "2018-05-14"].copy()
+    shifted["amount"] = (shifted["amount"] * 2).round(2)
+    monitor_batch(scorer, shifted, history=history.drop(columns=["fraud_scenario"]), label="seed: amounts x2")
     queue = alert_queue(budget=100)
     return {"alerts": [str(t) for t in queue["transaction_id"]],
             "model": [trained.record.name, trained.record.version, trained.record.kind],

@@ -60,7 +60,7 @@ def test_a_clinician_does_not_see_finance(page: Page, seeded_dashboard: str, see
                                           screenshots: Path) -> None:
     name, password = ACCOUNTS["clinician"]
     login(page, seeded_dashboard, name, password)
-    expect(nav_links(page)).to_have_text(["Home", "Medical"])
+    expect(nav_links(page)).to_have_text(["Home", "Medical", "Monitoring"])
     # opened by its address: the page explains, shows nothing of finance, and the refusal is audited
     login(page, f"{seeded_dashboard}/Finance", name, password)
     expect(page.get_by_text("Your role (clinician) does not open this page")).to_be_visible()
@@ -98,7 +98,7 @@ def test_a_viewer_cannot_label_and_an_analyst_can(page: Page, seeded_dashboard: 
     analyst, pw = ACCOUNTS["fraud_analyst"]
     login(page, f"{seeded_dashboard}/Finance", analyst, pw)
     expect(page.locator(".st-key-label_fraud button")).to_be_visible()
-    expect(nav_links(page)).to_have_text(["Home", "Finance"])
+    expect(nav_links(page)).to_have_text(["Home", "Finance", "Monitoring"])
 
 
 def test_five_wrong_passwords_lock_the_account(page: Page, seeded_dashboard: str, seeded: dict,
@@ -144,7 +144,7 @@ def test_an_oidc_login_lands_with_the_role_from_its_claim(page: Page, seeded_das
     page.get_by_role("button", name=OIDC_USER["sub"], exact=True).click()
     sidebar = page.locator('[data-testid="stSidebar"]')
     expect(sidebar.get_by_text(f"Signed in as {OIDC_USER['email']} (clinician)")).to_be_visible()
-    expect(nav_links(page)).to_have_text(["Home", "Medical"])
+    expect(nav_links(page)).to_have_text(["Home", "Medical", "Monitoring"])
     settle(page)
     shoot(page, screenshots, "access-oidc-home")
     with connect(db_url(seeded["home"])).session() as s:

@@ -32,10 +32,12 @@ pytestmark = pytest.mark.timeout(900)
 # every expect retries for up to a minute: a rerun on two shared cores can take seconds
 expect.set_options(timeout=60_000)
 
-PAGES = {"home": "", "finance": "Finance", "medical": "Medical", "manufacturing": "Manufacturing"}
+PAGES = {"home": "", "finance": "Finance", "medical": "Medical", "manufacturing": "Manufacturing",
+         "monitoring": "Monitoring"}
 TITLES = {"home": "Trillium", "finance": "Finance: fraud alerts",
           "medical": "Medical: CT studies, patients, records and similar cases",
-          "manufacturing": "Manufacturing: visual inspection"}
+          "manufacturing": "Manufacturing: visual inspection",
+          "monitoring": "Monitoring: drift, data quality, performance"}
 
 
 # ------------------------------------------------------------------ helpers
@@ -153,7 +155,8 @@ def test_every_page_explains_an_empty_database(page: Page, empty_dashboard: str,
                                                name: str) -> None:
     open_page(page, empty_dashboard, name)
     expected = {"home": "No model registered yet", "finance": "No finance alerts yet",
-                "medical": "No CT studies yet", "manufacturing": "No inspections stored yet"}[name]
+                "medical": "No CT studies yet", "manufacturing": "No inspections stored yet",
+                "monitoring": "No monitoring runs yet"}[name]
     expect(page.get_by_text(expected).first).to_be_visible()
     shoot(page, screenshots, f"empty-{name}")
 
@@ -161,7 +164,7 @@ def test_every_page_explains_an_empty_database(page: Page, empty_dashboard: str,
 # ------------------------------------------------------------------ seeded
 def test_home_lists_models_and_jobs(page: Page, seeded_dashboard: str, seeded: dict, screenshots: Path) -> None:
     open_page(page, seeded_dashboard, "home", role="viewer")  # (an admin's home also lists the audit log)
-    expect(nav_links(page)).to_have_text(["Home", "Finance", "Medical", "Manufacturing"])
+    expect(nav_links(page)).to_have_text(["Home", "Finance", "Medical", "Manufacturing", "Monitoring"])
     expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
     expect(page.get_by_role("heading", name="Batch jobs", exact=True)).to_be_visible()
     expect(page.locator("body")).not_to_contain_text("Deploy")  # the viewer toolbar: no developer menu for analysts
@@ -178,6 +181,9 @@ def test_home_lists_models_and_jobs(page: Page, seeded_dashboard: str, seeded: d
     expect(grid_row(jobs, job["name"], job["status"], str(job["rows_in"]))).to_have_count(1)
     expect(metric_value(page, "model versions")).to_have_text(str(len(seeded_models)))
     expect(metric_value(page, "jobs")).to_have_text("1")
+    # the seeded shifted day's drift alerts are listed (open ones, newest first)
+    expect(page.get_by_role("heading", name="Monitoring alerts", exact=True)).to_be_visible()
+    expect(page.locator('[data-testid="stAlert"]').filter(has_text="seed: amounts x2").first).to_be_visible()
     shoot(page, screenshots, "home")
 
 
@@ -222,6 +228,43 @@ def test_finance_label_an_alert_and_move_the_threshold(page: Page, seeded_dashbo
     settle(page)
     expect(metric).to_have_text(raised)  # and still so once every rerun is over
     shoot(page, screenshots, "finance-whatif")
+
+
+def test_monitoring_drift_alerts_and_acknowledge(page: Page, seeded_dashboard: str, seeded: dict,
+                                                screenshots: Path) -> None:
+    from trillium.core.monitoring.store import alerts as stored_alerts
+
+    db = connect_home(seeded["home"])
+    before = stored_alerts("fraud", db=db)
+    shifted = before[before["message"].str.startswith("seed: amounts x2")]
+    assert "amount" in set(shifted["feature"])  # what the page must show
+    open_page(page, seeded_dashboard, "monitoring")
+    expect(metric_value(page, "open alerts")).to_have_text(str(len(before)))
+    expect(page.locator('[data-testid="stVegaLiteChart"]:visible').first).to_be_visible()  # drift over time
+    expect(cell(page, "amount")).to_be_attached()  # among the columns that moved
+    shoot(page, screenshots, "monitoring-drift")
+    tab(page, "Alerts")
+    expect(cell(page, shifted.iloc[0]["message"])).to_be_attached()
+    newest = int(before.iloc[0]["alert_id"])
+    page.locator(".st-key-ack button").click()  # as the logged-in user: no name field
+    expect(metric_value(page, "open alerts")).to_have_text(str(len(before) - 1))
+    settle(page)
+    shoot(page, screenshots, "monitoring-acknowledged")
+    after = stored_alerts("fraud", db=db).set_index("alert_id")
+    assert bool(after.loc[newest, "acknowledged"]) and int(after["acknowledged"].sum()) == 1
+    from sqlalchemy import select
+
+    from trillium.core.db import AuditEvent
+
+    with db.session() as s:
+        acks = s.scalars(select(AuditEvent).where(AuditEvent.action == "monitoring.alert.acknowledge")).all()
+    assert [a.target for a in acks] == [str(newest)] and acks[0].actor
+
+
+def connect_home(home: Path):
+    from trillium.core.db import connect
+
+    return connect(db_url(home))
 
 
 def test_medical_patient_record_ct_viewer_and_note_upload(page: Page, seeded_dashboard: str, seeded: dict,
