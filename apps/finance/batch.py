@@ -123,21 +123,24 @@ def score_file(scorer: FraudScorer, input_path: str | os.PathLike[str], output: 
     if result.status != "done":
         raise JobError(f"scoring job {result.name} ended {result.status}")
     stored = 0
+    # read back from the output, not from this run: a resumed job's earlier chunks count too; once
+    # for both the alerts and monitoring when both need it
+    monitored = monitor and scorer.registry_ref is not None
+    scored = read_scores(output) if monitored else None
     if store:
-        # read back from the output, not from this run: a resumed job's earlier chunks count too
-        stored = store_alerts(read_scores(output, decision=ALERT), db=db, job_id=result.job_id,
-                              model_version_id=scorer.model_version_id)
-    if monitor and scorer.registry_ref is not None:
-        _monitor_job(scorer, output, valid, table, db, result)
+        alerts = (read_scores(output, decision=ALERT) if scored is None
+                  else scored[scored["decision"] == ALERT].reset_index(drop=True))
+        stored = store_alerts(alerts, db=db, job_id=result.job_id, model_version_id=scorer.model_version_id)
+    if scored is not None:
+        _monitor_job(scorer, scored, valid, table, db, result)
     return ScoreJobResult(result, stored, feature_seconds)
 
 
-def _monitor_job(scorer: FraudScorer, output: str | os.PathLike[str], valid: pd.DataFrame, table: FeatureTable,
+def _monitor_job(scorer: FraudScorer, scored: pd.DataFrame, valid: pd.DataFrame, table: FeatureTable,
                  db: Database, result: jobs.JobResult) -> None:
     """Drift and quality of the whole job's output (a resumed job's earlier chunks included)."""
     from trillium.finance.monitoring import monitor_scored
 
-    scored = read_scores(output)
     position = pd.Series(np.arange(len(valid)), index=valid["transaction_id"].astype(str).to_numpy())
     at = position.reindex(scored["transaction_id"].astype(str).to_numpy()).to_numpy()
     ok = ~np.isnan(at)
