@@ -154,11 +154,9 @@ def router(ctx: ServiceContext) -> APIRouter:
         return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
 
     async def score_fast(request: Request) -> Response:
-        """The score route's handler (``FastRoute``): the key from the verifier's cache, the body
+        """The score route's handler (``FastRoute``): the key the middleware verified, the body
         parsed and validated by pydantic-core in one call, no dependency solving."""
-        header = request.headers.get("x-api-key")
-        key = ctx.keys.cached(header) or await run_in_threadpool(ctx.keys.verify, header)
-        key.require("finance:write")
+        await ctx.request_key(request, "finance:write")
         explain, features = query_flag(request, "explain"), query_flag(request, "features")
         value, single = SCORE_BODY.parse(request, await request.body())
         txs = [value.model_dump()] if single else [t.model_dump() for t in value]

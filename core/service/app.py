@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from trillium.core.access import AuthenticationError
+from trillium.core.access import AuthenticationError, KeyInfo
 from trillium.core.db import Database, connect
 from trillium.core.service.context import ServiceContext
 from trillium.core.service.errors import install_handlers
@@ -133,14 +133,15 @@ def create_app(settings: ServiceSettings | None = None, db: Database | None = No
             seen[path] = found
         return found
 
-    async def authenticate(key: str | None) -> bool:
-        if ctx.keys.cached(key) is not None:
-            return True
+    async def authenticate(key: str | None) -> KeyInfo | None:
+        """The key's ``KeyInfo`` (the middleware keeps it in the request's state), None if invalid."""
+        info = ctx.keys.cached(key)
+        if info is not None:
+            return info
         try:
-            await run_in_threadpool(ctx.keys.verify, key)
+            return await run_in_threadpool(ctx.keys.verify, key)
         except AuthenticationError:
-            return False
-        return True
+            return None
 
     app.add_middleware(ServiceMiddleware, max_inflight=settings.max_inflight, limit_for=limit_for,
                        template_for=template_for, authenticate=authenticate, direct=direct, on_error=on_error)

@@ -61,13 +61,23 @@ class ServiceContext:
 
         async def dependency(request: Request, key: str | None = Security(_api_key)) -> KeyInfo:
             # async, so a request costs no thread hop; only a cache miss reads the database (in a thread)
-            info = self.keys.cached(key) or await run_in_threadpool(self.keys.verify, key)
+            info = getattr(request.state, "key", None) or await self.key_of(key)
             info.require(scope)
             request.state.key = info
             return info
 
         dependency.__name__ = f"require_{scope.replace(':', '_')}"
         return Depends(dependency)
+
+    async def key_of(self, key: str | None) -> KeyInfo:
+        """The ``KeyInfo`` of an API key: from the verifier's cache, else the database (in a thread)."""
+        return self.keys.cached(key) or await run_in_threadpool(self.keys.verify, key)
+
+    async def request_key(self, request: Request, scope: str) -> KeyInfo:
+        """The request's key, verified by the middleware (or here), if it holds ``scope``."""
+        info = getattr(request.state, "key", None) or await self.key_of(request.headers.get("x-api-key"))
+        info.require(scope)
+        return info
 
     def audit(self, request: Request, key: KeyInfo, action: str, target: str = "", **details: Any) -> None:
         """Record who (the key's owner and id), from where (client address), did what to which object."""

@@ -47,7 +47,7 @@ class ServiceMiddleware:
 
     def __init__(self, app: Any, *, max_inflight: int, limit_for: Callable[[str], tuple[int, str]],
                  template_for: Callable[[str], str | None] = lambda _: None,
-                 authenticate: Callable[[str | None], Awaitable[bool]] | None = None,
+                 authenticate: Callable[[str | None], Awaitable[Any]] | None = None,
                  direct: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] | None = None,
                  on_error: Callable[[Request, Exception], Awaitable[Response]] | None = None) -> None:
         self.app = app
@@ -82,11 +82,14 @@ class ServiceMiddleware:
                                   [(b"retry-after", b"1")])
                 return
             # the key first, so a caller without one cannot make a worker read and parse a body
-            if path.startswith("/v1/") and self.authenticate is not None and not await self.authenticate(_header(scope, b"x-api-key")):
-                await _send_error(send_wrapped, 401, "unauthorized",
-                                  "a valid API key is required in the X-API-Key header (unknown, malformed, revoked "
-                                  "or missing)", [], [(b"www-authenticate", b"ApiKey")])
-                return
+            key = None
+            if path.startswith("/v1/") and self.authenticate is not None:
+                key = await self.authenticate(_header(scope, b"x-api-key"))
+                if key is None:
+                    await _send_error(send_wrapped, 401, "unauthorized",
+                                      "a valid API key is required in the X-API-Key header (unknown, malformed, "
+                                      "revoked or missing)", [], [(b"www-authenticate", b"ApiKey")])
+                    return
             limit, limit_name = self.limit_for(path)
             length = _content_length(scope)
             if length is not None and length > limit:
@@ -94,6 +97,8 @@ class ServiceMiddleware:
                                   f"the request body is {length:,} bytes; the limit {limit_name} is {limit:,} "
                                   f"(TRILLIUM_LIMIT_{limit_name.upper()})", [limit_name])
                 return
+            if key is not None:  # the routes read it from request.state.key: the key is verified once
+                scope.setdefault("state", {})["key"] = key
             self.inflight += 1
             INFLIGHT.inc()
             try:
