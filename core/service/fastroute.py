@@ -15,6 +15,7 @@ handler (the benchmark's baseline, and a test that compares the two paths' answe
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from starlette.responses import Response
 __all__ = ["FastRoute", "JsonBody", "query_flag", "served_by"]
 
 Handler = Callable[[Request], Awaitable[Response]]
+_LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
 _TRUE = {"1", "true", "on", "yes", "t", "y"}
 _FALSE = {"0", "false", "off", "no", "f", "n"}
 
@@ -75,7 +77,8 @@ class JsonBody:
             raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "input": None,
                                            "msg": f"the body must be JSON (Content-Type: application/json), not "
                                                   f"{media or 'no content type'}"}])
-        start = raw.lstrip()[:1]
+        first = _LEADING_SPACE.match(raw).end()  # no copy of a large body to find its first byte
+        start = raw[first:first + 1]
         adapter, single = (self.many, False) if start == b"[" else (self.single, True)
         if start not in (b"[", b"{"):
             raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "input": None,
