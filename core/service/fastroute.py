@@ -6,8 +6,8 @@ Measured on the finance score route (2 cores): 0.43 ms a request before any scor
 0.13 ms for a route with no parameters. A ``FastRoute`` keeps the endpoint's full signature for
 the OpenAPI schema (body model, query parameters, API-key security, responses), so clients and
 Schemathesis see the same contract, but answers with the handler given to ``served_by``: one
-``pydantic-core`` call that parses and validates the JSON bytes, and the key checked from the
-verifier's cache. The handler must give the same answers as the endpoint; the endpoint stays a
+``pydantic-core`` call that parses and validates the JSON bytes, and the key the service's
+middleware already verified. The handler must give the same answers as the endpoint; the endpoint stays a
 working, slower path: ``TRILLIUM_SERVE_FAST_ROUTES=0`` serves every route through FastAPI's own
 handler (the benchmark's baseline, and a test that compares the two paths' answers).
 """
