@@ -219,12 +219,16 @@ def test_similar_finds_the_stored_note_first_as_the_in_process_index_does(servic
 def test_similar_k_bounds_and_text_queries_are_audited(service, service_home) -> None:
     _, texts = _oracle(service_home)
     query = {"text": "shortness of breath and chest pain", "k": 100}
-    _similar_over(service, service_home, query, len(texts))  # both workers' indexes are current
+    _similar_over(service, service_home, query, len(texts))
     before = audit_rows(service_home, "medical.note.similar", "")
     r = similar(service, service_home, query, who="viewer")
     assert r.status_code == 200, r.text
     hits = r.json()["hits"]
-    assert len(hits) == min(100, len(texts)) and [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+    # this request may reach the other worker, whose index can lag a note stored or deleted by
+    # another test by up to its check interval: k is bounded by the index that answered
+    indexed = r.json()["indexed_notes"]
+    assert abs(indexed - len(texts)) <= 1
+    assert len(hits) == min(100, indexed) and [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
     after = audit_rows(service_home, "medical.note.similar", "")
     assert len(after) == len(before) + 1
     assert after[-1].actor == "viewer-caller" and after[-1].details["k"] == 100
