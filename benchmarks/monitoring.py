@@ -13,6 +13,10 @@ registered with its reference profile (the held-out week); then
 - on every checked day, the alert precision the calibrated scores expect (mean probability of the
   alerted rows) is compared with the true precision (the simulator's labels).
 
+Notes: the synthetic generator's departments; a reference of six of its eight, 30 unshifted
+batches of 50 notes from them, and for each absent department a batch of its notes and a batch
+where it joins the feed (30 % of the notes); checked by ``trillium.medical.records.monitoring``.
+
 Thresholds: by default the script picks the FDR level and PSI floor on a *calibration* bank (other
 seeds) as the most sensitive setting with no false alarm on its unshifted days, then evaluates
 with them on the evaluation bank; the reported figures never come from the data the thresholds
@@ -262,6 +266,67 @@ def calibrate_manufacturing(preps: list[dict[str, Any]]) -> tuple[Thresholds, li
     return replace(Thresholds(), fdr=best["fdr"], psi_floor=best["psi_floor"]), table
 
 
+# ------------------------------------------------------------------ notes (the synthetic generator's departments)
+NOTES_HELD_OUT = ("Dermatology", "Urology")  # departments absent from the reference
+NOTES_REF = 400
+NOTES_BATCH = 50
+NOTES_BATCHES = 30
+
+
+def notes_prepare(seed: int) -> dict[str, Any]:
+    """A reference of 400 notes from six of the generator's eight departments (half learns the
+    vocabulary, half is profiled); 30 unshifted batches of 50 notes from those departments; and,
+    for each absent department, a batch of its notes only and a batch where it is 30 % of the
+    notes (a department joining the feed). Returns the comparisons."""
+    from trillium.medical.records.monitoring import note_stats, reference_profile
+    from trillium.medical.records.structurer import RecordStructurer
+    from trillium.medical.records.synth import SPECIALTIES, synthetic_notes
+
+    structurer = RecordStructurer()
+    ref_specs = [s for s in SPECIALTIES if s not in NOTES_HELD_OUT]
+
+    def structured(n: int, s: int, specs: list[str]) -> list[Any]:
+        return [structurer.structure(x.text, note_id=x.note_id) for x in synthetic_notes(n, seed=s, specialties=specs)]
+
+    reference, profile = reference_profile(structured(NOTES_REF, seed, ref_specs), seed=seed)
+
+    def check(notes: list[Any]) -> Any:
+        return compare(profile, note_stats(notes, reference))
+
+    clean = [check(structured(NOTES_BATCH, seed * 1000 + k, ref_specs)) for k in range(NOTES_BATCHES)]
+    joining = round(0.3 * NOTES_BATCH)
+    shifts = {}
+    for i, spec in enumerate(NOTES_HELD_OUT):
+        shifts[f"{spec} notes (absent from the reference)"] = check(structured(NOTES_BATCH, seed * 1000 + 900 + i,
+                                                                             [spec]))
+        shifts[f"{spec} joins the feed (30 % of a batch)"] = check(
+            structured(NOTES_BATCH - joining, seed * 1000 + 950 + i, ref_specs)
+            + structured(joining, seed * 1000 + 970 + i, [spec]))
+    return {"clean": clean, "shifts": shifts}
+
+
+def notes_evaluate(prep: dict[str, Any], t: Thresholds) -> dict[str, Any]:
+    res = manufacturing_evaluate(prep, t)  # the same verdicts, per batch instead of per lot
+    return {"batch_size": NOTES_BATCH, "reference_notes": NOTES_REF, "unshifted_batches": NOTES_BATCHES,
+            "false_alarms": res["false_alarms"], "shifts_flagged_first_batch": res["shifts_flagged_first_lot"],
+            "shifts": res["shifts"], "shift_results": res["shift_results"],
+            "unshifted_results": res["unshifted_results"]}
+
+
+def calibrate_field(preps: list[dict[str, Any]], evaluate: Any, flagged_key: str
+                    ) -> tuple[Thresholds, list[dict[str, Any]]]:
+    """The most sensitive (fdr, psi_floor) with no false alarm on the calibration preps."""
+    table = []
+    for fdr, floor in GRID:
+        t = replace(Thresholds(), fdr=fdr, psi_floor=floor)
+        res = [evaluate(p, t) for p in preps]
+        table.append({"fdr": fdr, "psi_floor": floor, "false_alarms": sum(r["false_alarms"] for r in res),
+                      "shifts_flagged": sum(r[flagged_key] for r in res)})
+    ok = [r for r in table if r["false_alarms"] == 0] or sorted(table, key=lambda r: r["false_alarms"])[:1]
+    best = max(ok, key=lambda r: (r["shifts_flagged"], r["fdr"], -r["psi_floor"]))
+    return replace(Thresholds(), fdr=best["fdr"], psi_floor=best["psi_floor"]), table
+
+
 GRID = [(fdr, floor) for fdr in (1e-2, 1e-3, 1e-4, 1e-6) for floor in (0.01, 0.02, 0.03, 0.05, 0.1)]
 
 
@@ -289,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-seeds", type=int, nargs="*", default=[11, 12],
                     help="the calibration banks' seeds (never the evaluation's)")
     ap.add_argument("--no-calibrate", action="store_true", help="use the library's default thresholds")
-    ap.add_argument("--only", choices=["finance", "manufacturing"], help="run one field (thresholds: defaults)")
+    ap.add_argument("--only", choices=["finance", "manufacturing", "notes"], help="run one field (thresholds: defaults)")
     args = ap.parse_args(argv)
     if args.seed in args.calibration_seeds:
         ap.error("the evaluation seed must differ from the calibration seeds")
@@ -300,19 +365,28 @@ def main(argv: list[str] | None = None) -> int:
     else:
         thresholds, grid = calibrate([finance_prepare(s, args.customers) for s in args.calibration_seeds])
     finance = manufacturing = None
-    if args.only != "manufacturing":
+    if args.only in (None, "finance"):
         prep = finance_prepare(args.seed, args.customers)
         finance = finance_evaluate(prep, thresholds)
         finance.update(rows_per_day=prep["rows_per_day"], alert_threshold=prep["threshold"])
     from trillium.manufacturing.monitoring import THRESHOLDS as mfg_default
 
     mfg_thresholds, mfg_grid = mfg_default, []
-    if args.only != "finance":
+    if args.only in (None, "manufacturing"):
         if not (args.no_calibrate or args.only):
             mfg_thresholds, mfg_grid = calibrate_manufacturing([manufacturing_prepare(s)
                                                                 for s in args.calibration_seeds])
         manufacturing = manufacturing_evaluate(manufacturing_prepare(args.seed), mfg_thresholds)
         manufacturing.update(thresholds=mfg_thresholds.as_dict(), calibration_grid=mfg_grid)
+    from trillium.medical.records.monitoring import THRESHOLDS as notes_default
+
+    notes, notes_thresholds, notes_grid = None, notes_default, []
+    if args.only in (None, "notes"):
+        if not args.no_calibrate:  # cheap (seconds): calibrated even with --only notes
+            notes_thresholds, notes_grid = calibrate_field([notes_prepare(s) for s in args.calibration_seeds],
+                                                           notes_evaluate, "shifts_flagged_first_batch")
+        notes = notes_evaluate(notes_prepare(args.seed), notes_thresholds)
+        notes.update(thresholds=notes_thresholds.as_dict(), calibration_grid=notes_grid)
     out = {"benchmark": "monitoring", "python": sys.version.split()[0], "machine": platform.machine(),
            "cpu_count": os.cpu_count(), "seconds": round(time.perf_counter() - t0, 1),
            "settings": {"customers": args.customers, "seed": args.seed, "calibration_seeds": args.calibration_seeds,
@@ -320,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                         "reference": f"finance: the held-out week before day {REF_DAYS}",
                         "unshifted_days": CLEAN_DAYS},
            "thresholds": thresholds.as_dict(), "calibration_grid": grid, "finance": finance,
-           "manufacturing": manufacturing}
+           "manufacturing": manufacturing, "notes": notes}
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(out, fh, indent=1, default=str)
@@ -339,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"manufacturing: {m['shifts_flagged_first_lot']}/{m['shifts']} shifts flagged on their first lot, "
               f"{m['false_alarms']}/{m['unshifted_lots']} false alarms")
         for r in m["shift_results"]:
+            print(f"  {r['shift']}: flagged={r['flagged']} rules={r['rules'][:4]} max PSI {r['max_psi']}")
+    if notes:
+        n = notes
+        print(f"notes: {n['shifts_flagged_first_batch']}/{n['shifts']} shifts flagged on their first batch, "
+              f"{n['false_alarms']}/{n['unshifted_batches']} false alarms")
+        for r in n["shift_results"]:
             print(f"  {r['shift']}: flagged={r['flagged']} rules={r['rules'][:4]} max PSI {r['max_psi']}")
     print(f"-> {args.json} ({out['seconds']} s)")
     return 0

@@ -59,6 +59,13 @@ def medical_demo(console: Console, n_notes: int = 24) -> dict[str, Any]:
     multi = sorted({p for p in patients.values() if sum(v == p for v in patients.values()) > 1})
     patient = multi[0] if multi else structured[0].patient_id
     view = patient_view(patient, db=db)
+    # monitoring: a reference from other synthetic notes of the same departments, then this batch
+    from trillium.medical.records.monitoring import monitor_notes, register_reference
+
+    write_notes_folder(synthetic_notes(200, seed=4), work / "reference-notes")  # read as the batch's notes are
+    reference_notes = [structurer.structure(n) for n in load_notes(work / "reference-notes")[0]]
+    reference = register_reference(reference_notes, structurer, description="demo: 200 synthetic notes (seed 4)")
+    drift_runs = monitor_notes(structured, db=db, scope="batch", label="demo notes")
     db.audit("demo.medical", target=str(folder), notes=len(structured), quarantined=len(rejected))
 
     table = Table(title="medical records demo")
@@ -75,6 +82,8 @@ def medical_demo(console: Console, n_notes: int = 24) -> dict[str, Any]:
                   + ", ".join(p["problem"] for p in view["problems"]["active"][:5])
                   + f"; medications: {', '.join(m['normalized'] for m in view['medications'][:4])}")
     table.add_row("index", str(index_dir))
+    table.add_row("monitoring", f"reference {reference.name} v{reference.version} ({len(reference_notes)} notes); "
+                  f"the demo's notes checked: run(s) {drift_runs}")
     table.add_row("elapsed", f"{time.perf_counter() - t0:.1f} s")
     console.print(table)
     from trillium.medical.imaging.demo import imaging_demo

@@ -35,7 +35,7 @@ import pandas as pd
 
 from trillium.core.contract import PredictorFactory, check_shippable
 from trillium.core.db import Database, connect
-from trillium.core.errors import InputValidationError, JobError
+from trillium.core.errors import InputValidationError, JobError, TrilliumError
 from trillium.core.jobs import (
     DEFAULT_MAX_FAILED_CHUNKS,
     CsvSink,
@@ -274,6 +274,12 @@ def structure_folder(structurer: RecordStructurer, inputs: str | os.PathLike[str
     if job.status != "done":
         raise JobError(f"note structuring job {job.name} (id {job.job_id}) ended {job.status}")
     stored = store_output(out, job.job_id, db=db) if store else 0
+    try:  # drift against the registered reference (none registered: nothing checked, said in the log)
+        from trillium.medical.records.monitoring import monitor_job
+
+        monitor_job(str(out), job_id=job.job_id, db=db, label=f"notes job {job.job_id}")
+    except TrilliumError as exc:  # the job's output stands; a broken reference must not lose it
+        log.warning("notes job %d: drift not checked: %s", job.job_id, exc)
     log.info("structured %d notes (%d quarantined, %s), stored %d", job.rows_out, job.rows_quarantined,
              job.quarantine, stored)
     return StructureJobResult(job, out, stored, structurer.version)

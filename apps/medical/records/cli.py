@@ -12,7 +12,7 @@ import typer
 from trillium.core.cli_options import address_option, engine_option, max_failed_chunks_option, workers_option
 
 app = typer.Typer(
-    help="Clinical notes: synth, extract (sections, entities, negation), batch (a resumable job), index, similar, "
+    help="Clinical notes: synth, extract (sections, entities, negation), batch (a resumable job), reference (for drift), index, similar, "
          "negex-eval, specialty-eval.",
     no_args_is_help=True,
 )
@@ -143,6 +143,32 @@ def batch_cmd(
     job = res.job
     typer.echo(f"{job.status}: {job.rows_out} notes structured, {job.rows_quarantined} quarantined "
                f"({job.quarantine}), {res.stored} stored -> {res.output} (job {job.job_id}, {res.structurer})")
+
+
+@app.command("reference")
+def reference_cmd(
+    inputs: list[str] = typer.Argument(..., help="Note files, folders or CSV files from the departments the "
+                                                 "structurer was checked on (at least 40 notes)."),
+    text_column: str = typer.Option("transcription", "--text-column", help="CSV column holding the note text."),
+    max_bytes: int = typer.Option(None, "--max-bytes", help="Skip notes larger than this many bytes."),
+) -> None:
+    """Register the notes' monitoring reference (vocabulary, sections, concepts and their profile)
+    as the next ``note-structurer`` version; later batch jobs are checked against it."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.medical.records.monitoring import register_reference
+    from trillium.medical.records.structurer import RecordStructurer
+
+    try:
+        notes, rejected = _load(inputs, text_column, None, None, max_bytes)
+        structurer = RecordStructurer()
+        record = register_reference([structurer.structure(n) for n in notes], structurer,
+                                    description=f"notes reference from {', '.join(inputs)[:200]}")
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    typer.echo(f"registered {record.name} v{record.version} (production): {record.metrics['reference_notes']} notes, "
+               f"vocabulary {record.metrics['vocabulary']} words; {len(rejected)} skipped")
 
 
 @app.command("index")
