@@ -222,6 +222,43 @@ def alerts_cmd(
     _out().print(table)
 
 
+@app.command("monitor-online")
+def monitor_online_cmd(
+    model: str = typer.Option("fraud", "--model", help="The registered model the service scores with."),
+    day: str | None = typer.Option(None, "--day", help="Only this day (YYYY-MM-DD); default: every day sampled."),
+    list_only: bool = typer.Option(False, "--list", help="List the sampled days without checking them."),
+) -> None:
+    """Check the service's days of online scoring for drift (the workers' per-day samples under
+    $TRILLIUM_HOME/monitoring/online); each day's run replaces an earlier check of it. The
+    service checks a day itself once a later day arrives; run this for the day still open."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import InputValidationError, TrilliumError
+    from trillium.core.monitoring import store
+    from trillium.core.registry import ModelRegistry
+    from trillium.finance.online_monitoring import check_days, days_frame
+
+    try:
+        frame = days_frame(model)
+        if day is not None:
+            frame = frame[frame["day"] == day]
+        if frame.empty:
+            raise InputValidationError(f"no online samples of {model!r}" + (f" on {day}" if day else "")
+                                       + " (the service writes them while it scores)")
+        if list_only:
+            typer.echo(frame.to_string(index=False))
+            return
+        registry = ModelRegistry()
+        ids = check_days(model, registry=registry, days=list(zip(frame["version"].astype(int), frame["day"],
+                                                                   strict=True)))
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    runs = store.runs(model, scope="day")
+    for r in runs[runs["run_id"].isin(ids)].itertuples():
+        typer.echo(f"{r.day} v{r.version}: {r.status} (max PSI {r.max_psi:.3f}, {r.n_drifted} drifted; "
+                   f"{r.performance.get('rows_scored')} scored, {r.rows} sampled)")
+
+
 @app.command("label")
 def label_cmd(
     transaction_id: str = typer.Argument(..., help="The transaction's id."),

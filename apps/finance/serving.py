@@ -136,9 +136,12 @@ class OnlineBatchScorer:
     keeps losing races is retried before its request fails (each retry reloads its histories).
     """
 
-    def __init__(self, state: Any, *, max_attempts: int = 50) -> None:
+    def __init__(self, state: Any, *, max_attempts: int = 50, observer: Any = None) -> None:
         self.state = state
         self.max_attempts = max_attempts
+        # called with (version, x, probabilities, alerted, seconds) of the rows scored and applied
+        # once (not replays): what ``online_monitoring.OnlineDayCollector.observe`` samples
+        self.observer = observer
 
     def score_requests(self, scorer: FraudScorer, version: int | None,
                        requests: list[ScoreRequest]) -> list[list[ScoredTransaction] | Exception]:
@@ -190,6 +193,8 @@ class OnlineBatchScorer:
             vectors = [calendar_vector(spec, p.tx) for p in wave]
             x = np.stack([v for v, _ in vectors])
             probs = model.predict_proba(x, None)
+            if self.observer is not None:
+                self.observer(version, x, probs, probs >= scorer.threshold, np.array([p.tx.sec for p in wave]))
             for i, p in enumerate(wave):
                 decision = ALERT if probs[i] >= scorer.threshold else PASS
                 answers[p.request][p.position] = self._answer(
@@ -231,6 +236,7 @@ class OnlineBatchScorer:
                                   x[i][seq_idx], spec.seq_len, ld, bool(alert[i]), scorer.alerts_per_day,
                                   json.dumps(result, separators=(",", ":"))))
         retry = []
+        applied: list[int] = []
         for i, ((p, _), (status, stored)) in enumerate(zip(fresh, self.state.commit_many(commits), strict=True)):
             if status == "retry":
                 p.attempts += 1
@@ -246,9 +252,13 @@ class OnlineBatchScorer:
                 answers[p.request][p.position] = _replayed(stored, want_features)
                 continue
             decision, _, _ = stored.partition(b"|")
+            applied.append(i)
             answers[p.request][p.position] = ScoredTransaction(
                 p.tx.tx_id, float(probs[i]), decision.decode(), scorer.threshold, reasons.get(i, []),
                 scorer.model_label, version, dict(zip(names, map(float, x[i]), strict=True)) if want_features else None)
+        if self.observer is not None and applied:
+            self.observer(version, x[applied], probs[applied], alert[applied],
+                          np.array([fresh[i][0].tx.sec for i in applied]))
         return [p for p in retry if not isinstance(answers[p.request], Exception)]
 
     @staticmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -238,3 +239,36 @@ def test_the_fast_score_handler_answers_as_fastapis_own(service: ServiceProcess,
         assert [a.status_code for a in answers[0]] == [200, 200, 200, 200] + [422] * 7
     finally:
         plain.stop()
+
+
+def test_online_scoring_is_checked_for_drift_day_by_day(service_home: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker samples what it scores per day of the transactions; when a later day arrives the
+    closed day is compared with the model's profile and stored as the day's ``online`` run (here
+    written at every batch: ``TRILLIUM_MONITOR_FLUSH_SECONDS=0``)."""
+    from trillium.core.db import reset_connections
+    from trillium.core.monitoring import store
+
+    proc = ServiceProcess(service_home["home"], workers=1, env={"TRILLIUM_MONITOR_FLUSH_SECONDS": "0"}).wait_ready()
+    try:
+        day1 = _txs("drift-a", 120, card="card-drift", terminal="term-drift", start=datetime(2018, 7, 10, 8), step_s=240)
+        day2 = _txs("drift-b", 3, card="card-drift", terminal="term-drift", start=datetime(2018, 7, 11, 8))
+        for body in (day1, day2):
+            r = httpx.post(f"{proc.url}/v1/finance/score", json=body, headers=headers(service_home, "finance"),
+                           timeout=60)
+            assert r.status_code == 200, r.text
+        monkeypatch.setenv("TRILLIUM_HOME", str(service_home["home"]))
+        reset_connections()
+        deadline, runs = time.monotonic() + 30, None
+        while time.monotonic() < deadline:  # the check runs on its own thread after the flush
+            runs = store.runs("fraud", scope="day")
+            runs = runs[(runs["label"] == "online") & (runs["day"] == "2018-07-10")]
+            if len(runs):
+                break
+            time.sleep(0.3)
+        assert runs is not None and len(runs) == 1, proc.log()[-3000:]
+        run = runs.iloc[0]
+        assert run["performance"]["rows_scored"] == 120 == run["rows"]
+        assert {c["name"] for c in run["columns"]} >= {"amount", "customer_nb_tx_1d"}
+        assert (service_home["home"] / "monitoring" / "online" / "fraud").is_dir()
+    finally:
+        proc.stop()

@@ -1,0 +1,235 @@
+"""Drift of **online** scoring, day by day: what the service scored, checked like a batch job's day.
+
+Why a sample and files: the service scores thousands of transactions a second in several worker
+processes; storing every feature vector would cost more than scoring it. Each worker keeps, per
+model version and day of the transactions' timestamps, a uniform reservoir sample (Vitter's
+algorithm R, vectorised per wave) of the feature vectors it scored with their probabilities and
+alert decisions, and writes it to ``$TRILLIUM_HOME/monitoring/online/<model>/v<version>/<day>/
+<host>-<pid>.npz`` every ``flush_seconds`` and at shutdown (plain arrays, read back with
+``allow_pickle=False``). A day is checked at a worker's flush once that worker has seen a later
+day (and again after a flush that wrote late rows of it; every worker checks all workers' files,
+so the last one to close the day makes the final run), or by ``trillium monitor online``: the workers' samples are merged in proportion to the rows each scored, compared with
+the version's reference profile as one day (``compare(..., one_day=True)``), and stored as the
+day's run with label ``online`` (replacing an earlier check of the same day), with the alert
+precision the calibrated scores expect.
+
+A sample of 20,000 rows a day keeps the tests' power for what a day shows (a few percent of
+rows moving) while the per-worker cost stays a few MB and a few microseconds per transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trillium.core.config import home_dir
+from trillium.core.db import Database
+from trillium.core.errors import InputValidationError
+from trillium.core.monitoring.drift import compare
+from trillium.core.monitoring.performance import estimate_alert_precision
+from trillium.core.monitoring.store import load_profile, record_run
+from trillium.core.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+LABEL = "online"
+SAMPLE_ROWS = 20_000
+KEEP_DAYS = 3
+
+
+def online_dir(model: str, root: str | os.PathLike[str] | None = None) -> Path:
+    return Path(root) if root is not None else home_dir() / "monitoring" / "online" / model
+
+
+class _Reservoir:
+    """A uniform sample of at most ``size`` rows of a stream (algorithm R, one wave at a time)."""
+
+    def __init__(self, size: int, width: int, rng: np.random.Generator) -> None:
+        self.size, self.rng = size, rng
+        self.x = np.empty((size, width), np.float32)
+        self.p = np.empty(size, np.float64)
+        self.alerted = np.empty(size, bool)
+        self.filled = 0
+        self.seen = 0
+        self.dirty = False
+
+    def add(self, x: np.ndarray, p: np.ndarray, alerted: np.ndarray) -> None:
+        m = len(p)
+        take = min(self.size - self.filled, m)
+        if take:
+            sl = slice(self.filled, self.filled + take)
+            self.x[sl], self.p[sl], self.alerted[sl] = x[:take], p[:take], alerted[:take]
+            self.filled += take
+        rest = np.arange(take, m)
+        if len(rest):  # row j of the stream (0-based) replaces a random slot with chance size / (j + 1)
+            j = self.seen + rest
+            keep = rest[self.rng.random(len(rest)) < self.size / (j + 1)]
+            slots = self.rng.integers(0, self.size, len(keep))
+            self.x[slots], self.p[slots], self.alerted[slots] = x[keep], p[keep], alerted[keep]
+        self.seen += m
+        self.dirty = True
+
+
+class OnlineDayCollector:
+    """Per (version, day) reservoirs of one worker, written to its own files; ``observe`` is the
+    ``OnlineBatchScorer`` hook. Thread-safe (the batcher may call it from several threads)."""
+
+    def __init__(self, model: str, names: Sequence[str] | None = None, *, root: str | os.PathLike[str] | None = None,
+                 sample_rows: int = SAMPLE_ROWS, flush_seconds: float = 60.0, seed: int | None = None,
+                 on_flush: Any = None) -> None:
+        self.model = model
+        self.root = online_dir(model, root)
+        self.sample_rows = int(sample_rows)
+        self.flush_seconds = float(flush_seconds)
+        self.on_flush = on_flush  # called with the closed (version, day) pairs after a flush
+        self.worker = f"{socket.gethostname()}-{os.getpid()}"
+        self._rng = np.random.default_rng(seed)
+        self._res: dict[tuple[int, str], _Reservoir] = {}
+        self._latest: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._flushed = time.monotonic()
+        self._reported: set[tuple[int, str]] = set()
+
+    def observe(self, version: int | None, x: np.ndarray, p: np.ndarray, alerted: np.ndarray,
+                secs: np.ndarray) -> None:
+        if version is None or len(p) == 0:
+            return  # an unregistered scorer has no profile to compare with
+        days = (np.asarray(secs, np.int64) // 86_400).astype("datetime64[D]").astype(str)
+        with self._lock:
+            for day in np.unique(days):
+                rows = days == day
+                key = (int(version), str(day))
+                res = self._res.get(key)
+                if res is None:
+                    res = self._res[key] = self._open(key, x.shape[1])
+                res.add(np.asarray(x)[rows], np.asarray(p, np.float64)[rows], np.asarray(alerted, bool)[rows])
+                if str(day) > self._latest.get(int(version), ""):
+                    self._latest[int(version)] = str(day)
+            due = time.monotonic() - self._flushed >= self.flush_seconds
+        if due:
+            self.flush()
+
+    def _file(self, key: tuple[int, str]) -> Path:
+        return self.root / f"v{key[0]}" / key[1] / f"{self.worker}.npz"
+
+    def _open(self, key: tuple[int, str], width: int) -> _Reservoir:
+        """A day's reservoir, continuing this worker's file when it wrote one (a late transaction
+        of a day already let go from memory)."""
+        res = _Reservoir(self.sample_rows, width, self._rng)
+        f = self._file(key)
+        if f.exists():
+            with np.load(f, allow_pickle=False) as z:
+                n = len(z["p"])
+                res.x[:n], res.p[:n], res.alerted[:n] = z["x"], z["p"], z["alerted"]
+                res.filled, res.seen = n, int(z["seen"])
+        return res
+
+    def flush(self) -> list[tuple[int, str]]:
+        """Write every changed reservoir; returns the closed (version, day) pairs (a later day
+        has been seen), whose files are final for this worker, and hands them to ``on_flush``."""
+        with self._lock:
+            self._flushed = time.monotonic()
+            written = set()
+            for (version, day), res in self._res.items():
+                if not res.dirty:
+                    continue
+                written.add((version, day))
+                folder = self.root / f"v{version}" / day
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / f".{self.worker}.tmp.npz"  # written whole, then renamed: readers see no half file
+                np.savez(tmp, x=res.x[:res.filled], p=res.p[:res.filled], alerted=res.alerted[:res.filled],
+                         seen=np.int64(res.seen))
+                tmp.replace(self._file((version, day)))
+                res.dirty = False
+            # a closed day is checked once it closes, and again when this worker wrote late rows of it
+            closed = [(v, d) for (v, d) in self._res if d < self._latest.get(v, d)
+                      and ((v, d) in written or (v, d) not in self._reported)]
+            self._reported.update(closed)
+            for v in {v for v, _ in self._res}:  # keep the last KEEP_DAYS days of a version in memory
+                for key in sorted(k for k in self._res if k[0] == v)[:-KEEP_DAYS]:
+                    del self._res[key]  # written above; a late row reopens it from its file
+        if closed and self.on_flush is not None:
+            try:
+                self.on_flush(closed)
+            except Exception:  # a failed check must never fail scoring
+                log.exception("online drift check failed")
+        return closed
+
+
+def read_day(folder: Path, sample_rows: int = SAMPLE_ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
+                                                                                     np.ndarray, int]:
+    """The workers' samples of one day merged into one uniform sample of the day's rows: each
+    worker contributes in proportion to the rows it scored. Returns (x, p, alerted, rows scored)."""
+    parts = []
+    for f in sorted(f for f in folder.glob("*.npz") if not f.name.startswith(".")):
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                parts.append((z["x"], z["p"], z["alerted"], int(z["seen"])))
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputValidationError(f"{f}: not an online monitoring sample: {exc}") from exc
+    if not parts:
+        raise InputValidationError(f"{folder}: no online monitoring samples")
+    total = sum(seen for *_, seen in parts)
+    target = min(sample_rows, sum(len(p) for _, p, _, _ in parts))
+    rng = np.random.default_rng(seed)
+    xs, ps, als = [], [], []
+    for x, p, al, seen in parts:
+        k = min(len(p), round(target * seen / total))
+        idx = rng.choice(len(p), k, replace=False) if k < len(p) else np.arange(len(p))
+        xs.append(x[idx]), ps.append(p[idx]), als.append(al[idx])
+    return np.concatenate(xs), np.concatenate(ps), np.concatenate(als), total
+
+
+def check_days(model: str, *, registry: ModelRegistry, db: Database | None = None,
+               days: Sequence[tuple[int, str]] | None = None, root: str | os.PathLike[str] | None = None
+               ) -> list[int]:
+    """Check online days of ``model`` (every (version, day) with samples when ``days`` is None);
+    returns the stored run ids. A version without a profile is skipped."""
+    base = online_dir(model, root)
+    if days is None:
+        days = sorted((int(v.name[1:]), d.name) for v in base.glob("v*") if v.name[1:].isdigit()
+                      for d in v.iterdir() if d.is_dir())
+    ids: list[int] = []
+    db = db or registry.db
+    loaded: dict[int, Any] = {}
+    for version, day in days:
+        folder = base / f"v{version}" / day
+        if not folder.is_dir():
+            raise InputValidationError(f"no online samples of {model} v{version} on {day} under {base}")
+        if version not in loaded:
+            record = registry.get(model, version)
+            loaded[version] = (record, load_profile(registry, record))
+        record, profile = loaded[version]
+        if profile is None:
+            log.warning("%s v%d has no reference profile: online day %s not checked", model, version, day)
+            continue
+        x, p, alerted, scored = read_day(folder)
+        names = list(profile["features"])  # the profile keeps the model's input columns in order
+        if x.shape[1] != len(names):
+            raise InputValidationError(f"{folder}: samples have {x.shape[1]} columns, {model} v{version}'s "
+                                       f"profile {len(names)}")
+        report = compare(profile, pd.DataFrame(x, columns=names), p, one_day=True)
+        perf = {**estimate_alert_precision(p[alerted]), "rows_scored": scored, "rows_sampled": len(p)}
+        ids.append(record_run(report, model_name=model, model_version=version, model_version_id=record.id,
+                              scope="day", day=day, label=LABEL, db=db, performance=perf))
+    return ids
+
+
+def days_frame(model: str, root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """The (version, day) folders with samples (what ``trillium monitor online`` lists)."""
+    base = online_dir(model, root)
+    rows = [{"version": int(v.name[1:]), "day": d.name, "workers": sum(not f.name.startswith(".") for f in d.glob("*.npz"))}
+            for v in sorted(base.glob("v*")) if v.name[1:].isdigit() for d in sorted(v.iterdir()) if d.is_dir()]
+    return pd.DataFrame(rows, columns=["version", "day", "workers"])
+
+
+__all__ = ["LABEL", "OnlineDayCollector", "check_days", "days_frame", "online_dir", "read_day"]
