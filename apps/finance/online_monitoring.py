@@ -2,8 +2,8 @@
 
 Why a sample and files: the service scores thousands of transactions a second in several worker
 processes; storing every feature vector would cost more than scoring it. Each worker keeps, per
-model version and day of the transactions' timestamps, a uniform reservoir sample (Vitter's
-algorithm R, vectorised per wave) of the feature vectors it scored with their probabilities and
+model version and day of the transactions' timestamps, a uniform reservoir sample (Li's
+algorithm L: skips drawn ahead, so a full reservoir costs a comparison per wave) of the feature vectors it scored with their probabilities and
 alert decisions, and writes it to ``$TRILLIUM_HOME/monitoring/online/<model>/v<version>/<day>/
 <host>-<pid>.npz`` every ``flush_seconds`` and at shutdown (plain arrays, read back with
 ``allow_pickle=False``). A day is checked at a worker's flush once that worker has seen a later
@@ -19,7 +19,9 @@ rows moving) while the per-worker cost stays a few MB and a few microseconds per
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import socket
 import threading
@@ -50,8 +52,17 @@ def online_dir(model: str, root: str | os.PathLike[str] | None = None) -> Path:
     return Path(root) if root is not None else home_dir() / "monitoring" / "online" / model
 
 
+@functools.lru_cache(maxsize=64)
+def _day_name(day_number: int) -> str:
+    return str(np.datetime64(day_number, "D"))
+
+
 class _Reservoir:
-    """A uniform sample of at most ``size`` rows of a stream (algorithm R, one wave at a time)."""
+    """A uniform sample of at most ``size`` rows of a stream: Li's algorithm L, which draws how
+    many rows to skip before the next one kept, so a full reservoir costs a comparison per wave
+    rather than random numbers per row (this runs in the request path: measured 1-3 us a wave
+    against about 100 us for algorithm R vectorised with NumPy, whose per-call overhead dominates
+    waves of one to a few rows)."""
 
     def __init__(self, size: int, width: int, rng: np.random.Generator) -> None:
         self.size, self.rng = size, rng
@@ -61,6 +72,12 @@ class _Reservoir:
         self.filled = 0
         self.seen = 0
         self.dirty = False
+        self._w = 1.0
+        self._next = size  # stream index (0-based) of the next row to keep once full
+
+    def _advance(self) -> None:
+        self._w *= math.exp(math.log(self.rng.random()) / self.size)
+        self._next += int(math.log(self.rng.random()) / math.log1p(-self._w)) + 1
 
     def add(self, x: np.ndarray, p: np.ndarray, alerted: np.ndarray) -> None:
         m = len(p)
@@ -69,14 +86,28 @@ class _Reservoir:
             sl = slice(self.filled, self.filled + take)
             self.x[sl], self.p[sl], self.alerted[sl] = x[:take], p[:take], alerted[:take]
             self.filled += take
-        rest = np.arange(take, m)
-        if len(rest):  # row j of the stream (0-based) replaces a random slot with chance size / (j + 1)
-            j = self.seen + rest
-            keep = rest[self.rng.random(len(rest)) < self.size / (j + 1)]
-            slots = self.rng.integers(0, self.size, len(keep))
-            self.x[slots], self.p[slots], self.alerted[slots] = x[keep], p[keep], alerted[keep]
-        self.seen += m
+            if self.filled == self.size:
+                self._w, self._next = 1.0, self.size
+                self._advance()
+        end = self.seen + m  # rows [seen, end) of the stream are in this wave
+        while self._next < end:  # kept rows replace a random slot
+            j = self._next - self.seen
+            if j >= take:
+                slot = int(self.rng.integers(self.size))
+                self.x[slot], self.p[slot], self.alerted[slot] = x[j], p[j], alerted[j]
+            self._advance()
+        self.seen = end
         self.dirty = True
+
+    def load(self, x: np.ndarray, p: np.ndarray, alerted: np.ndarray, seen: int) -> None:
+        """Continue a sample written earlier (``seen`` rows of the stream behind it)."""
+        n = len(p)
+        self.x[:n], self.p[:n], self.alerted[:n] = x, p, alerted
+        self.filled, self.seen = n, int(seen)
+        if n == self.size:  # algorithm L's weight after n rows is about size / n (its expected value)
+            self._w = self.size / max(self.seen, self.size)
+            self._next = self.seen
+            self._advance()
 
 
 class OnlineDayCollector:
@@ -103,17 +134,21 @@ class OnlineDayCollector:
                 secs: np.ndarray) -> None:
         if version is None or len(p) == 0:
             return  # an unregistered scorer has no profile to compare with
-        days = (np.asarray(secs, np.int64) // 86_400).astype("datetime64[D]").astype(str)
+        first, last = int(secs.min()) // 86_400, int(secs.max()) // 86_400
+        # one day in the wave is the usual case: no grouping (this runs in the request path)
+        groups: list[tuple[int, Any]] = [(first, slice(None))]
+        if first != last:
+            day_no = np.asarray(secs, np.int64) // 86_400
+            groups = [(int(d), day_no == d) for d in np.unique(day_no)]
         with self._lock:
-            for day in np.unique(days):
-                rows = days == day
-                key = (int(version), str(day))
+            for d, rows in groups:
+                key = (int(version), _day_name(d))
                 res = self._res.get(key)
                 if res is None:
                     res = self._res[key] = self._open(key, x.shape[1])
-                res.add(np.asarray(x)[rows], np.asarray(p, np.float64)[rows], np.asarray(alerted, bool)[rows])
-                if str(day) > self._latest.get(int(version), ""):
-                    self._latest[int(version)] = str(day)
+                res.add(x[rows], p[rows], alerted[rows])
+                if key[1] > self._latest.get(key[0], ""):
+                    self._latest[key[0]] = key[1]
             due = time.monotonic() - self._flushed >= self.flush_seconds
         if due:
             self.flush()
@@ -128,9 +163,7 @@ class OnlineDayCollector:
         f = self._file(key)
         if f.exists():
             with np.load(f, allow_pickle=False) as z:
-                n = len(z["p"])
-                res.x[:n], res.p[:n], res.alerted[:n] = z["x"], z["p"], z["alerted"]
-                res.filled, res.seen = n, int(z["seen"])
+                res.load(z["x"], z["p"], z["alerted"], int(z["seen"]))
         return res
 
     def flush(self) -> list[tuple[int, str]]:
