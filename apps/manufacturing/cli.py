@@ -269,6 +269,27 @@ def inspect_cmd(
         typer.echo(f"... {len(rows) - 50} more (see --json / --output)")
 
 
+@app.command("correct")
+def correct_cmd(
+    image_id: str = typer.Argument(..., help="The inspected image's id (as the inspection stored it)."),
+    verdict: str = typer.Option(..., "--verdict", help="What the operator found: defect or good."),
+    operator: str = typer.Option(..., "--operator", help="Who looked at the part (audited)."),
+    comment: str = typer.Option("", "--comment"),
+) -> None:
+    """Record an operator's verdict on an inspected part; the monitoring report measures reject
+    precision and escape rate from these."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.manufacturing.corrections import record_correction
+
+    try:
+        fid = record_correction(image_id, verdict, operator=operator, comment=comment)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    typer.echo(f"correction {fid}: {image_id} is {verdict} (by {operator})")
+
+
 @app.command("pchart")
 def pchart_cmd(
     line: str = typer.Option("default", "--line", help="Production line."),

@@ -11,5 +11,6 @@ VERTICAL = Vertical(
     service="trillium.manufacturing.service:router",
     service_demo="trillium.manufacturing.service:demo_call",
     roles=(("quality_engineer", ("manufacturing:write",)),),
+    monitoring="trillium.manufacturing.corrections:performance_for",
     order=20,
 )

@@ -145,6 +145,25 @@ with tab_gallery:
             with st.expander("As a table"):
                 st.dataframe(shown[["inspected_at", "image_id", "verdict", "score", "defect_type", "line", "job_id",
                                     "overlay"]], hide_index=True)
+        st.subheader("Correct a verdict")
+        if not user.allows("manufacturing:write"):
+            st.caption("Recording an operator's verdict needs the manufacturing:write scope (quality_engineer).")
+        else:
+            st.caption("What you found when you looked at the part; the Monitoring page measures reject "
+                       "precision and escapes from these. Recorded with your login.")
+            with st.form("correction", clear_on_submit=True):
+                image = st.selectbox("part", [str(x) for x in recent["image_id"]], key="correct_image")
+                found = st.radio("found", ["defect", "good"], horizontal=True, key="correct_verdict")
+                note = st.text_input("comment (optional)", key="correct_comment")
+                if st.form_submit_button("Record correction"):
+                    from trillium.manufacturing.corrections import record_correction
+
+                    try:
+                        fid = record_correction(image, found, operator=user.name, comment=note, db=db, origin=origin())
+                    except TrilliumError as exc:
+                        st.error(str(exc))
+                    else:
+                        st.success(f"Correction {fid}: {Path(image).name} is {found} (by {user.name}).")
 
 with tab_kpi:
     summary = defect_rate_summary(db=db, line=line)

@@ -100,7 +100,8 @@ with tab_perf:
     live = pd.DataFrame(rep["live_performance"])
     st.subheader("From labels")
     if live.empty:
-        st.info("No labels yet for this model's alerts.")
+        st.info("No labels yet: analysts' labels of a fraud model's alerts, operators' corrections of an "
+                "inspector's verdicts (`trillium manufacturing correct`).")
     else:
         st.dataframe(live, hide_index=True, use_container_width=True, key="live")
 

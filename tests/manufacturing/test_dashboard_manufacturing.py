@@ -178,3 +178,28 @@ def test_threshold_tuning_and_upload(inspector: Inspector) -> None:
     (message,) = [e.value for e in at.error]
     assert message.startswith("Cannot inspect 'broken.png': not a readable image") and "trillium-upload-" not in message
     assert not at.get("image")
+
+
+def test_an_operator_corrects_a_verdict_with_their_login(stored: list[dict]) -> None:
+    from trillium.core.db import Feedback
+    from trillium.manufacturing.corrections import live_performance
+
+    at = page().run()
+    assert not at.exception
+    part = stored[1]["image_id"]  # a defect verdict
+    at.selectbox(key="correct_image").set_value(part)
+    at.radio(key="correct_verdict").set_value("good")
+    at.button[[b.label for b in at.button].index("Record correction")].click().run()
+    assert not at.exception
+    assert any("is good (by tester)" in s.value for s in at.success), [s.value for s in at.success]
+    with connect().session() as s:
+        fb = s.scalars(select(Feedback).where(Feedback.entity_id == part)).one()
+        row = s.scalars(select(AuditEvent).where(AuditEvent.action == "manufacturing.correction")).one()
+    assert (fb.label, fb.analyst, fb.domain) == ("good", "tester", "manufacturing")
+    assert row.actor == "tester" and row.details["was"] == "defect" and "origin" in row.details
+    perf = live_performance()
+    assert perf["overturned"].sum() == 1 and perf["reject_precision"].dropna().tolist() == [0.0]
+    # a viewer sees the gallery but not the form
+    viewer = logged_in(AppTest.from_file(PAGE, default_timeout=60), roles=("viewer",), name="a-viewer").run()
+    assert not viewer.exception and "Record correction" not in [b.label for b in viewer.button]
+    assert any("needs the manufacturing:write scope" in c.value for c in viewer.caption)
