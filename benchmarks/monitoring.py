@@ -213,7 +213,7 @@ def manufacturing_prepare(seed: int) -> dict[str, Any]:
     import torch
 
     from trillium.manufacturing.detector import DefectDetector
-    from trillium.manufacturing.monitoring import image_stats, reference_profile
+    from trillium.manufacturing.monitoring import image_frame, reference_profile
     from trillium.manufacturing.pipeline import Inspector
     from trillium.manufacturing.synth_line import make_line
 
@@ -228,7 +228,8 @@ def manufacturing_prepare(seed: int) -> dict[str, Any]:
 
     def check(images: np.ndarray) -> Any:
         batch = np.stack([inspector.prepare(im) for im in images])
-        return compare(profile, image_stats(batch), det.predict(batch).scores)
+        return compare(profile, image_frame(inspector, batch, profile["meta"].get("embedding")),
+                       det.predict(batch).scores)
 
     clean = [check(_mfg_render(line, 20_000 + k * MFG_LOT, MFG_LOT, seed)) for k in range(MFG_LOTS)]
     shifts = {"lighting drift (brightness +0.05)": dc_replace(line, brightness=line.brightness + 0.05),

@@ -3,7 +3,9 @@
 A new lamp, a dirty lens or a new batch of material changes the images before it changes the
 verdicts. The profile holds, per image as the network sees it (resized to its input size):
 brightness (mean grey level), contrast (its standard deviation), sharpness (variance of the
-Laplacian, which a defocused lens lowers), and the detector's anomaly score. The reference is
+Laplacian, which a defocused lens lowers), the first four principal components of the
+detector's pooled features (the axes fitted on the reference, stored in the profile), and the
+detector's anomaly score. The reference is
 the good images the detector held out for its threshold (never trained on).
 
 - ``reference_profile``: made by ``lifecycle._finish`` when an inspector is registered;
@@ -19,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 
 from trillium.core.db import Database
 from trillium.core.monitoring.drift import Thresholds
 from trillium.core.monitoring.profile import build_profile
-from trillium.core.monitoring.store import check_batch
+from trillium.core.monitoring.store import check_batch, load_profile
 
 if TYPE_CHECKING:
     from trillium.manufacturing.pipeline import Inspector
@@ -49,12 +52,53 @@ def image_stats(batch: np.ndarray) -> pd.DataFrame:
                          "sharpness": sharp})
 
 
+EMBEDDING_COMPONENTS = 4
+"""Principal components of the detector's pooled features kept in the profile: what the network
+itself sees moving (a new material, a new part variant) that grey-level statistics may not."""
+
+
+@torch.no_grad()
+def embeddings(inspector: Inspector, batch: np.ndarray, block: int = 32) -> np.ndarray:
+    """(N, D) features of network inputs (N, C, H, W), pooled over the image (the net's ``embed``)."""
+    det = inspector.detector
+    det._fitted()
+    x = torch.as_tensor(np.ascontiguousarray(batch, np.float32))
+    return torch.cat([det.net_.embed(x[i:i + block]) for i in range(0, len(x), block)]).numpy().astype(np.float64)
+
+
+def fit_projection(emb: np.ndarray, k: int = EMBEDDING_COMPONENTS) -> dict[str, Any] | None:
+    """The reference embeddings' centre and first ``k`` principal axes (plain JSON lists), or
+    None when there are too few images to estimate them (fewer than 4 k)."""
+    if len(emb) < 4 * k:
+        return None
+    centre = emb.mean(axis=0)
+    _, _, vt = np.linalg.svd(emb - centre, full_matrices=False)
+    return {"centre": centre.round(8).tolist(), "axes": vt[:k].round(8).tolist()}
+
+
+def embedding_frame(emb: np.ndarray, projection: dict[str, Any]) -> pd.DataFrame:
+    axes = np.asarray(projection["axes"], np.float64)
+    z = (emb - np.asarray(projection["centre"], np.float64)) @ axes.T
+    return pd.DataFrame(z, columns=[f"embedding_pc{i + 1}" for i in range(axes.shape[0])])
+
+
+def image_frame(inspector: Inspector, batch: np.ndarray, projection: dict[str, Any] | None) -> pd.DataFrame:
+    """The profile's columns for network inputs: image statistics, plus the embedding's
+    components when the profile has a projection."""
+    frame = image_stats(batch)
+    if projection is not None:
+        frame = pd.concat([frame, embedding_frame(embeddings(inspector, batch), projection)], axis=1)
+    return frame
+
+
 def reference_profile(inspector: Inspector, good: np.ndarray, *, meta: dict[str, Any] | None = None
                       ) -> dict[str, Any]:
-    """The profile of held-out good network inputs ``good`` (N, C, H, W) and their anomaly scores."""
+    """The profile of held-out good network inputs ``good`` (N, C, H, W) and their anomaly scores
+    (with the embedding's principal components when there are enough images to fit them)."""
     scores = inspector.detector.predict(good).scores
-    return build_profile(image_stats(good), np.asarray(scores, np.float64),
-                         meta={"domain": "manufacturing", **(meta or {})})
+    projection = fit_projection(embeddings(inspector, good))
+    return build_profile(image_frame(inspector, good, projection), np.asarray(scores, np.float64),
+                         meta={"domain": "manufacturing", "embedding": projection, **(meta or {})})
 
 
 def monitor_images(inspector: Inspector, images: Sequence[np.ndarray], scores: Sequence[float], *,
@@ -66,8 +110,11 @@ def monitor_images(inspector: Inspector, images: Sequence[np.ndarray], scores: S
         log.info("unregistered inspector: no reference profile, drift not checked")
         return []
     registry = ref.registry()
+    record = registry.get(ref.name, ref.version)
+    profile = load_profile(registry, record)
     batch = np.stack([inspector.prepare(im) for im in images])
-    return check_batch(registry, registry.get(ref.name, ref.version), image_stats(batch), np.asarray(scores),
+    projection = (profile or {}).get("meta", {}).get("embedding")
+    return check_batch(registry, record, image_frame(inspector, batch, projection), np.asarray(scores),
                        db=db or registry.db, job_id=job_id, label=label, scope=scope, thresholds=THRESHOLDS,
                        alerted=np.asarray([s >= inspector.threshold for s in scores]))
 
@@ -82,4 +129,5 @@ def monitor_job(inspector: Inspector, frame: pd.DataFrame, *, db: Database, job_
     return monitor_images(inspector, images, frame["score"].to_numpy(float), db=db, job_id=job_id, label=label)
 
 
-__all__ = ["STATS", "THRESHOLDS", "image_stats", "monitor_images", "monitor_job", "reference_profile"]
+__all__ = ["EMBEDDING_COMPONENTS", "STATS", "THRESHOLDS", "embedding_frame", "embeddings", "fit_projection",
+           "image_frame", "image_stats", "monitor_images", "monitor_job", "reference_profile"]

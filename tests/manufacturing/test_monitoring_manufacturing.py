@@ -36,6 +36,9 @@ def test_registered_inspector_profile_and_lot_drift() -> None:
     inspector = Inspector(det)
     profile = _reference_profile(inspector, x)
     assert profile["rows"] == 24 and profile["score"]["rows"] == 24  # the held-out good parts, with scores
+    # the detector's pooled features, projected on the reference's first principal axes
+    assert [c for c in profile["features"] if c.startswith("embedding_pc")] == [f"embedding_pc{i}" for i in (1, 2, 3, 4)]
+    assert np.allclose([profile["features"][f"embedding_pc{i}"]["mean"] for i in (1, 2, 3, 4)], 0, atol=1e-5)
     registry = ModelRegistry(connect())
     record = inspector.register(registry, profile=profile)
     assert PROFILE_FILE in record.files
