@@ -219,3 +219,49 @@ def test_nodule_eval_cli_on_a_file_of_the_medmnist_layout(tmp_path: Path) -> Non
     np.savez(bad, train_images=np.zeros((2, 28, 28, 28), np.uint8))
     res = _cli("medical", "nodule-eval", "--npz", str(bad), home=tmp_path / "home")
     assert res.returncode == 2 and "bad.npz" in res.stderr and "Traceback" not in res.stderr
+
+
+def _lidc_xml(folder: Path, truth: dict) -> int:
+    """An LIDC-IDRI XML of four readers outlining every truth nodule on its central slice (a
+    circle of its diameter), written into the series folder; returns how many it outlines."""
+    from trillium.medical.imaging.dicom_io import load_ct
+
+    vol = load_ct(folder)
+    sy, sx = vol.spacing[1], vol.spacing[2]
+    rois = []
+    for n in truth["nodules"]:
+        k, j, i = (round(v) for v in n["center_kji"])
+        r = n["diameter_mm"] / 2
+        pts = "".join(f"<edgeMap><xCoord>{i + r / sx * np.cos(t):.0f}</xCoord><yCoord>{j + r / sy * np.sin(t):.0f}"
+                      f"</yCoord></edgeMap>" for t in np.linspace(0, 2 * np.pi, 24, endpoint=False))
+        rois.append(f"<roi><imageZposition>0</imageZposition><imageSOP_UID>{vol.sop_instance_uids[k]}</imageSOP_UID>"
+                    f"<inclusion>TRUE</inclusion>{pts}</roi>")
+    sessions = "".join(
+        f"<readingSession><servicingRadiologistID>R{r}</servicingRadiologistID>"
+        + "".join(f"<unblindedReadNodule><noduleID>N{n}</noduleID>{roi}</unblindedReadNodule>"
+                  for n, roi in enumerate(rois)) + "</readingSession>" for r in range(4))
+    (folder / "reads.xml").write_text(
+        f'<?xml version="1.0"?><LidcReadMessage xmlns="http://www.nih.gov"><ResponseHeader><SeriesInstanceUid>'
+        f"{vol.series_uid}</SeriesInstanceUid></ResponseHeader>{sessions}</LidcReadMessage>")
+    return len(rois)
+
+
+def test_real_eval_scores_a_series_against_its_readers_marks(ct_home: Path, tmp_path: Path) -> None:
+    study, truth = _phantom(tmp_path, "marked", seed=33, nodules=4)
+    outlined = _lidc_xml(study, truth)
+    out = tmp_path / "real.json"
+    res = _cli("medical", "real-eval", str(study), "--min-readers", "3", "--json", str(out), home=ct_home)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (series,) = report["series"]
+    assert series["format"] == "lidc" and series["series_uid"] == truth["series_uid"]
+    counted = [n for n in truth["nodules"] if n["diameter_mm"] >= 3.0]
+    assert series["counted_lesions"] == len(counted) <= outlined and series["all_marked_lesions"] == outlined
+    assert all(les["readers"] == 4 for les in series["lesions"])
+    assert series["hits"] + series["missed"] == len(counted) and series["hits"] >= 1
+    assert series["hits"] + len(series["false_findings"]) + len(series["ignored_findings"]) <= series["findings"]
+    for les in series["lesions"]:
+        if les["hit"]:
+            assert les["centre_error_mm"] <= max(les["diameter_mm"] / 2, 5.0)
+    assert report["summary"]["lesions"] == len(counted) and report["summary"]["found"] == series["hits"]
+    assert f"{series['hits']}/{len(counted)} lesions found" in res.stderr

@@ -192,6 +192,37 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{job.status}: {job.rows_out} studies analysed, {job.rows_quarantined} quarantined "
                    f"-> {res.output} (findings JSON in {res.json_dir})")
 
+    @app.command("real-eval")
+    def real_eval_cmd(
+        series: list[Path] = typer.Argument(..., help="Series folders of real CT, each with its marks: an LIDC "
+                                                      "XML inside, or a VOC 'annotations' folder in or beside it."),
+        min_readers: int = typer.Option(2, "--min-readers", min=1, max=4,
+                                        help="Count lesions marked by at least this many readers (LUNA16: 3)."),
+        json_out: str = typer.Option("-", "--json", help="The report as JSON ('-' for stdout)."),
+        name: str = typer.Option("chest-ct-nodules", "--model"),
+        ref: str = typer.Option("production", "--ref"),
+    ) -> None:
+        """Run the analyzer on real series and score it against the readers' marks: per series the
+        lesions found and missed, false findings, centre and size errors."""
+        from trillium.core.errors import TrilliumError
+        from trillium.medical.imaging.real_eval import evaluate_series, summarise
+
+        try:
+            analyzer = _analyzer(name, ref)
+        except TrilliumError as exc:
+            _fail(exc)
+        rows = []
+        for folder in series:
+            try:
+                rows.append(evaluate_series(analyzer.analyze, folder, min_readers=min_readers))
+            except (TrilliumError, ValueError, OSError) as exc:
+                _fail(exc)
+            r = rows[-1]
+            typer.echo(f"{folder}: {r['hits']}/{r['counted_lesions']} lesions found, "
+                       f"{len(r['false_findings'])} false findings ({r['findings']} findings, {r['seconds']} s)", err=True)
+        _emit({"model": analyzer.model_label, "min_readers": min_readers, "summary": summarise(rows), "series": rows},
+              json_out)
+
     @app.command("detect-eval")
     def detect_eval_cmd(
         studies: int = typer.Option(8, "--studies", help="Fresh phantom studies (never used in training)."),
