@@ -289,6 +289,7 @@ def _ct_studies(analyzer: Any, seeds: list[int], look: dict[str, Any]) -> list[d
         vol, _ = phantom_volume(6, s, **look)
         res = analyzer.analyze_volume(vol)
         out.append({**res.monitoring, "_seconds": {k: round(v, 4) for k, v in res.timings.items()}})
+    print(f"  ct: {len(seeds)} studies analysed (seeds {seeds[0]}..{seeds[-1]})", file=sys.stderr, flush=True)
     return out
 
 
@@ -416,19 +417,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-seeds", type=int, nargs="*", default=[11, 12],
                     help="the calibration banks' seeds (never the evaluation's)")
     ap.add_argument("--no-calibrate", action="store_true", help="use the library's default thresholds")
-    ap.add_argument("--only", choices=["finance", "manufacturing", "ct"],
-                    help="run one field (finance and manufacturing: default thresholds; ct: calibrated as usual)")
+    ap.add_argument("--only", choices=["finance", "manufacturing", "ct", "ct-cost"],
+                    help="run one field (finance and manufacturing: default thresholds; ct: calibrated as usual; "
+                         "ct-cost: only the CT statistics' seconds on one full-size study)")
     ap.add_argument("--ct-batches", type=int, default=30, help="unshifted CT batches of the evaluation")
     ap.add_argument("--ct-reference", type=int, default=CT_REF, help="phantom studies in each CT reference profile")
-    ap.add_argument("--ct-calibration-batches", type=int, default=10, help="unshifted CT batches per calibration seed")
+    ap.add_argument("--ct-calibration-batches", type=int, default=8, help="unshifted CT batches per calibration seed")
     ap.add_argument("--ct-calibration-seeds", type=int, nargs="*", default=[11],
                     help="the CT calibration classifiers' seeds (never the evaluation's)")
     ap.add_argument("--ct-cost", action="store_true",
                     help="also time the statistics on one full-size study (300 x 512 x 512; about a minute)")
+    ap.add_argument("--ct-cost-repeats", type=int, default=5)
     args = ap.parse_args(argv)
     if args.seed in args.calibration_seeds or args.seed in args.ct_calibration_seeds:
         ap.error("the evaluation seed must differ from the calibration seeds")
     t0 = time.perf_counter()
+    if args.only == "ct-cost":
+        cost = ct_statistics_cost(args.ct_cost_repeats)
+        cost.update(benchmark="monitoring-ct-cost", python=sys.version.split()[0], cpu_count=os.cpu_count())
+        with open(args.json, "w") as fh:
+            json.dump(cost, fh, indent=1)
+        print(f"ct statistics on {cost['shape']}: {cost['statistics_seconds_median']:.3f} s (median of "
+              f"{args.ct_cost_repeats}); lung segmentation {cost['lung_segmentation_seconds']:.2f} s -> {args.json}")
+        return 0
     grid: list[dict[str, Any]] = []
     thresholds = Thresholds()
     if not (args.no_calibrate or args.only):
@@ -463,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "analysis_seconds_per_study", "reference", "shift_means")},
                   calibration_results=[ct_evaluate(p, ct_thresholds) for p in ct_cal])
         if args.ct_cost:
-            ct["full_size_cost"] = ct_statistics_cost()
+            ct["full_size_cost"] = ct_statistics_cost(args.ct_cost_repeats)
     out = {"benchmark": "monitoring", "python": sys.version.split()[0], "machine": platform.machine(),
            "cpu_count": os.cpu_count(), "seconds": round(time.perf_counter() - t0, 1),
            "settings": {"customers": args.customers, "seed": args.seed, "calibration_seeds": args.calibration_seeds,

@@ -48,7 +48,7 @@ def test_kernel_thickness_and_spacing_are_read_from_the_written_series(tmp_path:
     assert plain.acquisition["kernel"] == PHANTOM_KERNEL
     s = study_statistics(sharp, segment_lungs(sharp.hu, sharp.spacing), 0, [])
     assert s["kernel"] == "B70f" and s["manufacturer"] == "unknown"
-    assert s["slice_spacing_mm"] == 4.0 and s["slice_thickness_mm"] == 4.0 and s["pixel_spacing_mm"] == 2.3
+    assert s["slice_spacing_mm"] == 4.0 and s["slice_thickness"] == "4" and s["pixel_spacing_mm"] == 2.3
     assert s[SCORE_KEY] == 0.0  # no candidate: the score is defined all the same
 
 

@@ -4,10 +4,14 @@ A nodule classifier trained on one reconstruction kernel and slice thickness see
 other partial-volume blur and other HU distributions when a site changes its protocol, long
 before anyone notices its findings are worse. Per study, the profile holds:
 
-- the geometry: slice spacing (from the slice positions, as the loader stacks them), the
-  SliceThickness tag, the pixel spacing;
-- the reconstruction: ConvolutionKernel and Manufacturer (categorical, "unknown" when absent,
-  so a series of an unseen kernel is an ``unseen_category`` alert on its own);
+- the geometry: slice spacing (from the slice positions, as the loader stacks them) and pixel
+  spacing (numeric; the pixel spacing follows the patient's size through the field of view);
+- the protocol: ConvolutionKernel, SliceThickness (in mm, as text: a protocol has a few fixed
+  thicknesses, 1, 1.25, 2.5, 5 mm, so a new one is a new category, not a point in a
+  continuous range) and Manufacturer, categorical and "unknown" when absent, so one series of an
+  unseen kernel or thickness is an ``unseen_category`` alert on its own. As numbers, a reference
+  where every study has 2.5 mm slices cannot call 5 mm ones significant on a batch of four (the
+  out-of-range test assumes a continuous column: measured, the thicker-slice shift was missed);
 - the lungs' HU: mean, 5th and 95th percentile of the voxels inside the lung mask;
 - noise: the robust spread (MAD) of a high-pass residual (a voxel minus the mean of its four
   in-plane neighbours) inside the eroded lungs, where the parenchyma is nearly flat, so what is
@@ -57,9 +61,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NUMERIC = ("slice_spacing_mm", "slice_thickness_mm", "pixel_spacing_mm", "lung_hu_mean", "lung_hu_p05",
+NUMERIC = ("slice_spacing_mm", "pixel_spacing_mm", "lung_hu_mean", "lung_hu_p05",
            "lung_hu_p95", "lung_noise_hu", "air_noise_hu", "lung_volume_ml", "n_candidates")
-CATEGORICAL = ("kernel", "manufacturer")
+CATEGORICAL = ("kernel", "slice_thickness", "manufacturer")
 COLUMNS = NUMERIC + CATEGORICAL
 SCORE_KEY = "mean_nodule_probability"
 UNKNOWN = "unknown"
@@ -101,7 +105,7 @@ def study_statistics(volume: CTVolume, lungs: np.ndarray, n_candidates: int,
     probs = np.asarray(nodule_probability, np.float64)
     out: dict[str, Any] = {
         "slice_spacing_mm": round(float(spacing[0]), 4),
-        "slice_thickness_mm": None if thickness is None else round(float(thickness), 4),
+        "slice_thickness": UNKNOWN if thickness is None else f"{round(float(thickness), 2):g}",
         "pixel_spacing_mm": round(float(spacing[1]), 4),
         "kernel": str(acq.get("kernel") or UNKNOWN), "manufacturer": str(acq.get("manufacturer") or UNKNOWN),
         "lung_volume_ml": round(float(lungs.sum() * np.prod(spacing) / 1000.0), 1),
@@ -197,7 +201,7 @@ def monitor_job(analyzer: StudyAnalyzer, json_paths: Sequence[str | Path], *, db
     return ids
 
 
-def monitor_study(analyzer: StudyAnalyzer, payload: Mapping[str, Any], *, db: Database, job_id: int,
+def monitor_study(analyzer: StudyAnalyzer, payload: Mapping[str, Any], *, db: Database, job_id: int | None,
                   label: str = "ct-study") -> list[int]:
     """The service's check of one analysed study (a service CT study is one core job): the
     quality rules (an unseen kernel, a missing tag, values far outside the reference) apply to a
