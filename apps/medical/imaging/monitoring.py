@@ -122,7 +122,7 @@ def study_statistics(volume: CTVolume, lungs: np.ndarray, n_candidates: int,
         out.update(lung_hu_mean=round(float(values.mean()), 2), lung_hu_p05=round(float(p05), 2),
                    lung_hu_p95=round(float(p95), 2))
         # away from the lung wall (2 mm), where the residual is only the parenchyma's noise
-        r = max(1, int(round(2.0 / min(spacing[1], spacing[2]))))
+        r = max(1, round(2.0 / min(spacing[1], spacing[2])))
         inner = ndimage.binary_erosion(lungs[ks], structure=np.ones((1, 3, 3), bool), iterations=r)
         noise = [v for v in (_residual_mad(hu[k], m) for k, m in zip(ks, inner, strict=True)) if np.isfinite(v)]
         if noise:
@@ -140,7 +140,7 @@ def _outside_air(img: np.ndarray, spacing: tuple[float, float, float]) -> np.nda
     body = ndimage.binary_fill_holes(img > -500)
     if not body.any():
         return None
-    r = max(1, int(round(4.0 / min(spacing[1], spacing[2]))))
+    r = max(1, round(4.0 / min(spacing[1], spacing[2])))
     return ~ndimage.binary_dilation(body, iterations=r)
 
 
