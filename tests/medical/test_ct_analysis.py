@@ -207,11 +207,13 @@ def test_analyze_batch_stores_a_monitoring_run_and_alerts_only_for_the_shifted_b
     assert set(alerts["job_id"]) >= {bad.job.job_id} and ok.job.job_id not in set(alerts["job_id"])
     kernel = alerts[(alerts["job_id"] == bad.job.job_id) & (alerts["rule"] == "unseen_category")]
     assert list(kernel["feature"]) == ["kernel"] and "B70f" in kernel["message"].iloc[0]
-    # the report the CLI and the page show has the CT runs and the alert
-    from trillium.core.monitoring.report import build_report
-
-    rep = build_report("chest-ct-nodules", db=db)
-    assert rep["runs"] >= 2 and any(a["rule"] == "unseen_category" for a in rep["alerts"])
+    # the report of ``trillium monitor report`` (and of the page) has the CT runs and the alert
+    res = _cli("monitor", "report", "--model", "chest-ct-nodules", "--json", str(tmp_path / "rep.json"), home=ct_home)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert {r["job_id"] for r in rep["timeline"]} >= {ok.job.job_id, bad.job.job_id}
+    assert any(a["rule"] == "unseen_category" and a["feature"] == "kernel" for a in rep["alerts"])
+    assert "unseen_category" in res.stdout
 
 
 def test_froc_table_and_threshold_rules() -> None:
