@@ -74,12 +74,15 @@ MAD_TO_SD = 1.4826
 #: a residual x - mean(4 neighbours) of white noise of s.d. s has s.d. s * sqrt(1 + 4/16)
 RESIDUAL_GAIN = float(np.sqrt(1.25))
 
-#: CT batches are small (a few to tens of studies). Chosen by ``benchmarks/monitoring.py`` on its
-#: calibration studies (phantom seeds of the calibration range, never the evaluation's): the
-#: most sensitive (fdr, psi_floor) of the grid with no false alarm on the calibration's unshifted
-#: batches of 5 studies; ``min_rows`` 3: fewer studies than that are not tested for drift (the
-#: quality rules, an unseen kernel included, still apply).
-THRESHOLDS = Thresholds(fdr=1e-3, psi_floor=0.1, min_rows=3)
+#: CT batches are small (a few to tens of studies). ``fdr`` and ``psi_floor`` are what
+#: ``benchmarks/monitoring.py --only ct`` chose on its calibration studies (classifier and phantoms of
+#: seed 11, never the evaluation's 101): the most sensitive pair of its grid with no false alarm on
+#: the calibration's 8 unshifted batches of 4 studies (every pair of the grid flagged its 4 shifts
+#: and raised none, so the most permissive was taken). On the evaluation's 30 unshifted batches
+#: they raised 2 false alarms (``out_of_range`` on the lungs' HU mean and 95th percentile): 8
+#: calibration batches were too few to see them (see docs/monitoring.md). ``min_rows`` 3: fewer
+#: studies are not tested for drift (the quality rules, an unseen kernel among them, still apply).
+THRESHOLDS = Thresholds(fdr=0.01, psi_floor=0.05, min_rows=3)
 
 
 def _residual_mad(img: np.ndarray, mask: np.ndarray) -> float:
