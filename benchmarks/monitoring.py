@@ -19,6 +19,14 @@ with them on the evaluation bank; the reported figures never come from the data 
 were chosen on.
 
     python benchmarks/monitoring.py --json benchmarks/results/monitoring.json
+
+Chest CT (``--only ct``; its own JSON, the run takes about half an hour on two shared cores): the
+phantom generator's shifts (a sharper kernel with and without its tag, 5 mm slices, added noise)
+on batches of 4 small phantoms, thresholds chosen on the calibration classifier's phantoms (seed 11)
+and measured on seed 101's; ``--only ct-cost`` times the statistics on one full-size study:
+
+    python benchmarks/monitoring.py --only ct --json benchmarks/results/monitoring_ct.json
+    python benchmarks/monitoring.py --only ct-cost --json benchmarks/results/monitoring_ct_cost.json
 """
 
 from __future__ import annotations
