@@ -23,6 +23,14 @@ with them on the evaluation bank; the reported figures never come from the data 
 were chosen on.
 
     python benchmarks/monitoring.py --json benchmarks/results/monitoring.json
+
+Chest CT (``--only ct``; its own JSON, the run takes about half an hour on two shared cores): the
+phantom generator's shifts (a sharper kernel with and without its tag, 5 mm slices, added noise)
+on batches of 4 small phantoms, thresholds chosen on the calibration classifier's phantoms (seed 11)
+and measured on seed 101's; ``--only ct-cost`` times the statistics on one full-size study:
+
+    python benchmarks/monitoring.py --only ct --json benchmarks/results/monitoring_ct.json
+    python benchmarks/monitoring.py --only ct-cost --json benchmarks/results/monitoring_ct_cost.json
 """
 
 from __future__ import annotations
@@ -326,6 +334,132 @@ def calibrate_field(preps: list[dict[str, Any]], evaluate: Any, flagged_key: str
     ok = [r for r in table if r["false_alarms"] == 0] or sorted(table, key=lambda r: r["false_alarms"])[:1]
     best = max(ok, key=lambda r: (r["shifts_flagged"], r["fdr"], -r["psi_floor"]))
     return replace(Thresholds(), fdr=best["fdr"], psi_floor=best["psi_floor"]), table
+# ------------------------------------------------------------------ chest CT (the phantom generator's own)
+#: small phantoms (about a tenth of training's voxels; 150 x 256 x 256 mm like the training's 210 x 358 x 358
+#: mm chest, cut short): a study costs about 3 s here instead of 20 s, so 250 of them fit in minutes
+CT_SHAPE, CT_SPACING = (60, 128, 128), (2.5, 2.0, 2.0)
+CT_BATCH, CT_REF = 4, 20
+#: phantom seeds, per role, relative to ``role_seed * 10_000``: the classifier trains on + 0 .. 5 and
+#: the reference is + 5_000 .. (as ``train_nodule_model`` makes it); unshifted batches + 6_000 ..,
+#: shifted ones + 8_000 + 100 * shift ..
+CT_CLEAN_OFFSET, CT_SHIFT_OFFSET = 6_000, 8_000
+CT_SHIFTS: dict[str, dict[str, Any]] = {
+    "sharper kernel (tag B70f; noise 35 HU, less correlated)": {"kernel": "B70f", "noise_sigma": 0.35, "noise_hu": 35.0},
+    "sharper kernel, tag unchanged (noise only)": {"noise_sigma": 0.35, "noise_hu": 35.0},
+    "thicker slices (5 mm instead of 2.5 mm)": {"shape": (30, 128, 128), "spacing": (5.0, 2.0, 2.0)},
+    "added noise (20 -> 30 HU, same kernel)": {"noise_hu": 30.0},
+}
+
+
+def _ct_studies(analyzer: Any, seeds: list[int], look: dict[str, Any]) -> list[dict[str, Any]]:
+    """The monitoring statistics of phantoms analysed by ``analyzer`` (the analyzer's own path)."""
+    from trillium.medical.imaging.phantom_training import phantom_volume
+
+    look = {"shape": CT_SHAPE, "spacing": CT_SPACING, **look}
+    out = []
+    for s in seeds:
+        vol, _ = phantom_volume(6, s, **look)
+        res = analyzer.analyze_volume(vol)
+        out.append({**res.monitoring, "_seconds": {k: round(v, 4) for k, v in res.timings.items()}})
+    print(f"  ct: {len(seeds)} studies analysed (seeds {seeds[0]}..{seeds[-1]})", file=sys.stderr, flush=True)
+    return out
+
+
+def ct_prepare(seed: int, batches: int, reference: int = CT_REF) -> dict[str, Any]:
+    """A small nodule classifier trained on phantoms (``train_nodule_model``, seeds ``seed`` * 10_000 +
+    0 .. 5), its reference profile on ``CT_REF`` fresh phantoms (``reference_profile``, the
+    registration's own call), ``batches`` unshifted batches of ``CT_BATCH`` studies and one first
+    batch per shift. The analyzer's threshold is raised above 1 so no finding is measured: the
+    statistics are computed before that step and do not depend on it, and it saves 2 s a study."""
+    import torch
+
+    from trillium.core.monitoring.profile import build_profile
+    from trillium.medical.imaging.analyzer import StudyAnalyzer
+    from trillium.medical.imaging.monitoring import CATEGORICAL, study_frame
+    from trillium.medical.imaging.phantom_training import PROFILE_SEED_OFFSET, train_nodule_model
+
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    rep = train_nodule_model(studies=4, val_studies=2, epochs=3, width=4, mc_samples=2, seed=seed, register=False,
+                             shape=CT_SHAPE, spacing=CT_SPACING)
+    analyzer = StudyAnalyzer(rep.classifier, threshold=1.01)
+    base = seed * 10_000
+    ref = _ct_studies(analyzer, [base + PROFILE_SEED_OFFSET + i for i in range(reference)], {})
+    frame, score = study_frame(ref)
+    profile = build_profile(frame, score, categorical=CATEGORICAL, meta={"domain": "medical-imaging"})
+    clean = [_ct_studies(analyzer, [base + CT_CLEAN_OFFSET + b * CT_BATCH + i for i in range(CT_BATCH)], {})
+             for b in range(batches)]
+    shifts = {name: _ct_studies(analyzer, [base + CT_SHIFT_OFFSET + 100 * j + i for i in range(CT_BATCH)], look)
+              for j, (name, look) in enumerate(CT_SHIFTS.items())}
+
+    def check(studies: list[dict[str, Any]]) -> Any:
+        f, sc = study_frame(studies)
+        return compare(profile, f, sc)
+
+    timings = [s["_seconds"] for s in ref + [x for b in clean for x in b]]
+    return {"clean": [check(b) for b in clean], "reference_studies": reference, "shifts": {n: check(b) for n, b in shifts.items()},
+            "classifier_seconds": round(rep.seconds, 1), "prepare_seconds": round(time.perf_counter() - t0, 1),
+            "monitor_seconds_per_study": float(np.mean([t["monitor"] for t in timings])),
+            "analysis_seconds_per_study": float(np.mean([t["total"] if "total" in t else sum(t.values())
+                                                         for t in timings])),
+            "reference": {c: {k: profile["features"][c].get(k) for k in ("min", "max", "mean", "proportions")
+                              if k in profile["features"][c]} for c in ("lung_noise_hu", "air_noise_hu", "kernel")},
+            "shift_means": {n: {c: float(np.nanmean(pd.to_numeric(pd.Series([s[c] for s in b]), errors="coerce")))
+                                for c in ("lung_noise_hu", "air_noise_hu", "slice_spacing_mm", "lung_hu_p05")}
+                            for n, b in shifts.items()}}
+
+
+def ct_evaluate(prep: dict[str, Any], t: Thresholds) -> dict[str, Any]:
+    def verdict(report: Any) -> dict[str, Any]:
+        rep = report.with_thresholds(t)
+        alerts = rep.alerts()
+        return {"flagged": bool(alerts), "rules": sorted({f"{a['rule']}:{a['feature']}" for a in alerts}),
+                "max_psi": round(rep.max_psi, 4)}
+
+    clean = [verdict(r) for r in prep["clean"]]
+    shift_results = [{"shift": name, **verdict(r)} for name, r in prep["shifts"].items()]
+    return {"batch_studies": CT_BATCH, "reference_studies": prep["reference_studies"], "unshifted_batches": len(clean),
+            "false_alarms": sum(c["flagged"] for c in clean),
+            "shifts_flagged_first_batch": sum(r["flagged"] for r in shift_results), "shifts": len(shift_results),
+            "shift_results": shift_results, "unshifted_results": clean}
+
+
+CT_GRID = [(fdr, floor) for fdr in (1e-2, 1e-3, 1e-4, 1e-6) for floor in (0.05, 0.1, 0.2, 0.3)]
+
+
+def calibrate_ct(preps: list[dict[str, Any]]) -> tuple[Thresholds, list[dict[str, Any]]]:
+    """As ``calibrate``, on the calibration classifiers' unshifted and shifted CT batches."""
+    from trillium.medical.imaging.monitoring import THRESHOLDS as ct_default
+
+    table = []
+    for fdr, floor in CT_GRID:
+        t = replace(ct_default, fdr=fdr, psi_floor=floor)
+        res = [ct_evaluate(p, t) for p in preps]
+        table.append({"fdr": fdr, "psi_floor": floor, "false_alarms": sum(r["false_alarms"] for r in res),
+                      "shifts_flagged": sum(r["shifts_flagged_first_batch"] for r in res)})
+    ok = [r for r in table if r["false_alarms"] == 0] or sorted(table, key=lambda r: r["false_alarms"])[:1]
+    best = max(ok, key=lambda r: (r["shifts_flagged"], r["fdr"], -r["psi_floor"]))
+    return replace(ct_default, fdr=best["fdr"], psi_floor=best["psi_floor"]), table
+
+
+def ct_statistics_cost(repeats: int = 3) -> dict[str, Any]:
+    """Seconds ``study_statistics`` adds to a full-size study (300 x 512 x 512, 1 x 0.7 x 0.7 mm),
+    beside the lung segmentation the analyzer runs anyway (same volume, same process)."""
+    from trillium.medical.imaging.lungs import segment_lungs
+    from trillium.medical.imaging.monitoring import study_statistics
+    from trillium.medical.imaging.phantom_training import phantom_volume
+
+    vol, _ = phantom_volume(6, 4_242, shape=(300, 512, 512), spacing=(1.0, 0.7, 0.7))
+    t = time.perf_counter()
+    lungs = segment_lungs(vol.hu, vol.spacing)
+    lungs_s = time.perf_counter() - t
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        study_statistics(vol, lungs, 100, np.linspace(0, 1, 100))
+        runs.append(time.perf_counter() - t)
+    return {"shape": list(vol.shape), "spacing_mm": list(vol.spacing), "statistics_seconds": runs,
+            "statistics_seconds_median": float(np.median(runs)), "lung_segmentation_seconds": lungs_s}
 
 
 GRID = [(fdr, floor) for fdr in (1e-2, 1e-3, 1e-4, 1e-6) for floor in (0.01, 0.02, 0.03, 0.05, 0.1)]
@@ -355,17 +489,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-seeds", type=int, nargs="*", default=[11, 12],
                     help="the calibration banks' seeds (never the evaluation's)")
     ap.add_argument("--no-calibrate", action="store_true", help="use the library's default thresholds")
-    ap.add_argument("--only", choices=["finance", "manufacturing", "notes"], help="run one field (thresholds: defaults)")
+    ap.add_argument("--only", choices=["finance", "manufacturing", "notes", "ct", "ct-cost"],
+                    help="run one field (finance and manufacturing: default thresholds; ct: calibrated as usual; "
+                         "ct-cost: only the CT statistics' seconds on one full-size study)")
+    ap.add_argument("--ct-batches", type=int, default=30, help="unshifted CT batches of the evaluation")
+    ap.add_argument("--ct-reference", type=int, default=CT_REF, help="phantom studies in each CT reference profile")
+    ap.add_argument("--ct-calibration-batches", type=int, default=8, help="unshifted CT batches per calibration seed")
+    ap.add_argument("--ct-calibration-seeds", type=int, nargs="*", default=[11],
+                    help="the CT calibration classifiers' seeds (never the evaluation's)")
+    ap.add_argument("--ct-cost", action="store_true",
+                    help="also time the statistics on one full-size study (300 x 512 x 512; about a minute)")
+    ap.add_argument("--ct-cost-repeats", type=int, default=5)
     args = ap.parse_args(argv)
-    if args.seed in args.calibration_seeds:
+    if args.seed in args.calibration_seeds or args.seed in args.ct_calibration_seeds:
         ap.error("the evaluation seed must differ from the calibration seeds")
     t0 = time.perf_counter()
+    if args.only == "ct-cost":
+        cost = ct_statistics_cost(args.ct_cost_repeats)
+        cost.update(benchmark="monitoring-ct-cost", python=sys.version.split()[0], cpu_count=os.cpu_count())
+        with open(args.json, "w") as fh:
+            json.dump(cost, fh, indent=1)
+        print(f"ct statistics on {cost['shape']}: {cost['statistics_seconds_median']:.3f} s (median of "
+              f"{args.ct_cost_repeats}); lung segmentation {cost['lung_segmentation_seconds']:.2f} s -> {args.json}")
+        return 0
     grid: list[dict[str, Any]] = []
-    if args.no_calibrate or args.only:
-        thresholds = Thresholds()
-    else:
+    thresholds = Thresholds()
+    if not (args.no_calibrate or args.only):
         thresholds, grid = calibrate([finance_prepare(s, args.customers) for s in args.calibration_seeds])
-    finance = manufacturing = None
+    finance = manufacturing = ct = None
     if args.only in (None, "finance"):
         prep = finance_prepare(args.seed, args.customers)
         finance = finance_evaluate(prep, thresholds)
@@ -388,6 +539,23 @@ def main(argv: list[str] | None = None) -> int:
                                                            notes_evaluate, "shifts_flagged_first_batch")
         notes = notes_evaluate(notes_prepare(args.seed), notes_thresholds)
         notes.update(thresholds=notes_thresholds.as_dict(), calibration_grid=notes_grid)
+    if args.only in (None, "ct"):
+        from trillium.medical.imaging.monitoring import THRESHOLDS as ct_default
+
+        ct_thresholds, ct_grid, ct_cal = ct_default, [], []
+        if not args.no_calibrate:
+            ct_cal = [ct_prepare(s, args.ct_calibration_batches, args.ct_reference) for s in args.ct_calibration_seeds]
+            ct_thresholds, ct_grid = calibrate_ct(ct_cal)
+        ct_prep = ct_prepare(args.seed, args.ct_batches, args.ct_reference)
+        ct = ct_evaluate(ct_prep, ct_thresholds)
+        ct.update(thresholds=ct_thresholds.as_dict(), calibration_grid=ct_grid,
+                  calibration_seeds=args.ct_calibration_seeds if not args.no_calibrate else [],
+                  phantom_shape=list(CT_SHAPE), phantom_spacing_mm=list(CT_SPACING),
+                  **{k: ct_prep[k] for k in ("classifier_seconds", "prepare_seconds", "monitor_seconds_per_study",
+                                             "analysis_seconds_per_study", "reference", "shift_means")},
+                  calibration_results=[ct_evaluate(p, ct_thresholds) for p in ct_cal])
+        if args.ct_cost:
+            ct["full_size_cost"] = ct_statistics_cost(args.ct_cost_repeats)
     out = {"benchmark": "monitoring", "python": sys.version.split()[0], "machine": platform.machine(),
            "cpu_count": os.cpu_count(), "seconds": round(time.perf_counter() - t0, 1),
            "settings": {"customers": args.customers, "seed": args.seed, "calibration_seeds": args.calibration_seeds,
@@ -395,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                         "reference": f"finance: the held-out week before day {REF_DAYS}",
                         "unshifted_days": CLEAN_DAYS},
            "thresholds": thresholds.as_dict(), "calibration_grid": grid, "finance": finance,
-           "manufacturing": manufacturing, "notes": notes}
+           "manufacturing": manufacturing, "notes": notes, "ct": ct}
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(out, fh, indent=1, default=str)
@@ -421,6 +589,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{n['false_alarms']}/{n['unshifted_batches']} false alarms")
         for r in n["shift_results"]:
             print(f"  {r['shift']}: flagged={r['flagged']} rules={r['rules'][:4]} max PSI {r['max_psi']}")
+    if ct:
+        print(f"ct: {ct['shifts_flagged_first_batch']}/{ct['shifts']} shifts flagged on their first batch of "
+              f"{CT_BATCH}, {ct['false_alarms']}/{ct['unshifted_batches']} false alarms; statistics "
+              f"{ct['monitor_seconds_per_study']:.3f} s of {ct['analysis_seconds_per_study']:.2f} s a study; "
+              f"thresholds fdr={ct['thresholds']['fdr']} psi_floor={ct['thresholds']['psi_floor']}")
+        for r in ct["shift_results"]:
+            print(f"  {r['shift']}: flagged={r['flagged']} rules={r['rules'][:5]} max PSI {r['max_psi']}")
+        if "full_size_cost" in ct:
+            print(f"  full-size study: statistics {ct['full_size_cost']['statistics_seconds_median']:.2f} s")
     print(f"-> {args.json} ({out['seconds']} s)")
     return 0
 

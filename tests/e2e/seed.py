@@ -75,7 +75,7 @@ def seed_medical(work: Path) -> dict:
           "malignancy_std": 0.05, "type": nodule["type"], "category": "4A"}],
         patient_id=notes[0].patient_id, study_date="20250101", source=str(folder), db=connect())
     # a small nodule classifier (about 15 s), so that an uploaded study is analysed for real
-    report = train_nodule_model(studies=2, val_studies=1, epochs=1, width=4, mc_samples=2,
+    report = train_nodule_model(studies=2, val_studies=1, epochs=1, width=4, mc_samples=2, profile_studies=2,
                                 shape=(48, 128, 128), spacing=(2.0, 2.0, 2.0))
     record = report.record
     return {"patients": sorted({n.patient_id for n in notes}), "notes": [n.note_id for n in notes],

@@ -46,7 +46,7 @@ def ct_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = connect(f"sqlite:///{home / 'trillium.db'}")
     registry = ModelRegistry(db, home / "registry")
     report = train_nodule_model(studies=3, val_studies=1, epochs=2, width=4, mc_samples=4, registry=registry,
-                                shape=SMALL, spacing=SMALL_SPACING)
+                                shape=SMALL, spacing=SMALL_SPACING, profile_studies=3)
     assert report.record is not None and 0.0 < report.threshold < 1.0
     return home
 
@@ -167,6 +167,53 @@ def test_analyze_batch_quarantines_a_broken_study_and_resumes_without_duplicates
     assert all(Path(p).exists() for p in summary["json"])
     again = analyze_folder(analyzer, root, out, db=db, progress=False, chunk_rows=2)
     assert again.job.rows_out == 2 and len(read_summary(out)) == 2
+
+
+def test_registered_classifier_carries_its_ct_reference_profile(ct_home: Path) -> None:
+    from trillium.core.monitoring.store import profile_of
+    from trillium.medical.imaging.monitoring import COLUMNS, SCORE_KEY
+
+    db = connect(f"sqlite:///{ct_home / 'trillium.db'}")
+    profile = profile_of(ModelRegistry(db, ct_home / "registry"), "chest-ct-nodules")
+    assert profile["rows"] == 3 and profile["meta"]["domain"] == "medical-imaging"
+    assert set(profile["features"]) == set(COLUMNS)
+    assert profile["features"]["kernel"]["proportions"] == {"B30f": 1.0}
+    assert profile["features"]["slice_spacing_mm"]["min"] == SMALL_SPACING[0]
+    noise = profile["features"]["lung_noise_hu"]
+    assert 3.0 < noise["min"] <= noise["max"] < 20.0
+    assert 0.0 < profile["score"]["mean"] < 1.0 and SCORE_KEY == "mean_nodule_probability"
+
+
+def test_analyze_batch_stores_a_monitoring_run_and_alerts_only_for_the_shifted_batch(ct_home: Path,
+                                                                                     tmp_path: Path) -> None:
+    from trillium.core.monitoring import store
+    from trillium.medical.imaging.phantom import write_phantom
+
+    db = connect(f"sqlite:///{ct_home / 'trillium.db'}")
+    analyzer = StudyAnalyzer.from_registry(registry=ModelRegistry(db, ct_home / "registry"))
+    analyzer.threshold = 1.01  # no findings to measure: monitoring reads the statistics made before that step
+    clean, shifted = tmp_path / "clean", tmp_path / "shifted"
+    for seed in (41, 42):
+        _phantom(clean, f"s{seed}", seed=seed, nodules=2)
+    write_phantom(shifted / "sharp", nodules=2, seed=43, shape=SMALL, spacing=SMALL_SPACING, kernel="B70f",
+                  noise_sigma=0.35, noise_hu=35.0)
+    ok = analyze_folder(analyzer, clean, tmp_path / "clean.csv", db=db, progress=False, store=False)
+    bad = analyze_folder(analyzer, shifted, tmp_path / "shifted.csv", db=db, progress=False, store=False)
+    runs = store.runs("chest-ct-nodules", db=db)
+    mine = runs[runs["job_id"].isin([ok.job.job_id, bad.job.job_id])].set_index("job_id")
+    assert mine.loc[ok.job.job_id, "rows"] == 2 and mine.loc[ok.job.job_id, "status"] == "ok"
+    assert mine.loc[bad.job.job_id, "rows"] == 1 and mine.loc[bad.job.job_id, "status"] == "act"
+    alerts = store.alerts("chest-ct-nodules", db=db)
+    assert set(alerts["job_id"]) >= {bad.job.job_id} and ok.job.job_id not in set(alerts["job_id"])
+    kernel = alerts[(alerts["job_id"] == bad.job.job_id) & (alerts["rule"] == "unseen_category")]
+    assert list(kernel["feature"]) == ["kernel"] and "B70f" in kernel["message"].iloc[0]
+    # the report of ``trillium monitor report`` (and of the page) has the CT runs and the alert
+    res = _cli("monitor", "report", "--model", "chest-ct-nodules", "--json", str(tmp_path / "rep.json"), home=ct_home)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert {r["job_id"] for r in rep["timeline"]} >= {ok.job.job_id, bad.job.job_id}
+    assert any(a["rule"] == "unseen_category" and a["feature"] == "kernel" for a in rep["alerts"])
+    assert "unseen_category" in res.stdout
 
 
 def test_froc_table_and_threshold_rules() -> None:

@@ -149,7 +149,7 @@ def in_process(service_home: dict) -> dict:
 
 # --------------------------------------------------------------------------- the happy path
 
-def test_upload_is_accepted_at_once_and_analysed_in_the_background(uploaded: dict) -> None:
+def test_upload_is_accepted_at_once_and_analysed_in_the_background(uploaded: dict, service_home: dict) -> None:
     r = uploaded["accepted"]
     body = r.json()
     assert set(body) == {"study_id", "status", "links"}
@@ -163,6 +163,11 @@ def test_upload_is_accepted_at_once_and_analysed_in_the_background(uploaded: dic
     assert max(uploaded["post_seconds"]) < POST_SECONDS, uploaded["post_seconds"]
     assert [d["status"] for d in uploaded["done"]] == ["done", "done"], [d.get("error") for d in uploaded["done"]]
     assert uploaded["second"]["study_id"] != body["study_id"]
+    # each study was checked against the classifier's reference profile: one monitoring run per study job
+    with _db(service_home) as conn:
+        runs = conn.execute("SELECT scope, rows, label, model_name FROM monitoring_runs WHERE job_id = ?",
+                            (body["study_id"],)).fetchall()
+    assert [tuple(r) for r in runs] == [("job", 1, "ct-study", "chest-ct-nodules")]
 
 
 def test_findings_find_the_phantoms_nodules(uploaded: dict, service_home: dict) -> None:

@@ -62,6 +62,7 @@ class StudyResult:
     lung_volume_ml: float = 0.0
     model_version_id: int | None = None
     heatmap_dir: str | None = None  # set when heatmaps were written, so viewers can find them
+    monitoring: dict[str, Any] = field(default_factory=dict)  # the study's statistics (imaging.monitoring)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,7 @@ class StudyResult:
             "lung_volume_ml": round(self.lung_volume_ml, 1), "n_candidates": self.n_candidates,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()}, "warnings": self.warnings,
             "findings": self.findings, "model_version_id": self.model_version_id, "heatmap_dir": self.heatmap_dir,
+            "monitoring": self.monitoring,
         }
 
     def to_rows(self) -> list[dict[str, Any]]:
@@ -134,6 +136,11 @@ class StudyAnalyzer(Predictor):
         pred = self.classifier.predict(patches, features)
         timings["classify"] = time.perf_counter() - t
         t = time.perf_counter()
+        from trillium.medical.imaging.monitoring import study_statistics  # what monitoring compares per study
+
+        monitoring = study_statistics(volume, lungs, len(cands), pred.nodule_probability)
+        timings["monitor"] = time.perf_counter() - t
+        t = time.perf_counter()
         order = np.argsort(-pred.nodule_probability)
         findings: list[dict[str, Any]] = []
         measurements: list[Measurement] = []
@@ -174,7 +181,7 @@ class StudyAnalyzer(Predictor):
             warnings=list(volume.warnings), volume=volume, measurements=measurements,
             patches=patches[kept_patches] if kept_patches else None,
             lung_volume_ml=float(lungs.sum() * np.prod(spacing) / 1000.0),
-            model_version_id=self.record.id if self.record is not None else None,
+            model_version_id=self.record.id if self.record is not None else None, monitoring=monitoring,
         )
 
 

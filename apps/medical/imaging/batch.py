@@ -69,13 +69,16 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
                    json_dir: str | os.PathLike[str] | None = None, chunk_rows: int = 4, db: Database | None = None,
                    store: bool = True, progress: bool = True, resume: bool = True, engine: str = "local",
                    address: str | None = None, workers: int | None = None,
-                   max_failed_chunks: int | None = jobs.DEFAULT_MAX_FAILED_CHUNKS) -> AnalyzeJobResult:
+                   max_failed_chunks: int | None = jobs.DEFAULT_MAX_FAILED_CHUNKS,
+                   monitor: bool = True) -> AnalyzeJobResult:
     """Analyse every study under ``root``: one summary row per study into ``output``, the full
     findings JSON per study into ``json_dir``, and (with ``store``) the findings into the database.
 
     ``engine="ray"`` analyses on a Ray cluster (``address``; ``workers`` actors) into a
     directory of Parquet parts; the classifier must come from the registry, where the workers
     load it, and the studies, output and JSON folder must be on storage every node mounts.
+    ``monitor``: once the job is done, its studies' statistics and scores are checked against the
+    classifier version's reference profile (``imaging.monitoring``; one run per job, alerts stored).
     """
     out, sink = job_output(analyzer, output, engine)
     db = db or connect()
@@ -90,12 +93,25 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
                          workers=workers, db=db, chunk_rows=chunk_rows, progress=progress, resume=resume,
                          max_failed_chunks=max_failed_chunks)
     stored = 0
-    if store:  # from the output, not from this run: a resumed job's earlier chunks count too
-        for jpath in read_summary(out)["json"]:
+    summary = read_summary(out) if (store or monitor) else None
+    if store and summary is not None:  # from the output, not from this run: a resumed job's earlier chunks count too
+        for jpath in summary["json"]:
             store_study_json(json.loads(Path(jpath).read_text()), db=db)
             stored += 1
+    if monitor and summary is not None:
+        _monitor(analyzer, list(summary["json"]), db, job)
     log.info("analysed %d studies (%d quarantined), stored %d", job.rows_out, job.rows_quarantined, stored)
     return AnalyzeJobResult(job, out, jdir, stored)
+
+
+def _monitor(analyzer: StudyAnalyzer, json_paths: list[str], db: Database, job: jobs.JobResult) -> None:
+    """The monitoring check of a finished job; its failure is logged, never undoes the stored findings."""
+    from trillium.medical.imaging.monitoring import monitor_job
+
+    try:
+        monitor_job(analyzer, json_paths, db=db, job_id=job.job_id, label=job.name)
+    except TrilliumError:
+        log.exception("monitoring of job %s failed; its findings are stored", job.name)
 
 
 def read_summary(output: str | os.PathLike[str]) -> pd.DataFrame:

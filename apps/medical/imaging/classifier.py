@@ -200,8 +200,10 @@ class NoduleClassifier:
 
     def register(self, registry: ModelRegistry | None = None, name: str = DEFAULT_MODEL_NAME, *,
                  threshold: float, metrics: dict[str, Any] | None = None,
-                 aliases: tuple[str, ...] = ("production",), data_fingerprint: str | None = None) -> ModelRecord:
-        """Store every network (safetensors) and both boosters (LightGBM text, never pickle), sha256 recorded."""
+                 aliases: tuple[str, ...] = ("production",), data_fingerprint: str | None = None,
+                 profile: dict[str, Any] | None = None) -> ModelRecord:
+        """Store every network (safetensors) and both boosters (LightGBM text, never pickle), sha256 recorded;
+        ``profile``: the monitoring reference profile (``imaging.monitoring.reference_profile``)."""
         registry = registry or ModelRegistry()
         files: dict[str, bytes] = {}
         for kind, nets in (("detector", self.detectors_), ("malignancy", self.malignancy_nets_)):
@@ -219,7 +221,7 @@ class NoduleClassifier:
             extra_files=files, metrics=metrics or {},
             extra={"params": self.get_params(), "threshold": float(threshold), "history": self.history_,
                    "patch_size": PATCH_SIZE, "patch_voxel_mm": PATCH_VOXEL_MM, "features": list(FEATURES)},
-            aliases=aliases, data_fingerprint=data_fingerprint,
+            aliases=aliases, data_fingerprint=data_fingerprint, profile=profile,
             description="chest-CT nodule candidates: 3D CNN fold ensemble + LightGBM stage, MC dropout",
         )
 

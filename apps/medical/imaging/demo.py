@@ -19,7 +19,7 @@ from trillium.core.config import home_dir
 from trillium.core.db import connect
 from trillium.core.errors import RegistryError
 
-DEMO_TRAIN = {"studies": 8, "val_studies": 2, "epochs": 6}
+DEMO_TRAIN = {"studies": 8, "val_studies": 2, "epochs": 6, "profile_studies": 4}
 
 
 def imaging_demo(console: Console, patient_id: str | None = None) -> dict[str, Any]:
@@ -51,6 +51,9 @@ def imaging_demo(console: Console, patient_id: str | None = None) -> dict[str, A
     exported = export_findings(result.volume, result.findings, masks, work / "dicom")
     json_path = write_json(result, work / "findings.json")
     study_id = store_result(result, db=db)
+    from trillium.medical.imaging.monitoring import monitor_study
+
+    monitor_study(analyzer, result.as_json(), db=db, job_id=None, label="demo study")  # the Monitoring page's CT run
     db.audit("demo.ct", target=str(study_dir), findings=len(result.findings))
 
     matched = 0

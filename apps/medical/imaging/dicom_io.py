@@ -29,6 +29,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from trillium.core.errors import InputValidationError
 from trillium.core.untrusted import LimitExceededError, check_pixels, iter_archive, limits
@@ -75,6 +76,9 @@ class CTVolume:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     frame_of_reference_uid: str = ""
     sop_instance_uids: list[str] = field(default_factory=list)
+    #: how the series was made, for monitoring (``imaging.monitoring``): ConvolutionKernel,
+    #: SliceThickness and Manufacturer of the first slice ("" / None where absent)
+    acquisition: dict[str, Any] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -320,7 +324,23 @@ def load_ct(
         files=[s.label for s in slices], warnings=warnings, skipped=plan.skipped,
         frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "")),
         sop_instance_uids=[str(s.ds.get("SOPInstanceUID", "")) for s in slices],
+        acquisition=_acquisition(ds0),
     )
+
+
+def _acquisition(ds: Dataset) -> dict[str, Any]:
+    """ConvolutionKernel (0018,1210; multi-valued on some scanners: joined with a backslash),
+    SliceThickness (0018,0050; None when absent or not a finite number), Manufacturer (0008,0070)."""
+    kernel = ds.get("ConvolutionKernel", "")
+    kernel = "\\".join(str(k) for k in kernel) if isinstance(kernel, MultiValue) else str(kernel)
+    try:
+        thickness: float | None = float(ds.get("SliceThickness"))
+    except (TypeError, ValueError):
+        thickness = None
+    if thickness is not None and not np.isfinite(thickness):
+        thickness = None
+    return {"kernel": kernel.strip(), "slice_thickness": thickness,
+            "manufacturer": str(ds.get("Manufacturer", "")).strip()}
 
 
 def check_ct_series(

@@ -33,6 +33,7 @@ class SeriesInfo:
     study_date: str = field(default_factory=lambda: date.today().strftime("%Y%m%d"))
     description: str = "Synthetic chest CT"
     accession: str = ""
+    kernel: str = ""  # ConvolutionKernel (0018,1210); not written when empty
 
 
 def write_ct_series(
@@ -88,6 +89,8 @@ def write_ct_series(
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.PixelSpacing = [sy, sx]
         ds.SliceThickness = sz
+        if info.kernel:
+            ds.ConvolutionKernel = info.kernel
         ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"

@@ -30,6 +30,11 @@ from trillium.medical.imaging.measure import _axial_diameters
 AIR, LUNG, FAT, SOFT, BONE = -1000.0, -860.0, -100.0, 40.0, 650.0
 SOLID_HU, GGO_HU = 30.0, -560.0
 NODULE_TYPES = ("solid", "part-solid", "ground-glass")
+#: the reconstruction kernel phantoms are written with (ConvolutionKernel): a soft-tissue kernel,
+#: whose noise is correlated over neighbouring voxels (``noise_sigma``); monitoring's reference
+#: profile sees this tag, so a series of another kernel reads as an unseen category
+PHANTOM_KERNEL = "B30f"
+NOISE_SIGMA = 0.7
 
 
 @dataclass
@@ -83,8 +88,12 @@ def make_phantom(
     noise_hu: float = 20.0,
     diameter_range: tuple[float, float] = (4.0, 30.0),
     vessels: bool = True,
+    noise_sigma: float = NOISE_SIGMA,
 ) -> tuple[np.ndarray, list[PhantomNodule]]:
-    """A chest CT volume ``[k, j, i]`` in HU (int16) and its nodules."""
+    """A chest CT volume ``[k, j, i]`` in HU (int16) and its nodules.
+
+    ``noise_hu`` and ``noise_sigma`` (voxels; the Gaussian that correlates the noise) stand for
+    the dose and the reconstruction kernel: a sharper kernel has stronger, less correlated noise."""
     rng = np.random.default_rng(seed)
     nz, ny, nx = shape
     sz, sy, sx = spacing
@@ -136,7 +145,7 @@ def make_phantom(
     nodules = _draw_nodules(vol, lungs, grid, rng, n_nodules, diameter_range)
 
     noise = rng.normal(0.0, 1.0, size=shape).astype(np.float32)
-    noise = ndimage.gaussian_filter(noise, sigma=0.7)
+    noise = ndimage.gaussian_filter(noise, sigma=noise_sigma) if noise_sigma > 0 else noise
     noise *= noise_hu / max(float(noise.std()), 1e-6)
     vol += noise
     return np.clip(np.rint(vol), -1024, 3071).astype(np.int16), nodules
@@ -251,15 +260,17 @@ def write_phantom(
     patient_id: str | None = None,
     compression: str | None = None,
     noise_hu: float = 20.0,
+    noise_sigma: float = NOISE_SIGMA,
+    kernel: str = PHANTOM_KERNEL,
 ) -> dict[str, Any]:
     """Write a phantom as a DICOM CT series in ``out_dir`` with ``truth.json`` beside it.
 
     The origin is placed as a scanner would (the patient centred on x=y=0, z counting up from
     the table position), so the truth's ``center_mm`` are real LPS coordinates.
     """
-    hu, found = make_phantom(nodules, seed, shape=shape, spacing=spacing, noise_hu=noise_hu)
+    hu, found = make_phantom(nodules, seed, shape=shape, spacing=spacing, noise_hu=noise_hu, noise_sigma=noise_sigma)
     out = Path(out_dir)
-    info = SeriesInfo(patient_id=patient_id or f"PHANTOM-{seed:04d}", patient_name=f"Phantom^{seed}")
+    info = SeriesInfo(patient_id=patient_id or f"PHANTOM-{seed:04d}", patient_name=f"Phantom^{seed}", kernel=kernel)
     origin = (-(shape[2] - 1) * spacing[2] / 2, -(shape[1] - 1) * spacing[1] / 2, -400.0)
     write_ct_series(hu, out, spacing=spacing, origin=origin, info=info, compression=compression)
     for n in found:

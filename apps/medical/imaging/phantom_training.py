@@ -34,22 +34,27 @@ from trillium.medical.imaging.classifier import (
     extract_patches,
 )
 from trillium.medical.imaging.dicom_io import CTVolume
-from trillium.medical.imaging.phantom import PhantomNodule, make_phantom, write_phantom
+from trillium.medical.imaging.phantom import PHANTOM_KERNEL, PhantomNodule, make_phantom, write_phantom
 
 log = logging.getLogger(__name__)
 
 TRAIN_SHAPE = (140, 256, 256)
 TRAIN_SPACING = (1.5, 1.4, 1.4)
+#: the monitoring reference's phantoms: seed * 10_000 + this + i (training and validation use + 0 .. studies)
+PROFILE_SEED_OFFSET = 5_000
 #: A finding hits a nodule when its centre lies within the nodule's radius, and at least this close (mm).
 MIN_HIT_RADIUS_MM = 3.0
 
 
 def phantom_volume(n_nodules: int, seed: int, *, shape: tuple[int, int, int] = TRAIN_SHAPE,
-                   spacing: tuple[float, float, float] = TRAIN_SPACING) -> tuple[CTVolume, list[PhantomNodule]]:
-    """A phantom straight into memory (training does not need the DICOM round trip)."""
-    hu, nodules = make_phantom(n_nodules, seed, shape=shape, spacing=spacing)
+                   spacing: tuple[float, float, float] = TRAIN_SPACING, kernel: str = PHANTOM_KERNEL,
+                   **look: Any) -> tuple[CTVolume, list[PhantomNodule]]:
+    """A phantom straight into memory (training does not need the DICOM round trip), with the
+    acquisition tags ``write_phantom`` would write (``look``: ``make_phantom``'s noise options)."""
+    hu, nodules = make_phantom(n_nodules, seed, shape=shape, spacing=spacing, **look)
     affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
-    return CTVolume(hu=hu, affine=affine, series_uid=f"phantom-{seed}"), nodules
+    return CTVolume(hu=hu, affine=affine, series_uid=f"phantom-{seed}",
+                    acquisition={"kernel": kernel, "slice_thickness": float(spacing[0]), "manufacturer": ""}), nodules
 
 
 def _match(center_kji: np.ndarray, nodules: list[PhantomNodule], spacing: tuple[float, float, float]) -> int | None:
@@ -94,12 +99,16 @@ class TrainReport:
 
 
 def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0, epochs: int = 10, width: int = 8,
-                       mc_samples: int = 8,
+                       mc_samples: int = 8, profile_studies: int = 8,
                        max_fp_per_scan: float = 0.5, register: bool = True, registry: ModelRegistry | None = None,
                        name: str = DEFAULT_MODEL_NAME, shape: tuple[int, int, int] = TRAIN_SHAPE,
                        spacing: tuple[float, float, float] = TRAIN_SPACING,
                        log_fn: Callable[[str], Any] | None = None) -> TrainReport:
-    """Build the candidate set from ``studies`` phantoms, train both networks, pick the threshold."""
+    """Build the candidate set from ``studies`` phantoms, train both networks, pick the threshold.
+
+    With ``register``, the version is stored with its monitoring reference profile
+    (``imaging.monitoring``): ``profile_studies`` fresh phantoms (seeds of their own, neither
+    trained on nor used for the threshold) analysed by the trained classifier."""
     t0 = time.perf_counter()
     seeds = [seed * 10_000 + s for s in range(studies + val_studies)]
     data = candidate_set(seeds[:-val_studies], shape=shape, spacing=spacing, log_fn=log_fn)
@@ -122,7 +131,16 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
         metrics["val_malignancy_auc"] = mal_auc
     record = None
     if register:
-        record = clf.register(registry, name, threshold=threshold, metrics=metrics)
+        profile = None
+        if profile_studies > 0:
+            from trillium.medical.imaging.monitoring import reference_profile
+
+            analyzer = StudyAnalyzer(clf, threshold=threshold)
+            profile_seeds = [seed * 10_000 + PROFILE_SEED_OFFSET + s for s in range(profile_studies)]
+            profile = reference_profile(
+                analyzer, (phantom_volume(6, s, shape=shape, spacing=spacing)[0] for s in profile_seeds),
+                meta={"reference": f"{profile_studies} fresh phantom studies", "seeds": profile_seeds})
+        record = clf.register(registry, name, threshold=threshold, metrics=metrics, profile=profile)
     return TrainReport(clf, threshold, record, metrics, time.perf_counter() - t0)
 
 

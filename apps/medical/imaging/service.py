@@ -390,6 +390,7 @@ class CTStudyWorker:
 
             store_study_json(payload, db=self.db)
             stored = True
+            _monitor_study(analyzer, payload, self.db, job_id)
             if not _finish(self.db, job_id, "done", rows_out=len(payload["findings"])):
                 log.warning("CT study %d was taken back from this worker before it finished", job_id)
             log.info("CT study %d done in %.1f s: %d findings (%s)", job_id, time.perf_counter() - t0,
@@ -415,6 +416,17 @@ class CTStudyWorker:
         finally:
             stop_beat.set()
             beater.join(timeout=5)
+
+
+def _monitor_study(analyzer: Any, payload: dict[str, Any], db: Database, job_id: int) -> None:
+    """The study's monitoring check (``imaging.monitoring.monitor_study``); a failure is logged and
+    never fails the study, which is stored already."""
+    from trillium.medical.imaging.monitoring import monitor_study
+
+    try:
+        monitor_study(analyzer, payload, db=db, job_id=job_id)
+    except TrilliumError:
+        log.exception("CT study %d: its monitoring check failed; the findings are stored", job_id)
 
 
 def analyze_study(analyzer: Any, upload: Path, out_dir: Path, *, job_id: int,
