@@ -19,12 +19,12 @@ from trillium.medical.records import lexicon
 from trillium.medical.records.context import DEFAULT_RULES, Assertion, ConTextRules, assert_targets, with_section
 from trillium.medical.records.text import MEDICATION_SECTIONS, Section, Span, Token, tokenize
 
-KINDS = ("problem", "medication", "allergy", "vital", "lab", "procedure")
+KINDS = ("problem", "medication", "allergy", "vital", "lab", "procedure", "finding")
 CONCEPT_KINDS = frozenset({"problem", "medication", "procedure", "allergy"})
 
 
 def concept_of(kind: str, normalized: str, *, negated: bool, uncertain: bool, hypothetical: bool,
-               family: bool) -> str | None:
+               family: bool, code_system: str | None = None, code: str | None = None) -> str | None:
     """The retrieval concept of a mention ("problem:hypertension"), or None when the mention does
     not describe the patient (negated, uncertain, hypothetical, a relative's) or is a measurement.
 
@@ -33,6 +33,8 @@ def concept_of(kind: str, normalized: str, *, negated: bool, uncertain: bool, hy
     """
     if kind not in CONCEPT_KINDS or negated or uncertain or hypothetical or family:
         return None
+    if code_system and code:
+        return f"{kind}:{code_system}:{code}"  # the code: "HTN" and "essential hypertension" agree
     return f"{kind}:{normalized}"
 
 
@@ -54,6 +56,8 @@ class Entity:
     family: bool = False
     values: dict[str, Any] = field(default_factory=dict)
     evidence: tuple[tuple[str, str], ...] = ()
+    code_system: str | None = None  # "ICD-10-CM", "HPO" (``terminology``); None where no code exists
+    code: str | None = None
 
     @property
     def affirmed(self) -> bool:
@@ -208,27 +212,71 @@ class EntityExtractor:
         medications: Mapping[str, Sequence[str]] = lexicon.MEDICATIONS,
         procedures: Mapping[str, Sequence[str]] = lexicon.PROCEDURES,
         rules: ConTextRules = DEFAULT_RULES,
+        terminology: bool = True,
     ) -> None:
         self.problems = problems
         self.medications = medications
         self.procedures = procedures
         self.rules = rules
+        self.terminology = terminology
         self._medication_matcher = TermMatcher(medications, "medication")
         self._matchers = [self._medication_matcher, TermMatcher(procedures, "procedure"),
                           TermMatcher(problems, "problem")]
+        self._index = None
+        self._findings = None
+        self._codes: dict[str, tuple[str, str, str]] = {}
+        if terminology:
+            from trillium.medical.records.terminology import default_index
+
+            self._index = default_index()
+            for table in (problems, lexicon.EXAM_FINDINGS):
+                for canonical, terms in table.items():
+                    hit = self._index.best_of(terms)
+                    if hit is not None:
+                        self._codes[canonical] = hit
+            self._matchers.append(TermMatcher(lexicon.EXAM_FINDINGS, "problem"))
+            from trillium.medical.records.findings import FindingMatcher
+
+            self._findings = FindingMatcher()
 
     # -- per kind ---------------------------------------------------------------------------
     def _terms(self, text: str, sent: _Sentence) -> list[Entity]:
-        """Dictionary mentions; medications first, so "Lasix" is a drug, not a problem."""
+        """Dictionary mentions and exam/report findings, overlaps decided by one rule: medications
+        first (so "Lasix" is a drug, not a problem), then the longest match in tokens; at equal
+        length the hand lexicons (procedures, problems, exam findings) before the terminologies
+        (ICD-10-CM, then HPO) before structure + qualifier findings (``findings``)."""
         taken: set[int] = set()
         out: list[Entity] = []
-        for matcher in self._matchers:
+        cands: list[tuple[int, int, int, str, str, tuple[str, str, str] | None, dict[str, Any]]] = []
+        for prio, matcher in enumerate(self._matchers):
             for first, last, canonical in matcher.find(sent.tokens):
-                if any(i in taken for i in range(first, last + 1)):
-                    continue
-                taken.update(range(first, last + 1))
-                a, b = sent.tokens[first].start, sent.tokens[last].end
-                out.append(Entity(matcher.kind, text[a:b], a, b, canonical, sent.section.name))
+                if prio == 0:  # medications
+                    taken.update(range(first, last + 1))
+                    a, b = sent.tokens[first].start, sent.tokens[last].end
+                    out.append(Entity("medication", text[a:b], a, b, canonical, sent.section.name))
+                else:
+                    hit = None
+                    if self._index is not None:  # the form as written, else the entry's best form
+                        hit = self._index.lookup(text[sent.tokens[first].start:sent.tokens[last].end])
+                    cands.append((first, last, prio, matcher.kind, canonical, hit or self._codes.get(canonical), {}))
+        if self._index is not None:
+            from trillium.medical.records.terminology import normalize_token
+
+            norm = [normalize_token(t.text) for t in sent.tokens]
+            for first, last, hit in self._index.find(norm):
+                cands.append((first, last, len(self._matchers), "problem", hit[2].lower(), hit, {}))
+        if self._findings is not None:
+            for first, last, structure, values in self._findings.find(sent.tokens):
+                cands.append((first, last, len(self._matchers) + 1, "finding", structure, None, values))
+        cands.sort(key=lambda c: (c[0] - c[1], c[2], c[0]))
+        for first, last, _, kind, canonical, hit, values in cands:
+            if any(i in taken for i in range(first, last + 1)):
+                continue
+            taken.update(range(first, last + 1))
+            a, b = sent.tokens[first].start, sent.tokens[last].end
+            system, code = (hit[0], hit[1]) if hit else (None, None)
+            out.append(Entity(kind, text[a:b], a, b, canonical, sent.section.name, values=values,
+                              code_system=system, code=code))
         return out
 
     @staticmethod

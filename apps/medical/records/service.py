@@ -80,7 +80,7 @@ class SectionOut(BaseModel):
 
 
 class EntityOut(BaseModel):
-    kind: Literal["problem", "medication", "allergy", "vital", "lab", "procedure"]
+    kind: Literal["problem", "medication", "allergy", "vital", "lab", "procedure", "finding"]
     text: str = Field(description="The mention as written: `text[start:end]` of the request's text.")
     start: int = Field(ge=0, description="Character offset of the mention's first character.")
     end: int = Field(ge=0, description="Character offset after its last character.")
@@ -98,6 +98,8 @@ class EntityOut(BaseModel):
     values: dict[str, Any] = Field(description="Measured values: dose, unit, route, frequency for medications; "
                                                "value and unit (systolic, diastolic) for vitals and labs.")
     evidence: list[list[str]] = Field(description="`[attribute, trigger phrase]` pairs that set the attributes.")
+    code_system: str | None = Field(default=None, description="`ICD-10-CM` or `HPO` where the mention is coded.")
+    code: str | None = Field(default=None, description="The concept's code in `code_system` (`I10`, `HP:0030830`).")
 
 
 class MedicationOut(BaseModel):
@@ -257,7 +259,8 @@ def structure_text(structurer: Any, text: str, note_id: str, patient_id: str | N
         if not at.identity:
             e["text"] = text[e["start"]:e["end"]]
         e["concept"] = concept_of(e["kind"], e["normalized"], negated=e["negated"], uncertain=e["uncertain"],
-                                  hypothetical=e["hypothetical"], family=e["family"])
+                                  hypothetical=e["hypothetical"], family=e["family"],
+                                  code_system=e.get("code_system"), code=e.get("code"))
         v = e["values"]
         span = {"text": e["text"], "start": e["start"], "end": e["end"]}
         if e["kind"] == "medication":

@@ -59,7 +59,8 @@ class StructuredNote:
         """Affirmed concepts ("problem:hypertension", past history included): the note's clinical
         content for similar-case retrieval, without the conditions it rules out."""
         found = (concept_of(e.kind, e.normalized, negated=e.negated, uncertain=e.uncertain,
-                            hypothetical=e.hypothetical, family=e.family) for e in self.entities)
+                            hypothetical=e.hypothetical, family=e.family, code_system=e.code_system, code=e.code)
+                 for e in self.entities)
         return sorted({c for c in found if c})
 
     def summary(self) -> dict[str, Any]:
@@ -124,6 +125,12 @@ class StructuredNote:
         }
 
 
+def _terminology_version() -> str:
+    from trillium.medical.records.terminology import _sources_version
+
+    return _sources_version()
+
+
 class RecordStructurer(Predictor):
     """Sections, sentences, entities and ConText attributes of clinical notes.
 
@@ -177,6 +184,7 @@ class RecordStructurer(Predictor):
                 "max_scope": rules.max_scope,
                 "category_scope": sorted([str(k), v] for k, v in rules.category_scope.items()),
                 "disabled": sorted(map(str, rules.disabled)),
+                "terminology": _terminology_version() if getattr(ex, "terminology", False) else None,
             }
             text = json.dumps(spec, sort_keys=True, default=list)
             self._version = "lexicon-" + hashlib.sha256(text.encode()).hexdigest()[:12]
