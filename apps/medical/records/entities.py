@@ -84,6 +84,8 @@ class TermMatcher:
                     continue
                 caps_only = len(term.replace(" ", "")) <= 3 and term.isalpha()
                 self._index.setdefault(toks, (canonical, caps_only))
+                if caps_only:  # "DVTs", "CVAs": an abbreviation's plural, capitals then a small s
+                    self._index.setdefault((*toks[:-1], toks[-1] + "s"), (canonical, True))
                 last = toks[-1]
                 if last.isalpha() and len(last) > 3 and not last.endswith("s") and not caps_only:
                     self._index.setdefault((*toks[:-1], last + "s"), (canonical, False))
@@ -100,7 +102,8 @@ class TermMatcher:
                 if hit is None:
                     continue
                 canonical, caps_only = hit
-                if caps_only and not tokens[i].text.isupper():
+                word = tokens[i].text
+                if caps_only and not (word.isupper() or (word[-1] == "s" and word[:-1].isupper() and len(word) > 2)):
                     continue
                 out.append((i, i + n - 1, canonical))
                 i += n - 1
@@ -231,7 +234,9 @@ class EntityExtractor:
             self._index = default_index()
             for table in (problems, lexicon.EXAM_FINDINGS):
                 for canonical, terms in table.items():
-                    hit = self._index.best_of(terms)
+                    # the code a coder gives the bare name (lexicon.CODES), else the canonical
+                    # name's own code, else the best-ranked of its synonyms'
+                    hit = lexicon.CODES.get(canonical) or self._index.lookup(canonical) or self._index.best_of(terms)
                     if hit is not None:
                         self._codes[canonical] = hit
             self._matchers.append(TermMatcher(lexicon.EXAM_FINDINGS, "problem"))
@@ -256,8 +261,12 @@ class EntityExtractor:
                     out.append(Entity("medication", text[a:b], a, b, canonical, sent.section.name))
                 else:
                     hit = None
-                    if self._index is not None:  # the form as written, else the entry's best form
-                        hit = self._index.lookup(text[sent.tokens[first].start:sent.tokens[last].end])
+                    written = text[sent.tokens[first].start:sent.tokens[last].end]
+                    if self._index is not None and written.lower() != canonical:
+                        # a synonym the terminology codes itself ("hemoptysis" under "cough") keeps
+                        # its code; otherwise the entry's best-ranked code, the same for "HTN" and
+                        # "hypertension"
+                        hit = self._index.lookup(written)
                     cands.append((first, last, prio, matcher.kind, canonical, hit or self._codes.get(canonical), {}))
         if self._index is not None:
             from trillium.medical.records.terminology import normalize_token

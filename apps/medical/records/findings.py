@@ -114,14 +114,14 @@ QUALIFIERS = frozenset(
     atraumatic normocephalic symmetric asymmetric full fluent coherent appropriate benign stable
     unchanged negative positive good poor weak strong brisk hyperactive hypoactive palpable nonpalpable
     mottled cyanotic anicteric icteric flat flattened collapsed plethoric tortuous ectatic healing healed
-    well-healed clean swollen unremarkably grossly-normal within-normal-limits wnl
+    well-healed clean swollen paradoxical hypoplastic mobile restricted prolapsing unremarkably grossly-normal within-normal-limits wnl
     """.split())
 """What is said of a structure: normal, abnormal, size, texture, tenderness, motion."""
 
 TEMPLATE_FINDINGS = _parse("""
 # bedside exam template phrases, each naming the system examined
 mental status: alert | awake | oriented | alert and oriented | awake and alert | a&o | aox3 | a&ox3 | oriented x3 | oriented x 3 | oriented times three | lucid | cooperative | confused | lethargic | agitated | somnolent | obtunded
-general appearance: no acute distress | nad | well-appearing | well appearing | ill-appearing | acutely ill | comfortable | well-nourished | well nourished | well-developed
+general appearance: well-appearing | well appearing | ill-appearing | acutely ill | comfortable | well-nourished | well nourished | well-developed
 temperature: afebrile
 pupils: perrla | perrl | perla | pupils equal round and reactive to light | pupils equal and reactive
 extraocular movements: eomi | extraocular movements intact
@@ -131,7 +131,7 @@ heart rhythm: regular rate and rhythm | rrr | normal sinus rhythm | sinus rhythm
 lungs: clear to auscultation | clear to auscultation bilaterally | ctab | cta | clear to auscultation and percussion
 abdomen: nontender | nondistended | non-tender | non-distended | ntnd
 bowel sounds: positive bowel sounds | normoactive bowel sounds | bowel sounds present | hypoactive bowel sounds | hyperactive bowel sounds
-neurologic: neurologically intact | nonfocal | non-focal | grossly intact | no focal deficits
+neurologic: neurologically intact | nonfocal | non-focal | grossly intact
 vital signs: hemodynamically stable | vital signs stable | vss | stable vital signs | afebrile vital signs stable
 """)
 

@@ -633,3 +633,12 @@ thrill:
 heave: parasternal heave | lift
 distended abdomen: abdominal distension | abdominal distention | distension | distention
 """)
+
+CODES: dict[str, tuple[str, str, str]] = {
+    # Hand-lexicon entries whose default ICD-10-CM code the terminology rule does not reach:
+    # ICD-10-CM lists plain hypertension only as "Essential (primary) hypertension" (its bare
+    # "Hypertension" appears only in the alphabetic index, which the package does not ship).
+    "hypertension": ("ICD-10-CM", "I10", "Essential (primary) hypertension"),
+    "diabetes mellitus": ("ICD-10-CM", "E11.9", "Type 2 diabetes mellitus without complications"),
+}
+"""(code system, code, preferred name) of the few hand-lexicon entries coded by hand."""

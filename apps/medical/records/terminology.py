@@ -127,6 +127,7 @@ def variants(description: str) -> Iterator[str]:
 
 
 def _forms(forms: set[str]) -> Iterator[str]:
+    """Word-order and spelling variants of the forms (comma inversion, "A of B" -> "B A", hyphens)."""
     for f in list(forms):
         if f.count(",") == 1:
             a, b = (x.strip() for x in f.split(","))
@@ -135,6 +136,9 @@ def _forms(forms: set[str]) -> Iterator[str]:
         m = re.fullmatch(r"(\w+) of (?:the )?(\w+)", f, re.I)
         if m:
             forms.add(f"{m.group(2)} {m.group(1)}")
+        if "-" in f:  # "Sickle-cell disease" is written "sickle cell", "Post-traumatic" "posttraumatic"
+            forms.add(f.replace("-", " "))
+            forms.add(f.replace("-", ""))
     for f in forms:
         if f and "," not in f and ";" not in f:
             yield f
