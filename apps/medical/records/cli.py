@@ -13,7 +13,7 @@ from trillium.core.cli_options import address_option, engine_option, max_failed_
 
 app = typer.Typer(
     help="Clinical notes: synth, extract (sections, entities, negation), batch (a resumable job), index, similar, "
-         "negex-eval, specialty-eval.",
+         "negex-eval, negex-coverage, specialty-eval.",
     no_args_is_help=True,
 )
 
@@ -238,6 +238,42 @@ def negex_eval_cmd(
     neg = report["held_out"]["negation"]
     typer.echo(f"held-out negation: sensitivity {neg['sensitivity']:.3f}, specificity {neg['specificity']:.3f}, "
                f"PPV {neg['ppv']:.3f} (NegEx published 0.778 / 0.945 / 0.845)", err=True)
+
+
+@app.command("negex-coverage")
+def negex_coverage_cmd(
+    tsv: str = typer.Option(..., "--tsv", help="The NegEx annotated sentences (rsAnnotations-1-120-random.tsv)."),
+    json_out: str = typer.Option("-", "--json", help="Write the report here."),
+    sample: int = typer.Option(0, "--sample", help="Also draw this many extracted entities (fixed seed) for judging."),
+    sample_tsv: str | None = typer.Option(None, "--sample-tsv", help="Write the drawn entities here, unjudged."),
+) -> None:
+    """End to end on the NegEx set: annotated conditions found as entities, and their negation,
+    with the terminologies and with the hand lexicon only, in one run."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.medical.records.evaluate import negex_coverage_eval
+
+    try:
+        report = negex_coverage_eval(tsv, sample=sample)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    drawn = report.pop("sample", [])
+    if sample_tsv and drawn:
+        import csv
+
+        with Path(sample_tsv).open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(["n", "line", "kind", "text", "normalized", "code_system", "code", "sentence"])
+            for n, d in enumerate(drawn, 1):
+                w.writerow([n, d["line"], d["kind"], d["text"], d["normalized"], d["code_system"], d["code"],
+                            " ".join(d["sentence"].split())])
+    _write_json(json_out, report)
+    for name in ("terminology", "hand_lexicon_only"):
+        h = report[name]["held_out"]
+        neg = h["negation_on_found"]
+        typer.echo(f"{name}: held-out coverage {h['coverage']:.3f} ({h['found']}/{h['n']}), negation on found: "
+                   f"sensitivity {neg['sensitivity']:.3f}, specificity {neg['specificity']:.3f}", err=True)
 
 
 @app.command("specialty-eval")

@@ -263,10 +263,11 @@ class EntityExtractor:
                     hit = None
                     written = text[sent.tokens[first].start:sent.tokens[last].end]
                     if self._index is not None and written.lower() != canonical:
-                        # a synonym the terminology codes itself ("hemoptysis" under "cough") keeps
-                        # its code; otherwise the entry's best-ranked code, the same for "HTN" and
-                        # "hypertension"
-                        hit = self._index.lookup(written)
+                        # a synonym that is itself a code's description or an HPO name ("hemoptysis"
+                        # under "cough") keeps that code; otherwise the entry's code, the same for
+                        # "HTN" and "hypertension" (a derived form such as "effusion" from "Effusion,
+                        # unspecified joint" would recode the entry)
+                        hit = self._index.lookup(written, exact=True)
                     cands.append((first, last, prio, matcher.kind, canonical, hit or self._codes.get(canonical), {}))
         if self._index is not None:
             from trillium.medical.records.terminology import normalize_token

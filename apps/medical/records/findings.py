@@ -143,7 +143,8 @@ class FindingMatcher:
         from trillium.medical.records.entities import TermMatcher
 
         self._structures = TermMatcher(STRUCTURES, "finding")
-        self._templates = TermMatcher(TEMPLATE_FINDINGS, "finding")
+        # a template entry's name is the system examined ("lungs"), not a phrase to find
+        self._templates = TermMatcher({k: v[1:] for k, v in TEMPLATE_FINDINGS.items()}, "finding")
 
     @staticmethod
     def _is_qualifier(tok: str) -> bool:

@@ -214,6 +214,8 @@ class TermIndex:
     def __init__(self, terms: Iterable[CodedTerm]) -> None:
         best: dict[tuple[str, ...], CodedTerm] = {}
         for t in terms:
+            if len(t.tokens) == 1 and t.rank[0]:
+                continue  # one word left of a residual "Other ..." code ("instability") is too generic
             cur = best.get(t.tokens)
             if cur is None or t.rank < cur.rank:
                 best[t.tokens] = t
@@ -234,9 +236,13 @@ class TermIndex:
     def __len__(self) -> int:
         return len(self.terms_)
 
-    def lookup(self, text: str) -> tuple[str, str, str] | None:
-        """(code system, code, preferred name) of a whole written form, or None."""
-        return self.terms_.get(words(text))
+    def lookup(self, text: str, *, exact: bool = False) -> tuple[str, str, str] | None:
+        """(code system, code, preferred name) of a whole written form, or None; ``exact`` only
+        when the form is the code's own description or name (not a derived form)."""
+        key = words(text)
+        if exact and key in self.ranks_ and self.ranks_[key][2] != 0:
+            return None
+        return self.terms_.get(key)
 
     def best_of(self, forms: Iterable[str]) -> tuple[str, str, str] | None:
         """The best-ranked hit among several written forms of one concept (a hand-lexicon entry
