@@ -73,6 +73,8 @@ def extract_cmd(
     max_bytes: int = typer.Option(None, "--max-bytes", help="Refuse notes larger than this many bytes "
                                   "(default: TRILLIUM_LIMIT_TEXT_BYTES, else 2,000,000)."),
     summary_only: bool = typer.Option(False, "--summary", help="Write per-note counts instead of every entity."),
+    fhir_out: str = typer.Option(None, "--fhir", help="Also write the notes as FHIR R4 (a Bundle of Bundles, "
+                                 "one per note, validated by fhir.resources) to this path."),
 ) -> None:
     """Structure notes: sections, sentences, entities with spans and negation/uncertainty/history/family."""
     from trillium.core.cli import fail
@@ -86,6 +88,14 @@ def extract_cmd(
         structured = [structurer.structure(n) for n in notes]
         if store and structured:
             store_notes(structured)
+        if fhir_out and structured:
+            from trillium.medical.records.fhir import to_fhir_bundle
+
+            bundles = [to_fhir_bundle(s) for s in structured]
+            payload_fhir = bundles[0] if len(bundles) == 1 else {
+                "resourceType": "Bundle", "type": "collection",
+                "entry": [{"fullUrl": f"urn:uuid:{b['id']}", "resource": b} for b in bundles]}
+            _write_json(fhir_out, payload_fhir)
     except TrilliumError as exc:
         fail(exc)
         return

@@ -77,6 +77,7 @@ class TermMatcher:
     def __init__(self, entries: Mapping[str, Sequence[str]], kind: str) -> None:
         self.kind = kind
         self._index: dict[tuple[str, ...], tuple[str, bool]] = {}
+        abbreviation_plurals: list[tuple[tuple[str, ...], str]] = []
         for canonical, terms in entries.items():
             for term in terms:
                 toks = tuple(t.lower for t in tokenize(term))
@@ -85,10 +86,12 @@ class TermMatcher:
                 caps_only = len(term.replace(" ", "")) <= 3 and term.isalpha()
                 self._index.setdefault(toks, (canonical, caps_only))
                 if caps_only:  # "DVTs", "CVAs": an abbreviation's plural, capitals then a small s
-                    self._index.setdefault((*toks[:-1], toks[-1] + "s"), (canonical, True))
+                    abbreviation_plurals.append(((*toks[:-1], toks[-1] + "s"), canonical))
                 last = toks[-1]
                 if last.isalpha() and len(last) > 3 and not last.endswith("s") and not caps_only:
                     self._index.setdefault((*toks[:-1], last + "s"), (canonical, False))
+        for key, canonical in abbreviation_plurals:  # after the written terms: "rubs" is a word, not "RUBs"
+            self._index.setdefault(key, (canonical, True))
         self._longest = max(len(k) for k in self._index)
 
     def find(self, tokens: Sequence[Token]) -> list[tuple[int, int, str]]:

@@ -86,6 +86,12 @@ class StructuredNote:
             "n_negated": sum(e.negated for e in self.entities), "no_known_allergies": self.no_known_allergies,
         }]
 
+    def to_fhir(self, *, validate: bool = True) -> dict[str, Any]:
+        """The note as a FHIR R4 Bundle (``trillium.medical.records.fhir.to_fhir_bundle``)."""
+        from trillium.medical.records.fhir import to_fhir_bundle
+
+        return to_fhir_bundle(self, validate=validate)
+
     def to_dict(self, *, with_text: bool = False) -> dict[str, Any]:
         """The note as JSON-ready data; ``with_text`` adds the text, so ``from_dict`` can rebuild it."""
         out = self._as_dict()
