@@ -14,7 +14,8 @@ Descriptions are written for coders ("Pneumonia, unspecified organism", "Essenti
 hypertension"), so each is turned into the forms a clinician writes (``variants``): parenthesised
 non-essential modifiers with and without, the head before ", unspecified ..." or " NOS", a
 comma-inverted form ("Pneumonia, aspiration" -> "aspiration pneumonia"), "A of B" -> "B A" for
-one-word A and B. Tokens are compared after ``normalize_token`` (lowercase, plural to singular), so
+one-word A and B, hyphens written as spaces or not, the adjective of a one-word condition
+("anemic", "cyanotic", "syncopal"). Tokens are compared after ``normalize_token`` (lowercase, plural to singular), so
 inflections match without listing them.
 
 When one written form maps to several codes the rule is stated and fixed (``_rank``): a form got
@@ -139,6 +140,15 @@ def _forms(forms: set[str]) -> Iterator[str]:
         if "-" in f:  # "Sickle-cell disease" is written "sickle cell", "Post-traumatic" "posttraumatic"
             forms.add(f.replace("-", " "))
             forms.add(f.replace("-", ""))
+    for f in list(forms):
+        if re.fullmatch(r"[A-Za-z]{5,}", f):  # adjectives clinicians write for a one-word condition
+            low = f.lower()
+            if low.endswith("ia"):
+                forms.add(low[:-2] + "ic")  # anemia -> anemic, hypoxia -> hypoxic
+            elif low.endswith("osis"):
+                forms.add(low[:-4] + "otic")  # cyanosis -> cyanotic
+            elif low.endswith("ope"):
+                forms.add(low[:-1] + "al")  # syncope -> syncopal
     for f in forms:
         if f and "," not in f and ";" not in f:
             yield f
