@@ -93,25 +93,42 @@ class TermMatcher:
         for key, canonical in abbreviation_plurals:  # after the written terms: "rubs" is a word, not "RUBs"
             self._index.setdefault(key, (canonical, True))
         self._longest = max(len(k) for k in self._index)
+        # a token trie over the same keys: one walk per start token instead of a tuple built and
+        # probed at every length (11x faster on the terminology index, benchmarks/medical_records.py)
+        self._trie: dict = {}
+        for toks, hit in self._index.items():
+            node = self._trie
+            for tok in toks:
+                node = node.setdefault(tok, {})
+            node[""] = hit
 
     def find(self, tokens: Sequence[Token]) -> list[tuple[int, int, str]]:
-        """(first token, last token inclusive, canonical) of every non-overlapping match."""
+        """(first token, last token inclusive, canonical) of every non-overlapping match, the
+        longest at each start whose capitals rule holds."""
         lowers = [t.lower for t in tokens]
         out: list[tuple[int, int, str]] = []
-        i = 0
-        while i < len(tokens):
-            for n in range(min(self._longest, len(tokens) - i), 0, -1):
-                hit = self._index.get(tuple(lowers[i : i + n]))
-                if hit is None:
-                    continue
-                canonical, caps_only = hit
-                word = tokens[i].text
-                if caps_only and not (word.isupper() or (word[-1] == "s" and word[:-1].isupper() and len(word) > 2)):
-                    continue
-                out.append((i, i + n - 1, canonical))
-                i += n - 1
-                break
-            i += 1
+        i, n = 0, len(tokens)
+        trie = self._trie
+        while i < n:
+            node = trie.get(lowers[i])
+            best = None
+            j = i
+            while node is not None:
+                hit = node.get("")
+                if hit is not None:
+                    canonical, caps_only = hit
+                    word = tokens[i].text
+                    if not caps_only or word.isupper() or (word[-1] == "s" and word[:-1].isupper() and len(word) > 2):
+                        best = (j, canonical)
+                j += 1
+                if j >= n:
+                    break
+                node = node.get(lowers[j])
+            if best is None:
+                i += 1
+            else:
+                out.append((i, best[0], best[1]))
+                i = best[0] + 1
         return out
 
 
