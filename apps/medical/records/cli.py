@@ -256,6 +256,7 @@ def negex_coverage_cmd(
     json_out: str = typer.Option("-", "--json", help="Write the report here."),
     sample: int = typer.Option(0, "--sample", help="Also draw this many extracted entities (fixed seed) for judging."),
     sample_tsv: str | None = typer.Option(None, "--sample-tsv", help="Write the drawn entities here, unjudged."),
+    seed: int = typer.Option(2026, "--seed", help="Seed of the draw."),
 ) -> None:
     """End to end on the NegEx set: annotated conditions found as entities, and their negation,
     with the terminologies and with the hand lexicon only, in one run."""
@@ -264,7 +265,7 @@ def negex_coverage_cmd(
     from trillium.medical.records.evaluate import negex_coverage_eval
 
     try:
-        report = negex_coverage_eval(tsv, sample=sample)
+        report = negex_coverage_eval(tsv, sample=sample, seed=seed)
     except TrilliumError as exc:
         fail(exc)
         return
