@@ -41,7 +41,7 @@ def test_index_takes_the_longest_match_and_ranks_codes_by_the_stated_rule(tmp_pa
         CodedTerm(words("tricuspid regurgitation"), "HPO", "HP:0005180", "Tricuspid regurgitation", (0, 1, 0, 0, 10)),
     ]
     idx = TermIndex(terms)
-    norm = [normalize_token(w) for w in "trace tricuspid regurgitation and chest pains".split()]
+    norm = [normalize_token(w) for w in ["trace", "tricuspid", "regurgitation", "and", "chest", "pains"]]
     found = idx.find(norm)
     assert [(a, b, hit[1]) for a, b, hit in found] == [(1, 2, "HP:0005180"), (4, 5, "R07.9")]  # ICD before HPO
     assert idx.lookup("Chest Pains") == ("ICD-10-CM", "R07.9", "Chest pain, unspecified")

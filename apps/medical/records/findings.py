@@ -94,7 +94,7 @@ ATTRIBUTES = frozenset(
     """size sizes function functions thickness wall walls cavity systolic diastolic global overall segmental
     regional motion contour contours caliber appearance configuration dimensions dimension echotexture
     texture pressure position flow filling density attenuation signal structure structures
-    """.split())
+    """.split())  # noqa: SIM905  # a word list reads better than quoted strings
 """Words between a structure and its qualifier that name what of it is described ("left
 ventricular wall thickness is normal")."""
 
@@ -102,7 +102,7 @@ LINKS = frozenset(
     """is are was were be been appears appear appeared seems seem seemed looks look looked remains remain
     remained to otherwise overall grossly mildly moderately severely markedly slightly minimally
     relatively entirely essentially somewhat very extremely diffusely globally and both bilaterally
-    ,""".split())
+    ,""".split())  # noqa: SIM905
 """Copulas and degree adverbs allowed between a structure and its qualifier."""
 
 QUALIFIERS = frozenset(
@@ -114,8 +114,9 @@ QUALIFIERS = frozenset(
     atraumatic normocephalic symmetric asymmetric full fluent coherent appropriate benign stable
     unchanged negative positive good poor weak strong brisk hyperactive hypoactive palpable nonpalpable
     mottled cyanotic anicteric icteric flat flattened collapsed plethoric tortuous ectatic healing healed
-    well-healed clean swollen paradoxical hypoplastic mobile restricted prolapsing unremarkably grossly-normal within-normal-limits wnl
-    """.split())
+    well-healed clean swollen paradoxical hypoplastic mobile restricted prolapsing unremarkably
+    grossly-normal within-normal-limits wnl
+    """.split())  # noqa: SIM905
 """What is said of a structure: normal, abnormal, size, texture, tenderness, motion."""
 
 TEMPLATE_FINDINGS = _parse("""

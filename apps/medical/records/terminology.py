@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CodedTerm", "STOP_TERMS", "TermIndex", "icd10cm_terms", "hpo_terms", "normalize_token", "variants"]
+__all__ = ["STOP_TERMS", "CodedTerm", "TermIndex", "hpo_terms", "icd10cm_terms", "normalize_token", "variants"]
 
 ICD10CM = "ICD-10-CM"
 HPO = "HPO"
@@ -102,9 +102,9 @@ def normalize_token(tok: str) -> str:
 
 _WORD_RE = re.compile(r"\d+(?:\.\d+)?|[A-Za-z]+(?:\.[A-Za-z])+\.?|\w+(?:['/-]\w+)*|[^\w\s]")
 _UNSPEC_TAIL = re.compile(r",\s*(?:unspecified|not elsewhere classified|nec|nos|site not specified|without "
-                          r"complications?|uncomplicated|initial encounter|of unspecified [a-z ]+)\b.*$", re.I)
-_LEADING = re.compile(r"^(?:unspecified|other specified|other|acute on chronic)\s+", re.I)
-_NOS = re.compile(r"\s+(?:NOS|NEC)\b", re.I)
+                          r"complications?|uncomplicated|initial encounter|of unspecified [a-z ]+)\b.*$", re.IGNORECASE)
+_LEADING = re.compile(r"^(?:unspecified|other specified|other|acute on chronic)\s+", re.IGNORECASE)
+_NOS = re.compile(r"\s+(?:NOS|NEC)\b", re.IGNORECASE)
 _PAREN = re.compile(r"\s*\(([^()]*)\)")
 
 
@@ -120,7 +120,7 @@ def variants(description: str) -> Iterator[str]:
     if "(" in base:
         forms.add(_PAREN.sub("", base).strip())
         forms.add(_PAREN.sub(lambda m: " " + m.group(1), base).strip())
-    for f in list(forms):
+    for f in sorted(forms):  # a copy: forms grows in the loop
         head = _UNSPEC_TAIL.sub("", f).strip()
         forms.add(head)
         forms.add(_LEADING.sub("", head).strip())
@@ -129,18 +129,18 @@ def variants(description: str) -> Iterator[str]:
 
 def _forms(forms: set[str]) -> Iterator[str]:
     """Word-order and spelling variants of the forms (comma inversion, "A of B" -> "B A", hyphens)."""
-    for f in list(forms):
+    for f in sorted(forms):  # a copy: forms grows in the loop
         if f.count(",") == 1:
             a, b = (x.strip() for x in f.split(","))
-            if a and b and len(b.split()) <= 2 and not re.search(r"unspecified|other|not |without|with ", b, re.I):
+            if a and b and len(b.split()) <= 2 and not re.search(r"unspecified|other|not |without|with ", b, re.IGNORECASE):
                 forms.add(f"{b} {a}")
-        m = re.fullmatch(r"(\w+) of (?:the )?(\w+)", f, re.I)
+        m = re.fullmatch(r"(\w+) of (?:the )?(\w+)", f, re.IGNORECASE)
         if m:
             forms.add(f"{m.group(2)} {m.group(1)}")
         if "-" in f:  # "Sickle-cell disease" is written "sickle cell", "Post-traumatic" "posttraumatic"
             forms.add(f.replace("-", " "))
             forms.add(f.replace("-", ""))
-    for f in list(forms):
+    for f in sorted(forms):  # a copy: forms grows in the loop
         if re.fullmatch(r"[A-Za-z]{5,}", f):  # adjectives clinicians write for a one-word condition
             low = f.lower()
             if low.endswith("ia"):
@@ -159,7 +159,7 @@ def _derivation(text: str, form: str) -> int:
     (the residual code of a category is a worse code for the bare name than its ", unspecified" code)."""
     if form == text:
         return 0
-    return 3 if re.match(r"other\b", text, re.I) and not re.match(r"other\b", form, re.I) else 1
+    return 3 if re.match(r"other\b", text, re.IGNORECASE) and not re.match(r"other\b", form, re.IGNORECASE) else 1
 
 
 def _rank(derivation: int, system: int, leaf: int, length: int) -> tuple[int, ...]:
