@@ -1,5 +1,7 @@
 """Entities of a clinical note: problems, medications (dose, route, frequency), allergies,
-vital signs, lab values and procedures, each with its character span and ConText attributes.
+vital signs, lab values, procedures and exam/report findings, each with its character span and
+ConText attributes; problems carry their ICD-10-CM or HPO code where the terminology index
+(``terminology``) has one, findings their structure and qualifiers (``findings``).
 
 Dictionary terms are matched on tokens (longest match wins, so "chest pain" beats "pain");
 values (blood pressure, "creatinine 1.3 mg/dL") by patterns anchored on a lexicon name.

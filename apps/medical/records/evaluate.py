@@ -293,7 +293,7 @@ def negex_coverage_eval(path: str | Path, *, sample: int = 0, seed: int = 23) ->
     the development half (odd lines) and the held-out half (even lines) as ``negex_eval`` does;
     the terminology index and the exam-finding lexicon were written without reading this set.
     ``sample`` > 0 adds that many entities drawn with ``seed`` from all entities extracted on the
-    sentences, for the precision judgement (``benchmarks/results/negex_entity_precision.tsv``).
+    sentences, for the precision judgement (``benchmarks/results/medical_records_negex_precision.tsv``).
     """
     import random
 
