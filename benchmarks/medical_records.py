@@ -6,7 +6,10 @@ The goal is at least 200 notes/s of extraction on this 2-core CPU. Measured on s
 (``trillium medical records synth``; 150-450 words each, every section and entity kind):
 
 1. Full structuring (sections, sentences, entities, values, ConText) one note at a time:
-   notes/s and per-note p50/p99, single process.
+   notes/s and per-note p50/p99, single process; with the ICD-10-CM + HPO terminologies and
+   exam findings (issue 23) and with the hand lexicon only (the path before), same run.
+   Then the terminology index: build, JSON cache read, and its token trie against a dictionary
+   of token tuples probed at every length.
 2. The dictionary step against a naive baseline in the same run: our token-trie longest match
    against one compiled regular expression per lexicon term (what a first implementation
    does), on the same sentences; both must find the same problem mentions to count.
@@ -36,10 +39,11 @@ def percentiles(times: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": len(a)}
 
 
-def structuring(notes: list, repeats: int) -> dict:
+def structuring(notes: list, repeats: int, terminology: bool = True) -> dict:
+    from trillium.medical.records.entities import EntityExtractor
     from trillium.medical.records.structurer import RecordStructurer
 
-    s = RecordStructurer()
+    s = RecordStructurer(extractor=EntityExtractor(terminology=terminology))
     for n in notes[:20]:
         s.structure(n)  # warm-up (regex caches)
     times = []
@@ -91,6 +95,76 @@ def dictionary_step(notes: list) -> dict:
     return {"sentences": len(sentences), "terms": len(terms), "ours_s": t_ours, "naive_regex_per_term_s": t_naive,
             "speedup": t_naive / t_ours, "ours_mentions": len(ours), "naive_longest_mentions": len(longest),
             "agreement": len(ours & longest) / max(len(longest), 1)}
+
+
+def interleaved(notes: list, rounds: int) -> dict:
+    """Both structurers over the same notes in alternating rounds, so that load from other
+    processes on a shared machine falls on both alike; the ratio is the figure to read."""
+    from trillium.medical.records.entities import EntityExtractor
+    from trillium.medical.records.structurer import RecordStructurer
+
+    pair = {"terminology": RecordStructurer(),
+            "hand_lexicon_only": RecordStructurer(extractor=EntityExtractor(terminology=False))}
+    for s in pair.values():
+        for n in notes[:20]:
+            s.structure(n)
+    rates: dict[str, list[float]] = {k: [] for k in pair}
+    for _ in range(rounds):
+        for name, s in pair.items():
+            t0 = time.perf_counter()
+            for n in notes:
+                s.structure(n)
+            rates[name].append(len(notes) / (time.perf_counter() - t0))
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    return {"rounds": rounds, "notes_per_round": len(notes), "notes_per_s_by_round": rates,
+            "median_notes_per_s": med, "ratio_terminology_over_hand": med["terminology"] / med["hand_lexicon_only"]}
+
+
+def terminology_matcher(notes: list) -> dict:
+    """The ICD-10-CM + HPO index: building it, reading its JSON cache, and its token trie against a
+    dictionary of token tuples probed at every length (the hand lexicon's ``TermMatcher`` way),
+    on the same normalised sentences; both must find the same matches."""
+    from trillium.medical.records import terminology as T
+    from trillium.medical.records.text import split_sentences, tokenize
+
+    t0 = time.perf_counter()
+    idx = T.TermIndex([*T.icd10cm_terms(), *T.hpo_terms()])
+    build = time.perf_counter() - t0
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "index.json"
+        idx.to_json(path)
+        size = path.stat().st_size
+        t0 = time.perf_counter()
+        T.TermIndex.from_json(path)
+        load = time.perf_counter() - t0
+    sents = [[T.normalize_token(t.text) for t in tokenize(n.text, sp.start, sp.end)]
+             for n in notes for sp in split_sentences(n.text)]
+    t0 = time.perf_counter()
+    trie = [idx.find(x) for x in sents]
+    t_trie = time.perf_counter() - t0
+    table, longest = idx.terms_, max(len(k) for k in idx.terms_)
+
+    def probe(norm: list[str]) -> list:
+        out, i = [], 0
+        while i < len(norm):
+            for n in range(min(longest, len(norm) - i), 0, -1):
+                hit = table.get(tuple(norm[i:i + n]))
+                if hit is not None:
+                    out.append((i, i + n - 1, hit))
+                    i += n - 1
+                    break
+            i += 1
+        return out
+
+    t0 = time.perf_counter()
+    tup = [probe(x) for x in sents]
+    t_tuple = time.perf_counter() - t0
+    return {"terms": len(idx), "build_s": build, "json_cache_bytes": size, "json_cache_load_s": load,
+            "sentences": len(sents), "trie_s": t_trie, "tuple_dict_s": t_tuple,
+            "tuple_over_trie": t_tuple / t_trie, "same_matches": trie == tup,
+            "matches": sum(map(len, trie))}
 
 
 def retrieval(notes: list, queries: int) -> dict:
@@ -146,9 +220,21 @@ def main() -> None:
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "python": platform.python_version()},
               "goal_notes_per_s": 200}
+    from trillium.medical.records.terminology import default_index
+
+    default_index()  # built or read from its cache once per process, outside the timings
     log("structuring")
     report["structuring"] = structuring(notes[: args.notes], args.repeats)
     log(f"  {report['structuring']['notes_per_s']:.0f} notes/s")
+    report["structuring_hand_lexicon_only"] = structuring(notes[: args.notes], args.repeats, terminology=False)
+    log(f"  hand lexicon only (the path before issue 23): "
+        f"{report['structuring_hand_lexicon_only']['notes_per_s']:.0f} notes/s")
+    report["structuring_interleaved"] = interleaved(notes[:200], rounds=6)
+    log(f"  interleaved: {report['structuring_interleaved']['median_notes_per_s']} "
+        f"ratio {report['structuring_interleaved']['ratio_terminology_over_hand']:.2f}")
+    log("terminology matcher: trie vs tuple dictionary")
+    report["terminology_matcher"] = terminology_matcher(notes[: args.notes])
+    log(f"  tuple/trie {report['terminology_matcher']['tuple_over_trie']:.2f}x")
     log("dictionary step vs regex per term")
     report["dictionary_step"] = dictionary_step(notes[: args.notes])
     log(f"  speedup {report['dictionary_step']['speedup']:.1f}x")

@@ -41,7 +41,7 @@ def store_notes(notes: Iterable[StructuredNote], *, db: Database | None = None, 
             )
             row.entities = [
                 NoteEntity(kind=e.kind, text=e.text, normalized=e.normalized, start=e.start, end=e.end,
-                           section=e.section, values=dict(e.values), **{f: bool(getattr(e, f)) for f in _FLAGS})
+                           section=e.section, values=_stored_values(e), **{f: bool(getattr(e, f)) for f in _FLAGS})
                 for e in note.entities
             ]
             s.add(row)
@@ -160,9 +160,19 @@ def indexable_notes(*, db: Database | None = None) -> tuple[list[str], list[str]
         concepts = []
         for n in notes:
             found = (concept_of(e.kind, e.normalized, negated=e.negated, uncertain=e.uncertain,
-                                hypothetical=e.hypothetical, family=e.family) for e in n.entities)
+                                hypothetical=e.hypothetical, family=e.family, code_system=(e.values or {}).get(
+                                    "code_system"), code=(e.values or {}).get("code")) for e in n.entities)
             concepts.append(sorted({c for c in found if c}))
         return [n.text for n in notes], [n.note_id for n in notes], concepts
+
+
+def _stored_values(e: Any) -> dict[str, Any]:
+    """An entity's values as stored: its terminology code travels in the JSON ``values`` column
+    (``code_system``, ``code``), so coded notes need no new column in existing databases."""
+    values = dict(e.values)
+    if getattr(e, "code", None):
+        values.update(code_system=e.code_system, code=e.code)
+    return values
 
 
 def _entity_dict(e: NoteEntity) -> dict[str, Any]:
@@ -189,9 +199,12 @@ def patient_view(patient_id: str, *, db: Database | None = None) -> dict[str, An
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         for note_id, e in mentions:
             if e.kind == "problem":
-                p = problems.setdefault(e.normalized, {"problem": e.normalized, "mentions": 0, "notes": [],
-                                                       "current": 0, "past": 0, "negated": 0, "uncertain": 0,
-                                                       "family": 0})
+                code_system, code = (e.values or {}).get("code_system"), (e.values or {}).get("code")
+                # one row per coded concept ("HTN" and "essential hypertension" are I10), else per name
+                key = f"{code_system}:{code}" if code else e.normalized
+                p = problems.setdefault(key, {"problem": e.normalized, "code_system": code_system, "code": code,
+                                              "mentions": 0, "notes": [], "current": 0, "past": 0, "negated": 0,
+                                              "uncertain": 0, "family": 0})
                 p["mentions"] += 1
                 if note_id not in p["notes"]:
                     p["notes"].append(note_id)

@@ -26,8 +26,14 @@ user = require("medical:read")
 st.title("Medical: CT studies, patients, records and similar cases")
 
 COLOURS = {"problem": "#fde2e1", "medication": "#dff0d8", "allergy": "#fcf8e3", "vital": "#d9edf7",
-           "lab": "#e8e1f5", "procedure": "#f0e6d2"}
+           "lab": "#e8e1f5", "procedure": "#f0e6d2", "finding": "#e6eef0"}
 FLAGS = ("negated", "uncertain", "hypothetical", "historical", "family")
+
+
+def _code(problem: dict) -> str:
+    """The code shown after a coded problem of the patient view (issue 23): " `ICD-10-CM I10`"."""
+    return f" `{problem['code_system']} {problem['code']}`" if problem.get("code") else ""
+
 EXTRACT_HINT = ("Structure notes with `trillium medical records extract <files or folder>` "
                 "(`trillium medical records synth <folder>` writes synthetic ones), or upload a note below.")
 
@@ -254,7 +260,7 @@ with tab_patient:
             for group, label in (("active", "Active"), ("past", "Past history"), ("uncertain", "Uncertain"),
                                  ("ruled_out", "Ruled out"), ("family_history", "Family history")):
                 items = view["problems"][group]
-                st.markdown(f"**{label}**: " + (", ".join(f"{p['problem']} ({p['mentions']})" for p in items)
+                st.markdown(f"**{label}**: " + (", ".join(f"{p['problem']}{_code(p)} ({p['mentions']})" for p in items)
                                                  if items else "none recorded"))
             st.subheader("Allergies")
             if view["allergies"]:

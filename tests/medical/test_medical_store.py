@@ -110,3 +110,18 @@ def test_stored_notes_give_the_same_concepts_as_fresh_ones(database: dbmod.Datab
     assert ids == ["n1", "n2"] and texts == [CLINIC, FOLLOW_UP]
     assert concepts == [n.concepts() for n in fresh]
     assert "problem:fever" not in concepts[0] and "problem:lung cancer" not in concepts[0]
+
+
+def test_stored_codes_group_the_patient_view_and_feed_the_index(database: dbmod.Database) -> None:
+    # issue 23: "HTN" and "essential hypertension" are one problem (ICD-10-CM I10) across notes, and
+    # the stored notes' concepts are the codes a fresh structuring gives
+    store_notes([structured("c1", "HPI: HTN, stable.", "P9"),
+                 structured("c2", "ASSESSMENT: Essential hypertension. No pleural effusion.", "P9")], db=database)
+    view = patient_view("P9", db=database)
+    (htn,) = [p for p in view["problems"]["active"] if p["code"] == "I10"]
+    assert htn["code_system"] == "ICD-10-CM" and htn["mentions"] == 2 and htn["notes"] == ["c1", "c2"]
+    assert [(p["code_system"], p["code"]) for p in view["problems"]["ruled_out"]] == [("ICD-10-CM", "J90")]
+    texts, ids, concepts = indexable_notes(db=database)
+    fresh = {i: structured(i, t, "P9").concepts() for i, t in zip(ids, texts, strict=True)}
+    assert dict(zip(ids, concepts, strict=True)) == fresh
+    assert "problem:ICD-10-CM:I10" in fresh["c1"] and "problem:ICD-10-CM:I10" in fresh["c2"]

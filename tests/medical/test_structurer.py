@@ -51,7 +51,11 @@ def test_problems_and_attributes(note) -> None:
     assert find(note, "problem", "MI").family
     fever = [e for e in note.entities if e.text == "fever"]
     assert fever[0].negated and fever[-1].hypothetical
-    assert "problem:chest pain" in note.concepts() and "problem:fever" not in note.concepts()
+    # concepts are codes where the terminology index has one (issue 23): "chest pain" is R07.9
+    chest = find(note, "problem", "substernal chest pain")
+    assert (chest.code_system, chest.code) == ("ICD-10-CM", "R07.9")
+    assert "problem:ICD-10-CM:R07.9" in note.concepts()
+    assert not any(c.startswith("problem:") and c.endswith(f":{fever[0].code}") for c in note.concepts())
 
 
 def test_medications(note) -> None:
@@ -192,11 +196,22 @@ def test_hand_written_discharge_summary() -> None:
     assert one("problem", "pneumonia", "hospital_course").negated
     assert flags(one("problem", "pleural effusions", "hospital_course")) == set()
     assert one("problem", "shortness of breath", "plan").hypothetical
+    # concepts are the terminology codes of affirmed problems (issue 23), names where uncoded
     concepts = set(n.concepts())
-    assert {"problem:congestive heart failure", "problem:atrial fibrillation", "problem:edema",
-            "problem:pleural effusion", "problem:copd"} <= concepts
-    for ruled_out in ("chest pain", "syncope", "fever", "pneumonia", "stroke", "bronchitis"):
-        assert f"problem:{ruled_out}" not in concepts, ruled_out
+
+    def concept(e: Entity) -> str:
+        assert e.code_system in ("ICD-10-CM", "HPO") and e.code, (e.text, e.code_system, e.code)
+        return f"problem:{e.code_system}:{e.code}"
+
+    assert one("problem", "atrial fibrillation", hpi).code == "I48.91"
+    assert one("problem", "COPD", "past_medical_history").code_system == "ICD-10-CM"
+    for text, section in (("heart failure", hpi), ("atrial fibrillation", hpi), ("ankle swelling", hpi),
+                          ("pleural effusions", "hospital_course"), ("COPD", "past_medical_history")):
+        assert concept(one("problem", text, section)) in concepts, text
+    for text in ("chest pain", "syncope", "fever"):
+        assert concept(one("problem", text, hpi)) not in concepts, text
+    assert concept(one("problem", "pneumonia", "hospital_course")) not in concepts
+    assert concept(one("problem", "bronchitis", hpi)) not in concepts
 
     # allergies are not medications, and the reaction in brackets is kept
     assert not n.no_known_allergies

@@ -20,6 +20,7 @@ from trillium.core import db as dbmod
 
 STRUCTURE = "/v1/medical/notes/structure"
 SIMILAR = "/v1/medical/notes/similar"
+FHIR = "/v1/medical/notes/structure/fhir"
 NOTE = """CC: Chest pain.
 
 HPI: 62-year-old man who denies chest pain at rest and has no fever. History of hypertension.
@@ -32,7 +33,7 @@ Albuterol inhaler 2 puffs q4-6h prn wheezing.
 VITAL SIGNS: BP 130/80, HR 72, Temp 37.1 C, SpO2 97% on room air.
 """
 ENTITY_KEYS = ("kind", "text", "start", "end", "normalized", "section", "sentence", "negated", "uncertain",
-               "hypothetical", "historical", "family", "values", "evidence")
+               "hypothetical", "historical", "family", "values", "evidence", "code_system", "code")
 
 
 def headers(service_home: dict, who: str) -> dict[str, str]:
@@ -86,7 +87,9 @@ def test_structure_is_the_in_process_structurer_with_spans_and_context(service, 
     assert by_text["chest pain"]["negated"] is True and by_text["chest pain"]["concept"] is None
     assert by_text["fever"]["negated"] is True
     assert by_text["hypertension"]["historical"] is True
-    assert by_text["hypertension"]["concept"] == "problem:hypertension"
+    # concepts are terminology codes where one exists (issue 23): hypertension is ICD-10-CM I10
+    assert (by_text["hypertension"]["code_system"], by_text["hypertension"]["code"]) == ("ICD-10-CM", "I10")
+    assert by_text["hypertension"]["concept"] == "problem:ICD-10-CM:I10"
     assert by_text["pneumonia"]["uncertain"] is True
     assert by_text["breast cancer"]["family"] is True
     assert by_text["shortness of breath"]["hypothetical"] is True
@@ -235,10 +238,31 @@ def test_similar_k_bounds_and_text_queries_are_audited(service, service_home) ->
     assert after[-1].details["notes"] == [h["note_id"] for h in hits]
 
 
+def test_structure_fhir_is_a_valid_r4_bundle_of_the_same_note(service, service_home, structurer) -> None:
+    from trillium.medical.records.fhir import to_fhir_bundle, validate_bundle
+
+    note_id = f"t-{uuid.uuid4().hex[:8]}"
+    r = httpx.post(service.url + FHIR, json={"text": NOTE, "note_id": note_id, "patient_id": "P-78"},
+                   headers=headers(service_home, "medical"), timeout=60)
+    assert r.status_code == 200, r.text
+    bundle = r.json()
+    validate_bundle(bundle)
+    assert bundle == to_fhir_bundle(structurer.structure(NOTE, note_id=note_id, patient_id="P-78"))
+    res = [e["resource"] for e in bundle["entry"]]
+    conds = {c["code"]["text"]: c for c in res if c["resourceType"] == "Condition"}
+    assert conds["hypertension"]["code"]["coding"][0]["code"] == "I10"
+    assert conds["chest pain"]["verificationStatus"]["coding"][0]["code"] == "refuted"
+    assert "breast cancer" not in conds  # a relative's condition is not the patient's
+    assert {m["medicationCodeableConcept"]["text"] for m in res if m["resourceType"] == "MedicationStatement"} \
+        == {"metformin", "albuterol"}
+    assert all(x["subject"] == {"reference": "Patient/P-78"} for x in res if "subject" in x)
+    assert len(audit_rows(service_home, "medical.note.structure", note_id)) == 1
+
+
 # --------------------------------------------------------------------------- access and bad input
 
 
-@pytest.mark.parametrize("path", [STRUCTURE, SIMILAR])
+@pytest.mark.parametrize("path", [STRUCTURE, SIMILAR, FHIR])
 def test_auth(service, service_home, path) -> None:
     body = {"text": "Denies fever.", "k": 1} if path == SIMILAR else {"text": "Denies fever."}
     r = httpx.post(service.url + path, json=body, timeout=30)

@@ -1,7 +1,8 @@
 """trillium.medical.records: free-text clinical notes structured into sections and entities.
 
-Rules and lexicons written here (no model downloads): sections, sentences, entities with
-character spans, ConText attributes (negated, uncertain, hypothetical, historical, family),
+Rules and lexicons written here, and the ICD-10-CM and HPO terminologies that ship inside their
+packages (no download at run time): sections, sentences, entities with character spans and codes,
+exam/report findings, FHIR R4 Bundles, ConText attributes (negated, uncertain, hypothetical, historical, family),
 and a persisted similar-case index. Imaging lives beside it in ``trillium.medical``.
 
 The public API, importable from here (``from trillium.medical.records import RecordStructurer``):

@@ -12,8 +12,8 @@ import typer
 from trillium.core.cli_options import address_option, engine_option, max_failed_chunks_option, workers_option
 
 app = typer.Typer(
-    help="Clinical notes: synth, extract (sections, entities, negation), batch (a resumable job), reference (for drift), index, similar, "
-         "negex-eval, specialty-eval.",
+    help="Clinical notes: synth, extract (sections, entities, negation), batch (a resumable job), reference (for "
+         "drift), index, similar, negex-eval, negex-coverage, specialty-eval.",
     no_args_is_help=True,
 )
 
@@ -73,6 +73,8 @@ def extract_cmd(
     max_bytes: int = typer.Option(None, "--max-bytes", help="Refuse notes larger than this many bytes "
                                   "(default: TRILLIUM_LIMIT_TEXT_BYTES, else 2,000,000)."),
     summary_only: bool = typer.Option(False, "--summary", help="Write per-note counts instead of every entity."),
+    fhir_out: str = typer.Option(None, "--fhir", help="Also write the notes as FHIR R4 (a Bundle of Bundles, "
+                                 "one per note, validated by fhir.resources) to this path."),
 ) -> None:
     """Structure notes: sections, sentences, entities with spans and negation/uncertainty/history/family."""
     from trillium.core.cli import fail
@@ -86,6 +88,14 @@ def extract_cmd(
         structured = [structurer.structure(n) for n in notes]
         if store and structured:
             store_notes(structured)
+        if fhir_out and structured:
+            from trillium.medical.records.fhir import to_fhir_bundle
+
+            bundles = [to_fhir_bundle(s) for s in structured]
+            payload_fhir = bundles[0] if len(bundles) == 1 else {
+                "resourceType": "Bundle", "type": "collection",
+                "entry": [{"fullUrl": f"urn:uuid:{b['id']}", "resource": b} for b in bundles]}
+            _write_json(fhir_out, payload_fhir)
     except TrilliumError as exc:
         fail(exc)
         return
@@ -264,6 +274,43 @@ def negex_eval_cmd(
     neg = report["held_out"]["negation"]
     typer.echo(f"held-out negation: sensitivity {neg['sensitivity']:.3f}, specificity {neg['specificity']:.3f}, "
                f"PPV {neg['ppv']:.3f} (NegEx published 0.778 / 0.945 / 0.845)", err=True)
+
+
+@app.command("negex-coverage")
+def negex_coverage_cmd(
+    tsv: str = typer.Option(..., "--tsv", help="The NegEx annotated sentences (rsAnnotations-1-120-random.tsv)."),
+    json_out: str = typer.Option("-", "--json", help="Write the report here."),
+    sample: int = typer.Option(0, "--sample", help="Also draw this many extracted entities (fixed seed) for judging."),
+    sample_tsv: str | None = typer.Option(None, "--sample-tsv", help="Write the drawn entities here, unjudged."),
+    seed: int = typer.Option(2026, "--seed", help="Seed of the draw."),
+) -> None:
+    """End to end on the NegEx set: annotated conditions found as entities, and their negation,
+    with the terminologies and with the hand lexicon only, in one run."""
+    from trillium.core.cli import fail
+    from trillium.core.errors import TrilliumError
+    from trillium.medical.records.evaluate import negex_coverage_eval
+
+    try:
+        report = negex_coverage_eval(tsv, sample=sample, seed=seed)
+    except TrilliumError as exc:
+        fail(exc)
+        return
+    drawn = report.pop("sample", [])
+    if sample_tsv and drawn:
+        import csv
+
+        with Path(sample_tsv).open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(["n", "line", "kind", "text", "normalized", "code_system", "code", "sentence"])
+            for n, d in enumerate(drawn, 1):
+                w.writerow([n, d["line"], d["kind"], d["text"], d["normalized"], d["code_system"], d["code"],
+                            " ".join(d["sentence"].split())])
+    _write_json(json_out, report)
+    for name in ("terminology", "hand_lexicon_only"):
+        h = report[name]["held_out"]
+        neg = h["negation_on_found"]
+        typer.echo(f"{name}: held-out coverage {h['coverage']:.3f} ({h['found']}/{h['n']}), negation on found: "
+                   f"sensitivity {neg['sensitivity']:.3f}, specificity {neg['specificity']:.3f}", err=True)
 
 
 @app.command("specialty-eval")

@@ -281,3 +281,70 @@ def entity_eval(notes: Sequence[Any]) -> dict[str, Any]:
     return {"notes": len(notes), "overall": f1(total), "by_kind": {k: f1(c) for k, c in sorted(per_kind.items())},
             "attribute_accuracy": {a: attr_hits[a] / matched_total if matched_total else None for a in attrs},
             "caveat": "synthetic notes written by trillium.medical.records.synth, not real clinical text"}
+
+
+def negex_coverage_eval(path: str | Path, *, sample: int = 0, seed: int = 23) -> dict[str, Any]:
+    """End to end on the NegEx sentences: how many annotated conditions the structurer finds as
+    entities, and negation on the found ones, for the terminology-coded structurer and the
+    hand-lexicon-only one (the path before the terminologies) in the same run.
+
+    A condition is found when an entity of the structured sentence overlaps its span (``locate``);
+    its negation is that of the overlapping entity with the most overlap. Negation is reported on
+    the development half (odd lines) and the held-out half (even lines) as ``negex_eval`` does;
+    the terminology index and the exam-finding lexicon were written without reading this set.
+    ``sample`` > 0 adds that many entities drawn with ``seed`` from all entities extracted on the
+    sentences, for the precision judgement (``benchmarks/results/medical_records_negex_precision.tsv``).
+    """
+    import random
+
+    from trillium.medical.records.entities import EntityExtractor
+    from trillium.medical.records.structurer import RecordStructurer
+
+    rows = read_negex_tsv(path)
+    dev = [i for i, r in enumerate(rows) if r.line % 2 == 1]
+    held = [i for i, r in enumerate(rows) if r.line % 2 == 0]
+    out: dict[str, Any] = {"dataset": str(path), "n_conditions": len(rows),
+                           "split": "development = odd line numbers, held out = even line numbers",
+                           "found_rule": "an entity of the structured sentence overlaps the annotated condition"}
+    drawn: list[dict[str, Any]] = []
+    for name, structurer in (("terminology", RecordStructurer()),
+                             ("hand_lexicon_only", RecordStructurer(extractor=EntityExtractor(terminology=False)))):
+        t0 = time.perf_counter()
+        found: list[Any] = []
+        all_entities: list[tuple[int, Any]] = []
+        for i, r in enumerate(rows):
+            note = structurer.structure(r.sentence, note_id=f"negex-{r.line}")
+            a, b = locate(r.condition, r.sentence)
+            best, overlap = None, 0
+            for e in note.entities:
+                ov = min(b, e.end) - max(a, e.start)
+                if ov > overlap:
+                    best, overlap = e, ov
+            found.append(best)
+            all_entities.extend((i, e) for e in note.entities)
+        elapsed = time.perf_counter() - t0
+
+        def part(subset: list[int], found: list[Any] = found) -> dict[str, Any]:
+            hit = [i for i in subset if found[i] is not None]
+            coded = [i for i in hit if found[i].code]
+            return {"n": len(subset), "found": len(hit), "coverage": len(hit) / len(subset) if subset else None,
+                    "found_with_code": len(coded),
+                    "negation_on_found": _binary([rows[i].negation == "Negated" for i in hit],
+                                                 [found[i].negated for i in hit])}
+
+        by_system: dict[str, int] = {}
+        for _, e in all_entities:
+            key = e.code_system or f"uncoded:{e.kind}"
+            by_system[key] = by_system.get(key, 0) + 1
+        out[name] = {"all": part(list(range(len(rows)))), "development": part(dev), "held_out": part(held),
+                     "entities_extracted": len(all_entities), "entities_by_code_system": by_system,
+                     "sentences_per_s": len(rows) / elapsed if elapsed > 0 else None}
+        if name == "terminology" and sample:
+            rng = random.Random(seed)
+            for i, e in rng.sample(all_entities, min(sample, len(all_entities))):
+                drawn.append({"line": rows[i].line, "text": e.text, "kind": e.kind, "normalized": e.normalized,
+                              "code_system": e.code_system or "", "code": e.code or "",
+                              "sentence": rows[i].sentence})
+    if sample:
+        out["sample"] = drawn
+    return out

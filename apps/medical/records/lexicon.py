@@ -598,3 +598,47 @@ DOSE_UNITS: dict[str, tuple[str, ...]] = {
     "sprays": ("spray", "sprays"),
     "patch": ("patch",),
 }
+
+EXAM_FINDINGS = _parse("""
+# Physical-examination findings and their bedside abbreviations, written from general clinical
+# knowledge (not from any evaluation set). Matched after the problems above; each is coded by the
+# terminology index where one of its forms is an ICD-10-CM or HPO term (``terminology``).
+rales: crackles | crepitations | rale | bibasilar rales | bibasilar crackles
+rhonchi: rhonchus | coarse breath sounds
+friction rub: rub | rubs | pericardial rub | pericardial friction rub | pleural rub | pleural friction rub
+gallop: gallops | gallop rhythm | s3 | s4 | s3 gallop | s4 gallop | third heart sound | fourth heart sound
+jugular venous distension: jvd | jugular venous distention | jugular venous pressure elevation | elevated jvp | elevated jugular venous pressure | distended neck veins
+cyanosis: cyanotic
+clubbing: digital clubbing | finger clubbing | clubbing of fingers
+acute distress: distress | respiratory distress | apparent distress
+afebrile:
+lymphadenopathy: adenopathy | lymph node enlargement | enlarged lymph nodes | swollen lymph nodes
+hepatomegaly: enlarged liver
+splenomegaly: enlarged spleen
+hepatosplenomegaly: organomegaly
+tenderness: abdominal tenderness | rebound tenderness | rebound | guarding | cva tenderness | costovertebral angle tenderness
+scleral icterus:
+bruit: bruits | carotid bruit | carotid bruits | abdominal bruit | renal bruit
+diaphoresis: diaphoretic | sweating
+pallor: pale
+tachypnea: tachypneic | accessory muscle use | use of accessory muscles
+decreased breath sounds: diminished breath sounds | decreased air entry | absent breath sounds | reduced breath sounds
+nuchal rigidity: neck stiffness | stiff neck | meningismus
+hepatojugular reflux:
+rash: skin rash | rashes | erythema | induration
+ecchymosis: bruising | ecchymoses
+dehydration: dry mucous membranes | poor skin turgor
+lower extremity edema: pitting edema | trace edema | leg edema
+thrill:
+heave: parasternal heave | lift
+distended abdomen: abdominal distension | abdominal distention | distension | distention
+""")
+
+CODES: dict[str, tuple[str, str, str]] = {
+    # Hand-lexicon entries whose default ICD-10-CM code the terminology rule does not reach:
+    # ICD-10-CM lists plain hypertension only as "Essential (primary) hypertension" (its bare
+    # "Hypertension" appears only in the alphabetic index, which the package does not ship).
+    "hypertension": ("ICD-10-CM", "I10", "Essential (primary) hypertension"),
+    "diabetes mellitus": ("ICD-10-CM", "E11.9", "Type 2 diabetes mellitus without complications"),
+}
+"""(code system, code, preferred name) of the few hand-lexicon entries coded by hand."""

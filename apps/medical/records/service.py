@@ -80,7 +80,7 @@ class SectionOut(BaseModel):
 
 
 class EntityOut(BaseModel):
-    kind: Literal["problem", "medication", "allergy", "vital", "lab", "procedure"]
+    kind: Literal["problem", "medication", "allergy", "vital", "lab", "procedure", "finding"]
     text: str = Field(description="The mention as written: `text[start:end]` of the request's text.")
     start: int = Field(ge=0, description="Character offset of the mention's first character.")
     end: int = Field(ge=0, description="Character offset after its last character.")
@@ -98,6 +98,8 @@ class EntityOut(BaseModel):
     values: dict[str, Any] = Field(description="Measured values: dose, unit, route, frequency for medications; "
                                                "value and unit (systolic, diastolic) for vitals and labs.")
     evidence: list[list[str]] = Field(description="`[attribute, trigger phrase]` pairs that set the attributes.")
+    code_system: str | None = Field(default=None, description="`ICD-10-CM` or `HPO` where the mention is coded.")
+    code: str | None = Field(default=None, description="The concept's code in `code_system` (`I10`, `HP:0030830`).")
 
 
 class MedicationOut(BaseModel):
@@ -257,7 +259,8 @@ def structure_text(structurer: Any, text: str, note_id: str, patient_id: str | N
         if not at.identity:
             e["text"] = text[e["start"]:e["end"]]
         e["concept"] = concept_of(e["kind"], e["normalized"], negated=e["negated"], uncertain=e["uncertain"],
-                                  hypothetical=e["hypothetical"], family=e["family"])
+                                  hypothetical=e["hypothetical"], family=e["family"],
+                                  code_system=e.get("code_system"), code=e.get("code"))
         v = e["values"]
         span = {"text": e["text"], "start": e["start"], "end": e["end"]}
         if e["kind"] == "medication":
@@ -402,7 +405,7 @@ class NoteNotFoundError(InputValidationError):
 
 
 def notes_router(ctx: ServiceContext) -> APIRouter:
-    """``/notes/structure`` and ``/notes/similar`` (mounted under ``/v1/medical``)."""
+    """``/notes/structure``, ``/notes/structure/fhir`` and ``/notes/similar`` (under ``/v1/medical``)."""
     from trillium.medical.records.structurer import RecordStructurer
     from trillium.medical.store import store_notes
 
@@ -437,6 +440,36 @@ def notes_router(ctx: ServiceContext) -> APIRouter:
                       stored=body.store)
             out["stored"] = body.store
             return out
+
+        try:
+            return await run_in_threadpool(work)
+        except LimitExceededError as exc:
+            return error_response(413, "too_large", str(exc), ["text", exc.limit_name])
+
+    @api.post("/structure/fhir", response_model=dict[str, Any], responses=ERROR_RESPONSES,
+              summary="Structure a clinical note and answer a FHIR R4 Bundle")
+    async def structure_fhir(body: StructureRequest, request: Request,
+                             key: KeyInfo = ctx.require("medical:read")) -> Any:
+        """The note of `/structure` as a FHIR R4 `collection` Bundle: Condition (ICD-10-CM or HPO
+        coded), Observation (vital signs with LOINC codes, labs, exam/report findings),
+        MedicationStatement, AllergyIntolerance; validated by `fhir.resources` before it is sent.
+        Scopes, storing and auditing as `/structure`.
+        """
+        from trillium.medical.records.fhir import to_fhir_bundle
+
+        if body.store:
+            key.require("medical:write")
+        note_id = body.note_id or f"api-{uuid.uuid4().hex[:16]}"
+
+        def work() -> dict[str, Any]:
+            note, _ = structure_text(structurer, body.text, note_id, body.patient_id, ctx.limits)
+            if body.store:
+                store_notes([note], db=ctx.db, source=f"api:{key.owner}")
+                index.mark_stale()
+            ctx.audit(request, key, "medical.note.store" if body.store else "medical.note.structure",
+                      target=note_id, patient_id=body.patient_id, entities=len(note.entities),
+                      stored=body.store, format="fhir")
+            return to_fhir_bundle(note)
 
         try:
             return await run_in_threadpool(work)

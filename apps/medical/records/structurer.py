@@ -59,7 +59,8 @@ class StructuredNote:
         """Affirmed concepts ("problem:hypertension", past history included): the note's clinical
         content for similar-case retrieval, without the conditions it rules out."""
         found = (concept_of(e.kind, e.normalized, negated=e.negated, uncertain=e.uncertain,
-                            hypothetical=e.hypothetical, family=e.family) for e in self.entities)
+                            hypothetical=e.hypothetical, family=e.family, code_system=e.code_system, code=e.code)
+                 for e in self.entities)
         return sorted({c for c in found if c})
 
     def summary(self) -> dict[str, Any]:
@@ -84,6 +85,12 @@ class StructuredNote:
             **{f"n_{kind}": n for kind, n in counts.items()},
             "n_negated": sum(e.negated for e in self.entities), "no_known_allergies": self.no_known_allergies,
         }]
+
+    def to_fhir(self, *, validate: bool = True) -> dict[str, Any]:
+        """The note as a FHIR R4 Bundle (``trillium.medical.records.fhir.to_fhir_bundle``)."""
+        from trillium.medical.records.fhir import to_fhir_bundle
+
+        return to_fhir_bundle(self, validate=validate)
 
     def to_dict(self, *, with_text: bool = False) -> dict[str, Any]:
         """The note as JSON-ready data; ``with_text`` adds the text, so ``from_dict`` can rebuild it."""
@@ -122,6 +129,12 @@ class StructuredNote:
             "sentences": [[s.start, s.end] for s in self.sentences],
             "entities": [e.to_dict() for e in self.entities],
         }
+
+
+def _terminology_version() -> str:
+    from trillium.medical.records.terminology import _sources_version
+
+    return _sources_version()
 
 
 class RecordStructurer(Predictor):
@@ -177,6 +190,7 @@ class RecordStructurer(Predictor):
                 "max_scope": rules.max_scope,
                 "category_scope": sorted([str(k), v] for k, v in rules.category_scope.items()),
                 "disabled": sorted(map(str, rules.disabled)),
+                "terminology": _terminology_version() if getattr(ex, "terminology", False) else None,
             }
             text = json.dumps(spec, sort_keys=True, default=list)
             self._version = "lexicon-" + hashlib.sha256(text.encode()).hexdigest()[:12]
