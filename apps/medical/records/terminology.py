@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -293,7 +294,7 @@ class TermIndex:
     # -- disk cache: plain JSON written here, never a pickle ------------------------------
     def to_json(self, path: Path) -> None:
         rows = [[" ".join(k), *v, list(self.ranks_[k])] for k, v in self.terms_.items()]
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # per process: two first builds must not interleave
         tmp.write_text(json.dumps({"version": _sources_version(), "terms": rows}), encoding="utf-8")
         tmp.replace(path)
 
