@@ -21,7 +21,7 @@ import numpy as np
 
 from trillium.core.contract import Predictor
 from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry
-from trillium.medical.imaging.candidates import Candidate, find_candidates
+from trillium.medical.imaging.candidates import Candidate, find_candidates, resolve_backend
 from trillium.medical.imaging.classifier import (
     DEFAULT_MODEL_NAME,
     FEATURES,
@@ -134,6 +134,10 @@ class StudyAnalyzer(Predictor):
         cands, cand_measurements, lungs = detect_candidates(volume, timings, backend=self.backend,
                                                             device=self.device)
         t = time.perf_counter()
+        if resolve_backend(self.backend) == "torch":
+            from trillium.medical.imaging.volume_ops import resolve_device
+
+            self.classifier.to_device(resolve_device(self.device))  # no-op once there
         centers = np.array([c.center_kji for c in cands]).reshape(-1, 3)
         patches = extract_patches(volume.hu, centers, spacing)
         features = (np.stack([candidate_features(c, m) for c, m in zip(cands, cand_measurements, strict=True)])
