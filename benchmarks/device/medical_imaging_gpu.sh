@@ -10,7 +10,8 @@
 #   - .trillium/ct-real: optional copy of a real series (Lung-PET-CT-Dx A0002, 31 MB) for the equality check.
 # The 512 x 512 x 300 phantom study is written on the device (not carried). Results in $OUT:
 # medical_imaging_gpu.json (stages, ratios, studies in flight, 600-slice memory peak) and
-# medical_imaging_equality_gpu.json. SMOKE=1 runs a small study first as a check of the set-up.
+# medical_imaging_equality_gpu.json. SMOKE=1 runs a small study only (a check of the set-up); QUICK=1
+# the torch path alone on the 300-slice study (for a short device lease).
 set -euo pipefail
 CARRY=${CARRY:-.trillium/whl-ct}
 OUT=${OUT:-/tmp/ct-gpu-out}
@@ -27,6 +28,11 @@ python3 benchmarks/medical_imaging_equality.py --json "$OUT/medical_imaging_equa
 if [ "${SMOKE:-0}" = 1 ]; then
   python3 benchmarks/medical_imaging.py --json "$OUT/medical_imaging_gpu_smoke.json" --work /tmp/ct-smoke \
     --slices 60 --size 256 --repeats 2 --threads "$THREADS" --in-flight 2 2>&1 | tail -20
+  exit 0
+fi
+if [ "${QUICK:-0}" = 1 ]; then  # a short lease: the torch path alone, no studies in flight, no 600-slice run
+  python3 benchmarks/medical_imaging.py --json "$OUT/medical_imaging_gpu_quick.json" --work /tmp/ct512 \
+    --paths torch --repeats 3 --threads "$THREADS" 2>&1 | tee "$OUT/medical_imaging_gpu_quick.log"
   exit 0
 fi
 python3 benchmarks/medical_imaging.py --json "$OUT/medical_imaging_gpu.json" --work /tmp/ct512 \
