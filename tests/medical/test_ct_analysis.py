@@ -147,6 +147,30 @@ def test_analyze_without_a_model_says_how_to_train(tmp_path: Path) -> None:
     assert res.returncode == 2 and "trillium medical train" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_study_end_to_end_gives_the_same_findings_on_the_torch_path(ct_home: Path, tmp_path: Path) -> None:
+    """Issue 22: DICOM folder to findings with the SciPy and the torch candidate filters (torch on
+    the CPU here): same candidates, same findings, each stage timed."""
+    study, truth = _phantom(tmp_path, "s", seed=41, nodules=3)
+    db = connect(f"sqlite:///{ct_home / 'trillium.db'}")
+    analyzer = StudyAnalyzer.from_registry(registry=ModelRegistry(db, ct_home / "registry"), backend="scipy")
+    ref = analyzer.analyze(study)
+    analyzer.backend, analyzer.device = "torch", "cpu"
+    ours = analyzer.analyze(study)
+    assert ref.n_candidates == ours.n_candidates > len(truth["nodules"])
+    assert [f["center_mm"] for f in ours.findings] == [f["center_mm"] for f in ref.findings]
+    assert [(f["diameter_mm"], f["category"], f["type"]) for f in ours.findings] == \
+        [(f["diameter_mm"], f["category"], f["type"]) for f in ref.findings]
+    assert np.allclose([f["nodule_probability"] for f in ours.findings],
+                       [f["nodule_probability"] for f in ref.findings], atol=1e-3)
+    assert {"load", "lungs", "candidates", "measure", "classify", "findings", "total"} <= set(ours.timings)
+
+
+def test_an_unknown_backend_is_one_clear_line(tmp_path: Path) -> None:
+    res = _cli("medical", "detect-eval", "--backend", "numba", home=tmp_path / "h")
+    assert res.returncode == 2 and "--backend" in res.stderr and "'numba'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_analyze_batch_quarantines_a_broken_study_and_resumes_without_duplicates(ct_home: Path,
                                                                                  tmp_path: Path) -> None:
     root = tmp_path / "studies"

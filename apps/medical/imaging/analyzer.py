@@ -21,7 +21,7 @@ import numpy as np
 
 from trillium.core.contract import Predictor
 from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry
-from trillium.medical.imaging.candidates import Candidate, find_candidates
+from trillium.medical.imaging.candidates import Candidate, find_candidates, resolve_backend
 from trillium.medical.imaging.classifier import (
     DEFAULT_MODEL_NAME,
     FEATURES,
@@ -91,8 +91,12 @@ class StudyAnalyzer(Predictor):
     chest-CT ``Predictor``: the threshold is its decision step and travels with a batch job)."""
 
     def __init__(self, classifier: NoduleClassifier, *, threshold: float = 0.5, record: ModelRecord | None = None,
-                 min_diameter_mm: float = MIN_DIAMETER_MM, recentre: bool = True) -> None:
+                 min_diameter_mm: float = MIN_DIAMETER_MM, recentre: bool = True, backend: str | None = None,
+                 device: str | None = None) -> None:
         self.classifier = classifier
+        #: filters of the candidate detector: "scipy", "torch" or None/"auto" (``candidates.resolve_backend``)
+        self.backend = backend
+        self.device = device
         self.recentre = recentre
         self.threshold = threshold
         self.record = record
@@ -101,10 +105,12 @@ class StudyAnalyzer(Predictor):
 
     @classmethod
     def from_registry(cls, name: str = DEFAULT_MODEL_NAME, ref: int | str = "production", *,
-                      registry: ModelRegistry | None = None) -> StudyAnalyzer:
+                      registry: ModelRegistry | None = None, backend: str | None = None,
+                      device: str | None = None) -> StudyAnalyzer:
         registry = registry or ModelRegistry()
         clf, record = NoduleClassifier.load(registry, name, ref)
-        analyzer = cls(clf, threshold=float(record.extra.get("threshold", 0.5)), record=record)
+        analyzer = cls(clf, threshold=float(record.extra.get("threshold", 0.5)), record=record, backend=backend,
+                       device=device)
         analyzer.registry_ref = ModelRef.of(registry, record)
         return analyzer
 
@@ -127,8 +133,13 @@ class StudyAnalyzer(Predictor):
         timings: dict[str, float] = {}
         spacing = volume.spacing
         t = time.perf_counter()
-        cands, cand_measurements, lungs = detect_candidates(volume, timings)
+        cands, cand_measurements, lungs = detect_candidates(volume, timings, backend=self.backend,
+                                                            device=self.device)
         t = time.perf_counter()
+        if resolve_backend(self.backend) == "torch":
+            from trillium.medical.imaging.volume_ops import resolve_device
+
+            self.classifier.to_device(resolve_device(self.device))  # no-op once there
         centers = np.array([c.center_kji for c in cands]).reshape(-1, 3)
         patches = extract_patches(volume.hu, centers, spacing)
         features = (np.stack([candidate_features(c, m) for c, m in zip(cands, cand_measurements, strict=True)])
@@ -216,16 +227,17 @@ def recentre_measurement(hu: np.ndarray, m: Measurement | None, spacing: tuple[f
     return m
 
 
-def detect_candidates(volume: CTVolume, timings: dict[str, float] | None = None
-                      ) -> tuple[list[Candidate], list[Measurement | None], np.ndarray]:
-    """Lungs, blob candidates and each candidate's measurement: the part before any model."""
+def detect_candidates(volume: CTVolume, timings: dict[str, float] | None = None, *, backend: str | None = None,
+                      device: str | None = None) -> tuple[list[Candidate], list[Measurement | None], np.ndarray]:
+    """Lungs, blob candidates and each candidate's measurement: the part before any model.
+    ``backend``/``device``: the candidate filters' (``candidates.find_candidates``)."""
     timings = timings if timings is not None else {}
     spacing = volume.spacing
     t = time.perf_counter()
     lungs = segment_lungs(volume.hu, spacing)
     timings["lungs"] = time.perf_counter() - t
     t = time.perf_counter()
-    cands = find_candidates(volume.hu, lungs, spacing) if lungs.any() else []
+    cands = find_candidates(volume.hu, lungs, spacing, backend=backend, device=device) if lungs.any() else []
     timings["candidates"] = time.perf_counter() - t
     t = time.perf_counter()
     measurements = [measure_consistent(volume.hu, c.center_kji, c.radius_mm, spacing, lungs) for c in cands]

@@ -66,6 +66,28 @@ def _hessian_at(g: np.ndarray, p: np.ndarray, spacing: tuple[float, float, float
     return h
 
 
+#: Backends of the filters: "scipy" (``scipy.ndimage`` on one CPU core, the reference) and "torch"
+#: (``volume_ops``: CPU threads or CUDA, the same candidates within the tolerance the tests state).
+BACKENDS = ("scipy", "torch")
+#: "auto": torch where CUDA is present, else SciPy (on the 2-core CPU the two were measured
+#: within noise of each other; see docs/medical-imaging.md, "Chest CT on torch").
+DEFAULT_BACKEND = "auto"
+
+
+def resolve_backend(backend: str | None) -> str:
+    """``None``/"auto" -> "torch" when CUDA is present, else "scipy"; a name is checked."""
+    backend = backend or DEFAULT_BACKEND
+    if backend == "auto":
+        import torch
+
+        return "torch" if torch.cuda.is_available() else "scipy"
+    if backend not in BACKENDS:
+        raise ValueError(f"chest CT: backend {backend!r} is not one of {BACKENDS} or 'auto'")
+    return backend
+
+_Peak = tuple[np.ndarray, float, float, float, float]
+
+
 def find_candidates(
     hu: np.ndarray,
     lungs: np.ndarray,
@@ -75,16 +97,31 @@ def find_candidates(
     min_response: float = 120.0,
     min_blobness: float = 0.45,
     max_candidates: int = 2000,
+    backend: str | None = None,
+    device: str | None = None,
 ) -> list[Candidate]:
-    """Blob centres inside ``lungs``, strongest first, merged across scales."""
+    """Blob centres inside ``lungs``, strongest first, merged across scales.
+
+    ``backend`` "scipy", "torch" or "auto" (:func:`resolve_backend`); ``device`` is torch's
+    ("cpu", "cuda"; None = CUDA when present).
+    """
+    backend = resolve_backend(backend)
     factors = downsample_factors(spacing, 1.2)
+    sp = tuple(s * f for s, f in zip(spacing, factors, strict=True))
+    peaks_fn = _peaks_torch if backend == "torch" else _peaks_scipy
+    found = peaks_fn(hu, lungs, factors, sp, scales_mm, min_response, min_blobness, device)
+    return _merge(found, factors, sp, max_candidates)
+
+
+def _peaks_scipy(hu: np.ndarray, lungs: np.ndarray, factors: tuple[int, int, int], sp: tuple[float, float, float],
+                 scales_mm: tuple[float, ...], min_response: float, min_blobness: float,
+                 device: str | None = None) -> list[_Peak]:
     small = block_mean(np.clip(hu, -1000, 300), factors)
     mask_small = block_mean(lungs.astype(np.float32), factors) > 0.5
-    sp = tuple(s * f for s, f in zip(spacing, factors, strict=True))
     # Outside the lungs the chest wall would answer everywhere; paint it as lung.
     work = np.where(mask_small, small, LUNG_FILL_HU).astype(np.float32)
     inner = ndimage.binary_erosion(mask_small, iterations=1)
-    found: list[tuple[np.ndarray, float, float, float, float]] = []
+    found: list[_Peak] = []
     for sigma in scales_mm:
         g = ndimage.gaussian_filter(work, sigma=[sigma / s for s in sp], mode="nearest", truncate=3.0)
         resp = -sigma * sigma * _laplacian(g, sp)
@@ -100,6 +137,81 @@ def find_candidates(
             if blob < min_blobness:
                 continue
             found.append((p, sigma, float(resp[tuple(p)]), blob, float(small[tuple(p)])))
+    return found
+
+
+def _peaks_torch(hu: np.ndarray, lungs: np.ndarray, factors: tuple[int, int, int], sp: tuple[float, float, float],
+                 scales_mm: tuple[float, ...], min_response: float, min_blobness: float,
+                 device: str | None = None) -> list[_Peak]:
+    """The same detector as :func:`_peaks_scipy` on tensors; only the peaks come back to numpy."""
+    import torch
+
+    from trillium.medical.imaging import volume_ops as vo
+
+    dev = vo.resolve_device(device)
+    with torch.inference_mode():
+        hu_t = torch.from_numpy(np.ascontiguousarray(hu)).to(dev)
+        small = vo.block_mean(hu_t.clamp(-1000, 300), factors)
+        del hu_t
+        mask_small = vo.block_mean(torch.from_numpy(np.ascontiguousarray(lungs)).to(dev), factors) > 0.5
+        # Outside the lungs' box (and a margin as wide as the widest Gaussian and maximum filter)
+        # the work volume is the constant fill: no peak can be there and the filters inside the box
+        # see the same values, so the box alone is filtered (the SciPy path filters everything).
+        box = _lung_box(mask_small, sp, scales_mm)
+        if box is None:
+            return []
+        origin = torch.tensor([b.start for b in box], device=dev)
+        upper = torch.tensor(small.shape, device=dev) - 1
+        small, mask_small = small[box], mask_small[box]
+        work = torch.where(mask_small, small, torch.tensor(LUNG_FILL_HU, device=dev))
+        inner = vo.binary_erosion(mask_small)
+        del mask_small
+        found: list[_Peak] = []
+        for sigma in scales_mm:
+            g = vo.gaussian_filter(work, [sigma / s for s in sp], truncate=3.0)
+            resp = vo.laplacian(g, sp).mul_(-sigma * sigma)
+            size = [max(3, round(1.2 * sigma / s) * 2 + 1) for s in sp]
+            peaks = (resp == vo.maximum_filter(resp, size)) & (resp > min_response) & inner
+            idx = peaks.nonzero()
+            idx = idx[((idx + origin >= 1) & (idx + origin < upper)).all(dim=1)]
+            if not len(idx):
+                continue
+            hess = vo.hessians_at(g, idx, sp).cpu().numpy()
+            values = resp[idx[:, 0], idx[:, 1], idx[:, 2]].cpu().numpy()
+            levels = small[idx[:, 0], idx[:, 1], idx[:, 2]].cpu().numpy()
+            idx_np = (idx + origin).cpu().numpy()
+            ev = np.linalg.eigvalsh(hess)  # ascending: most negative first
+            for n in range(len(idx_np)):
+                if ev[n, 0] >= 0:
+                    continue
+                blob = float(max(0.0, -ev[n, 2]) / -ev[n, 0])
+                if blob < min_blobness:
+                    continue
+                found.append((idx_np[n], sigma, float(values[n]), blob, float(levels[n])))
+    return found
+
+
+def _lung_box(mask_small: object, sp: tuple[float, float, float], scales_mm: tuple[float, ...]
+              ) -> tuple[slice, slice, slice] | None:
+    """The lungs' bounding box on the detector grid, grown by the reach of the widest Gaussian
+    (truncate 3) plus the widest maximum filter plus two voxels, clipped to the grid."""
+    import torch
+
+    mask = mask_small if isinstance(mask_small, torch.Tensor) else torch.from_numpy(np.asarray(mask_small))
+    if not bool(mask.any()):
+        return None
+    box = []
+    for axis, s in enumerate(sp):
+        others = tuple(a for a in range(3) if a != axis)
+        hit = mask.any(dim=others[1]).any(dim=others[0]).nonzero().flatten()
+        margin = max(int(3.0 * sigma / s + 0.5) + round(1.2 * sigma / s) + 1 for sigma in scales_mm) + 2
+        box.append(slice(max(0, int(hit.min()) - margin), min(mask.shape[axis], int(hit.max()) + 1 + margin)))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _merge(found: list[_Peak], factors: tuple[int, int, int], sp: tuple[float, float, float],
+           max_candidates: int) -> list[Candidate]:
+    """Strongest first; a peak inside an already kept candidate's radius is the same blob."""
     found.sort(key=lambda f: -f[2] * (0.5 + f[3]))
     kept: list[Candidate] = []
     kept_mm: list[np.ndarray] = []

@@ -12,6 +12,7 @@ much as one forward pass, with the same distribution as full MC dropout
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable
@@ -88,23 +89,28 @@ class NodulePrediction:
     malignancy_std: np.ndarray
 
 
-def _net_probs(nets: list[NoduleNet3D], patches: np.ndarray, samples: int, seed: int) -> np.ndarray:
-    """[len(nets) * samples, N] MC-dropout probability draws of a fold ensemble."""
+def _net_probs(nets: list[NoduleNet3D], patches: np.ndarray, samples: int, seed: int,
+               on_device: dict[int, NoduleNet3D] | None = None) -> np.ndarray:
+    """[len(nets) * samples, N] MC-dropout probability draws of a fold ensemble; ``on_device`` maps
+    ``id(net)`` to a copy on a GPU that computes the features (``NoduleClassifier.to_device``)."""
     g = torch.Generator().manual_seed(seed)
     draws = []
     for net in nets:
-        draws.append(_mc_draws(net, patches, samples, g))
+        draws.append(_mc_draws(net, patches, samples, g, (on_device or {}).get(id(net))))
     return np.concatenate(draws) if draws else np.zeros((0, len(patches)), np.float32)
 
 
 def _mc_draws(net: NoduleNet3D, x: np.ndarray, samples: int, generator: torch.Generator,
-              batch_size: int = 128) -> np.ndarray:
+              feature_net: NoduleNet3D | None = None, batch_size: int = 128) -> np.ndarray:
     net.eval()
     p = net.dropout_p
+    fnet = feature_net or net
+    device = next(fnet.parameters()).device
     outs = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            pooled = net.features(torch.from_numpy(x[i:i + batch_size])).mean(dim=(2, 3, 4))
+            # the features may come from a GPU copy; the head and its dropout masks stay on the CPU
+            pooled = fnet.features(torch.from_numpy(x[i:i + batch_size]).to(device)).mean(dim=(2, 3, 4)).cpu()
             outs.append(mc_dropout_head(pooled, net.head, p, samples, generator)[..., 0])
     return torch.cat(outs, dim=1).numpy() if outs else np.zeros((samples, 0), np.float32)
 
@@ -189,10 +195,23 @@ class NoduleClassifier:
         out = []
         for nets, booster, offset in ((self.detectors_, self.detector_booster_, 0),
                                       (self.malignancy_nets_, self.malignancy_booster_, 1)):
-            draws = _net_probs(nets, patches, self.mc_samples, self.seed + offset)
+            draws = _net_probs(nets, patches, self.mc_samples, self.seed + offset, getattr(self, "_on_device", None))
             probs = np.stack([booster.predict_proba(np.c_[features, d])[:, 1] for d in draws])
             out += [probs.mean(0).astype(np.float32), probs.std(0).astype(np.float32)]
         return NodulePrediction(*out)
+
+    def to_device(self, device: str | torch.device) -> NoduleClassifier:
+        """Compute the networks' features on ``device`` from here on (copies of the fitted networks
+        there; the originals stay on the CPU for training, export and heatmaps). The small heads
+        and the MC-dropout masks stay on the CPU, drawn from the same seeded generator."""
+        device = torch.device(device)
+        current = getattr(self, "_on_device", None)
+        if device.type == "cpu":
+            self._on_device = None
+        elif not current or next(next(iter(current.values())).parameters()).device != device:
+            nets = [*getattr(self, "detectors_", []), *getattr(self, "malignancy_nets_", [])]
+            self._on_device = {id(n): copy.deepcopy(n).to(device).eval() for n in nets}
+        return self
 
     def get_params(self) -> dict[str, Any]:
         return {"width": self.width, "dropout": self.dropout, "epochs": self.epochs, "batch_size": self.batch_size,

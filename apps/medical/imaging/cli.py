@@ -24,14 +24,22 @@ def _fail(exc: Exception) -> None:
     fail(exc)
 
 
-def _analyzer(name: str, ref: str) -> StudyAnalyzer:
+BACKEND_HELP = "Candidate filters: scipy, torch or auto (torch where CUDA is present)."
+
+
+def _analyzer(name: str, ref: str, backend: str = "auto", device: str | None = None) -> StudyAnalyzer:
     """The registered nodule model ``name`` at ``ref`` (a version number or an alias); when it
     is missing the error says how to train one."""
-    from trillium.core.errors import TrilliumError
+    from trillium.core.errors import InputValidationError, TrilliumError
     from trillium.medical.imaging.analyzer import StudyAnalyzer
+    from trillium.medical.imaging.candidates import resolve_backend
 
     try:
-        return StudyAnalyzer.from_registry(name, int(ref) if ref.isdigit() else ref)
+        resolve_backend(backend)
+    except ValueError as exc:
+        _fail(InputValidationError(f"--backend: {exc}"))
+    try:
+        return StudyAnalyzer.from_registry(name, int(ref) if ref.isdigit() else ref, backend=backend, device=device)
     except TrilliumError as exc:
         raise type(exc)(f"{exc} (train one with: trillium medical train)") from exc
 
@@ -132,13 +140,15 @@ def register(app: typer.Typer) -> None:
         store: bool = typer.Option(True, "--store/--no-store", help="Store the study and findings in the database."),
         name: str = typer.Option("chest-ct-nodules", "--model"),
         ref: str = typer.Option("production", "--ref"),
+        backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+        device: str = typer.Option(None, "--device", help="torch device for --backend torch (default: CUDA when present)."),
     ) -> None:
         """Find, measure and classify lung nodules in one CT study."""
         from trillium.core.errors import TrilliumError
         from trillium.medical.imaging.analyzer import store_result
 
         try:
-            analyzer = _analyzer(name, ref)
+            analyzer = _analyzer(name, ref, backend, device)
         except TrilliumError as exc:
             _fail(exc)
         try:
@@ -231,18 +241,22 @@ def register(app: typer.Typer) -> None:
         json_out: str = typer.Option("-", "--json"),
         name: str = typer.Option("chest-ct-nodules", "--model"),
         ref: str = typer.Option("production", "--ref"),
+        backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+        device: str = typer.Option(None, "--device", help="torch device for --backend torch (default: CUDA when present)."),
     ) -> None:
         """Detection on synthetic studies through DICOM: FROC, sensitivity at the threshold, size and centre errors."""
         from trillium.core.errors import TrilliumError
+        from trillium.medical.imaging.candidates import resolve_backend
         from trillium.medical.imaging.phantom_training import evaluate_detection
 
         try:
-            analyzer = _analyzer(name, ref)
+            analyzer = _analyzer(name, ref, backend, device)
         except TrilliumError as exc:
             _fail(exc)
         report = evaluate_detection(analyzer, studies=studies, seed=seed, nodules=nodules,
                                     log_fn=lambda m: typer.echo(m, err=True))
         report["model"] = analyzer.model_label
+        report["backend"] = backend if backend != "auto" else f"auto ({resolve_backend(backend)})"
         _emit(report, json_out)
 
     @app.command("nodule-eval")

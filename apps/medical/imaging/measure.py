@@ -112,13 +112,21 @@ def _nodule_mask(mask: np.ndarray, within: np.ndarray, radius_mm: float,
         # then everything within a ball's reach of them): linear in the voxels, where a
         # structuring-element opening grows with the ball's volume (30 mm nodules on 0.7 mm
         # pixels made that the slowest step of a study).
-        inside = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+        # Both transforms run on the mask's bounding box only (about half the ROI's voxels, and
+        # they were three quarters of the findings step): the nearest background of a voxel in
+        # the mask is in the box grown by one, every centre lies in the mask, and the dilation
+        # below is cut to the mask, so the result is the same as on the whole ROI.
+        box = ndimage.find_objects(mask.astype(np.uint8))[0]
+        sub = mask[box]
+        inside = ndimage.distance_transform_edt(np.pad(sub, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
         centres = inside > r_open
         if centres.any():
             opened = ndimage.distance_transform_edt(~centres, sampling=spacing) <= r_open
             # one voxel back into the thresholded tissue restores the outline the ball rounded
             # off, without regrowing the vessel stubs the opening cut
-            mask = ndimage.binary_dilation(opened & mask) & mask
+            kept = np.zeros_like(mask)
+            kept[box] = opened & sub
+            mask = ndimage.binary_dilation(kept) & mask
     return mask if mask.any() else None
 
 
