@@ -131,10 +131,11 @@ def router(ctx: ServiceContext) -> APIRouter:
     live = ctx.live_model(MODEL_NAME, load)
 
     def start_state() -> None:
-        collector = _online_collector(ctx)
+        from trillium.core.monitoring.online import service_collector
+
+        # what this worker scores, sampled per day of the transactions and checked for drift
+        collector = service_collector(ctx, MODEL_NAME)
         holder["online"] = OnlineBatchScorer(_state(ctx), observer=collector.observe if collector else None)
-        if collector is not None:
-            ctx.on_shutdown(collector.final_flush)
 
     ctx.on_startup(start_state)
 
@@ -203,36 +204,6 @@ def router(ctx: ServiceContext) -> APIRouter:
                 "analyst": key.owner, "state_updated": taught}
 
     return r
-
-
-def _online_collector(ctx: ServiceContext) -> Any:
-    """The per-day drift sample of what this worker scores (``online_monitoring``), unless
-    ``TRILLIUM_MONITOR_ONLINE=0``; ``TRILLIUM_MONITOR_FLUSH_SECONDS`` (default 60) sets how often
-    it is written. A closed day's check runs on its own thread, never in a request's path."""
-    if os.environ.get("TRILLIUM_MONITOR_ONLINE", "1") == "0":
-        return None
-    import threading
-
-    from trillium.finance.online_monitoring import OnlineDayCollector, check_days
-
-    def run(closed: list[tuple[int, str]]) -> None:
-        try:
-            check_days(MODEL_NAME, registry=ctx.registry, db=ctx.db, days=closed)
-        except Exception:  # a failed check is logged; scoring goes on
-            log.exception("online drift check of %s failed", closed)
-
-    def check(closed: list[tuple[int, str]]) -> None:
-        threading.Thread(target=run, args=(closed,), name="online-drift-check", daemon=True).start()
-
-    collector = OnlineDayCollector(MODEL_NAME, on_flush=check,
-                                   flush_seconds=float(os.environ.get("TRILLIUM_MONITOR_FLUSH_SECONDS", "60")))
-
-    def final_flush() -> None:  # at shutdown: written and checked before the process ends
-        collector.on_flush = run
-        collector.flush()
-
-    collector.final_flush = final_flush  # type: ignore[attr-defined]
-    return collector
 
 
 def _store_alerts(ctx: ServiceContext, alerts: list[tuple[ScoreRequest, Any]], record: ModelRecord | None) -> None:

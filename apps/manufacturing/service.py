@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import io
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,12 +167,32 @@ def router(ctx: ServiceContext) -> APIRouter:
         return inspector
 
     live = ctx.live_model(DEFAULT_NAME, load)
+    holder: dict[str, Any] = {}
+
+    def start_sampling() -> None:
+        from trillium.core.monitoring.online import service_collector
+        from trillium.manufacturing.monitoring import STATS, THRESHOLDS
+
+        # the parts this worker inspects, sampled per day (server clock, UTC) and checked for drift
+        # on their image statistics (the embedding would cost a second pass of the network; the
+        # batch jobs check it); anomaly scores are no probabilities, so no precision is estimated
+        holder["online"] = service_collector(ctx, DEFAULT_NAME, names=STATS, thresholds=THRESHOLDS,
+                                             performance=False)
+
+    ctx.on_startup(start_sampling)
 
     def inspect_batch(items: list[_Item]) -> list[tuple[Any, ModelRecord]]:
         inspector = live.current  # read once: the whole batch is judged by one version
         record = inspector.record
         results = inspector.inspect_arrays([it.image for it in items], [it.image_id for it in items],
                                            keep_maps=any(it.keep_map for it in items))
+        collector = holder.get("online")
+        if collector is not None and record is not None:
+            from trillium.manufacturing.monitoring import STATS, image_stats
+
+            stats = image_stats(np.stack([inspector.prepare(it.image) for it in items]))[list(STATS)].to_numpy()
+            collector.observe(record.version, stats, np.array([r.score for r in results], np.float64),
+                              np.array([r.verdict == "defect" for r in results]), np.full(len(items), time.time()))
         return [(r, record) for r in results]
 
     batcher = ctx.batcher(BATCHER, inspect_batch, stack=False, mode="thread")

@@ -386,3 +386,45 @@ def test_a_moved_production_alias_is_served_without_restart_or_failed_request(se
             assert verdict == probe.verdict and threshold == pytest.approx(probe.threshold)
         else:
             assert verdict != probe.verdict and threshold == pytest.approx(new_threshold)
+
+
+def test_inspections_are_sampled_per_day_and_checked_for_drift(service, service_home, tmp_path, monkeypatch) -> None:
+    """Each worker samples the parts it inspects per day (server clock, UTC): their image
+    statistics, scores and verdicts; written at every batch here (``TRILLIUM_MONITOR_FLUSH_SECONDS=0``)
+    and at shutdown; the day is then checked against the version's profile on those columns."""
+    from datetime import UTC, datetime
+
+    from trillium.core.monitoring import store
+    from trillium.core.monitoring.online import check_days, read_day, sampled_columns
+    from trillium.core.registry import ModelRegistry
+    from trillium.manufacturing.monitoring import STATS, reference_profile
+    from trillium.manufacturing.pipeline import Inspector
+
+    home = copy_home(service_home["home"], tmp_path / "home")
+    monkeypatch.setenv("TRILLIUM_HOME", str(home))
+    dbmod.reset_connections()
+    registry = ModelRegistry(dbmod.connect())
+    seeded = Inspector.from_registry(registry=registry, runtime=False)
+    good = np.stack([seeded.prepare(_part(s)) for s in range(30)])
+    record = seeded.register(registry, profile=reference_profile(seeded, good))  # the new production
+    dbmod.reset_connections()
+    server = type(service)(home, workers=1, env={"TRILLIUM_MONITOR_FLUSH_SECONDS": "0"}).wait_ready()
+    try:
+        for s in range(8):
+            name, data = encode(_part(100 + s), "png8")
+            r = post(server, service_home, name, data)
+            assert r.status_code == 200 and r.json()["model_version"] == record.version, r.text
+    finally:
+        server.stop()
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    folder = home / "monitoring" / "online" / "inspector" / f"v{record.version}" / day
+    _, scores, defects, seen = read_day(folder)
+    assert seen == 8 and sampled_columns(folder) == list(STATS) and len(scores) == 8
+    assert 0 <= defects.sum() <= 8 and np.all((scores >= 0) & (scores <= 1))
+    dbmod.reset_connections()
+    registry = ModelRegistry(dbmod.connect())
+    (run_id,) = check_days("inspector", registry=registry, days=[(record.version, day)], performance=False)
+    runs = store.runs("inspector", scope="day").set_index("run_id")
+    run = runs.loc[run_id]
+    assert run["label"] == "online" and run["day"] == day and run["rows"] == 8
+    assert [c["name"] for c in run["columns"]] == list(STATS) and "estimated_precision" not in run["performance"]
