@@ -247,32 +247,23 @@ def manufacturing_prepare(seed: int) -> dict[str, Any]:
                                        for name, shifted in shifts.items()}}
 
 
-def manufacturing_evaluate(prep: dict[str, Any], t: Thresholds) -> dict[str, Any]:
+def _verdicts(prep: dict[str, Any], t: Thresholds) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The prepared comparisons (``clean`` batches, named ``shifts``) judged by thresholds ``t``."""
     def verdict(report: Any) -> dict[str, Any]:
         rep = report.with_thresholds(t)
         alerts = rep.alerts()
         return {"flagged": bool(alerts), "rules": sorted({f"{a['rule']}:{a['feature']}" for a in alerts}),
                 "max_psi": round(rep.max_psi, 4)}
 
-    clean = [verdict(r) for r in prep["clean"]]
-    shift_results = [{"shift": name, **verdict(r)} for name, r in prep["shifts"].items()]
+    return [verdict(r) for r in prep["clean"]], [{"shift": n, **verdict(r)} for n, r in prep["shifts"].items()]
+
+
+def manufacturing_evaluate(prep: dict[str, Any], t: Thresholds) -> dict[str, Any]:
+    clean, shift_results = _verdicts(prep, t)
     return {"lot_size": MFG_LOT, "reference_images": MFG_REF, "unshifted_lots": MFG_LOTS,
             "false_alarms": sum(c["flagged"] for c in clean),
             "shifts_flagged_first_lot": sum(r["flagged"] for r in shift_results), "shifts": len(shift_results),
             "shift_results": shift_results, "unshifted_results": clean}
-
-
-def calibrate_manufacturing(preps: list[dict[str, Any]]) -> tuple[Thresholds, list[dict[str, Any]]]:
-    """As ``calibrate``, on the calibration lines' lots (the field's own thresholds)."""
-    table = []
-    for fdr, floor in GRID:
-        t = replace(Thresholds(), fdr=fdr, psi_floor=floor)
-        res = [manufacturing_evaluate(p, t) for p in preps]
-        table.append({"fdr": fdr, "psi_floor": floor, "false_alarms": sum(r["false_alarms"] for r in res),
-                      "shifts_flagged": sum(r["shifts_flagged_first_lot"] for r in res)})
-    ok = [r for r in table if r["false_alarms"] == 0] or sorted(table, key=lambda r: r["false_alarms"])[:1]
-    best = max(ok, key=lambda r: (r["shifts_flagged"], r["fdr"], -r["psi_floor"]))
-    return replace(Thresholds(), fdr=best["fdr"], psi_floor=best["psi_floor"]), table
 
 
 # ------------------------------------------------------------------ notes (the synthetic generator's departments)
@@ -315,25 +306,31 @@ def notes_prepare(seed: int) -> dict[str, Any]:
 
 
 def notes_evaluate(prep: dict[str, Any], t: Thresholds) -> dict[str, Any]:
-    res = manufacturing_evaluate(prep, t)  # the same verdicts, per batch instead of per lot
+    clean, shift_results = _verdicts(prep, t)
     return {"batch_size": NOTES_BATCH, "reference_notes": NOTES_REF, "unshifted_batches": NOTES_BATCHES,
-            "false_alarms": res["false_alarms"], "shifts_flagged_first_batch": res["shifts_flagged_first_lot"],
-            "shifts": res["shifts"], "shift_results": res["shift_results"],
-            "unshifted_results": res["unshifted_results"]}
+            "false_alarms": sum(c["flagged"] for c in clean),
+            "shifts_flagged_first_batch": sum(r["flagged"] for r in shift_results), "shifts": len(shift_results),
+            "shift_results": shift_results, "unshifted_results": clean}
 
 
-def calibrate_field(preps: list[dict[str, Any]], evaluate: Any, flagged_key: str
+def calibrate_field(preps: list[dict[str, Any]], evaluate: Any, flagged_key: str, *,
+                    grid: list[tuple[float, float]] | None = None, base: Thresholds | None = None
                     ) -> tuple[Thresholds, list[dict[str, Any]]]:
-    """The most sensitive (fdr, psi_floor) with no false alarm on the calibration preps."""
+    """The most sensitive (fdr, psi_floor) of ``grid`` (default ``GRID``) with no false alarm on
+    the calibration preps: shifts flagged (``flagged_key`` of ``evaluate``'s result), then the
+    largest FDR and the smallest PSI floor; the other thresholds are ``base``'s (the field's own)."""
+    base = base or Thresholds()
     table = []
-    for fdr, floor in GRID:
-        t = replace(Thresholds(), fdr=fdr, psi_floor=floor)
+    for fdr, floor in grid or GRID:
+        t = replace(base, fdr=fdr, psi_floor=floor)
         res = [evaluate(p, t) for p in preps]
         table.append({"fdr": fdr, "psi_floor": floor, "false_alarms": sum(r["false_alarms"] for r in res),
                       "shifts_flagged": sum(r[flagged_key] for r in res)})
     ok = [r for r in table if r["false_alarms"] == 0] or sorted(table, key=lambda r: r["false_alarms"])[:1]
     best = max(ok, key=lambda r: (r["shifts_flagged"], r["fdr"], -r["psi_floor"]))
-    return replace(Thresholds(), fdr=best["fdr"], psi_floor=best["psi_floor"]), table
+    return replace(base, fdr=best["fdr"], psi_floor=best["psi_floor"]), table
+
+
 # ------------------------------------------------------------------ chest CT (the phantom generator's own)
 #: small phantoms (about a tenth of training's voxels; 150 x 256 x 256 mm like the training's 210 x 358 x 358
 #: mm chest, cut short): a study costs about 3 s here instead of 20 s, so 250 of them fit in minutes
@@ -410,14 +407,7 @@ def ct_prepare(seed: int, batches: int, reference: int = CT_REF) -> dict[str, An
 
 
 def ct_evaluate(prep: dict[str, Any], t: Thresholds) -> dict[str, Any]:
-    def verdict(report: Any) -> dict[str, Any]:
-        rep = report.with_thresholds(t)
-        alerts = rep.alerts()
-        return {"flagged": bool(alerts), "rules": sorted({f"{a['rule']}:{a['feature']}" for a in alerts}),
-                "max_psi": round(rep.max_psi, 4)}
-
-    clean = [verdict(r) for r in prep["clean"]]
-    shift_results = [{"shift": name, **verdict(r)} for name, r in prep["shifts"].items()]
+    clean, shift_results = _verdicts(prep, t)
     return {"batch_studies": CT_BATCH, "reference_studies": prep["reference_studies"], "unshifted_batches": len(clean),
             "false_alarms": sum(c["flagged"] for c in clean),
             "shifts_flagged_first_batch": sum(r["flagged"] for r in shift_results), "shifts": len(shift_results),
@@ -425,21 +415,6 @@ def ct_evaluate(prep: dict[str, Any], t: Thresholds) -> dict[str, Any]:
 
 
 CT_GRID = [(fdr, floor) for fdr in (1e-2, 1e-3, 1e-4, 1e-6) for floor in (0.05, 0.1, 0.2, 0.3)]
-
-
-def calibrate_ct(preps: list[dict[str, Any]]) -> tuple[Thresholds, list[dict[str, Any]]]:
-    """As ``calibrate``, on the calibration classifiers' unshifted and shifted CT batches."""
-    from trillium.medical.imaging.monitoring import THRESHOLDS as ct_default
-
-    table = []
-    for fdr, floor in CT_GRID:
-        t = replace(ct_default, fdr=fdr, psi_floor=floor)
-        res = [ct_evaluate(p, t) for p in preps]
-        table.append({"fdr": fdr, "psi_floor": floor, "false_alarms": sum(r["false_alarms"] for r in res),
-                      "shifts_flagged": sum(r["shifts_flagged_first_batch"] for r in res)})
-    ok = [r for r in table if r["false_alarms"] == 0] or sorted(table, key=lambda r: r["false_alarms"])[:1]
-    best = max(ok, key=lambda r: (r["shifts_flagged"], r["fdr"], -r["psi_floor"]))
-    return replace(ct_default, fdr=best["fdr"], psi_floor=best["psi_floor"]), table
 
 
 def ct_statistics_cost(repeats: int = 3) -> dict[str, Any]:
@@ -463,22 +438,6 @@ def ct_statistics_cost(repeats: int = 3) -> dict[str, Any]:
 
 
 GRID = [(fdr, floor) for fdr in (1e-2, 1e-3, 1e-4, 1e-6) for floor in (0.01, 0.02, 0.03, 0.05, 0.1)]
-
-
-def calibrate(preps: list[dict[str, Any]]) -> tuple[Thresholds, list[dict[str, Any]]]:
-    """The most sensitive (fdr, psi_floor) with no false alarm on the calibration banks' clean days.
-
-    Sensitivity is judged on the calibration banks' own shifts (shifts flagged, then the
-    smallest summed PSI floor / largest FDR)."""
-    table = []
-    for fdr, floor in GRID:
-        t = replace(Thresholds(), fdr=fdr, psi_floor=floor)
-        res = [finance_evaluate(p, t) for p in preps]
-        table.append({"fdr": fdr, "psi_floor": floor, "false_alarms": sum(r["false_alarms"] for r in res),
-                      "shifts_flagged": sum(r["shifts_flagged_first_day"] for r in res)})
-    ok = [r for r in table if r["false_alarms"] == 0] or sorted(table, key=lambda r: r["false_alarms"])[:1]
-    best = max(ok, key=lambda r: (r["shifts_flagged"], r["fdr"], -r["psi_floor"]))
-    return replace(Thresholds(), fdr=best["fdr"], psi_floor=best["psi_floor"]), table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     grid: list[dict[str, Any]] = []
     thresholds = Thresholds()
     if not (args.no_calibrate or args.only):
-        thresholds, grid = calibrate([finance_prepare(s, args.customers) for s in args.calibration_seeds])
+        thresholds, grid = calibrate_field([finance_prepare(s, args.customers) for s in args.calibration_seeds],
+                                           finance_evaluate, "shifts_flagged_first_day")
     finance = manufacturing = ct = None
     if args.only in (None, "finance"):
         prep = finance_prepare(args.seed, args.customers)
@@ -526,8 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     mfg_thresholds, mfg_grid = mfg_default, []
     if args.only in (None, "manufacturing"):
         if not (args.no_calibrate or args.only):
-            mfg_thresholds, mfg_grid = calibrate_manufacturing([manufacturing_prepare(s)
-                                                                for s in args.calibration_seeds])
+            mfg_thresholds, mfg_grid = calibrate_field([manufacturing_prepare(s) for s in args.calibration_seeds],
+                                                       manufacturing_evaluate, "shifts_flagged_first_lot")
         manufacturing = manufacturing_evaluate(manufacturing_prepare(args.seed), mfg_thresholds)
         manufacturing.update(thresholds=mfg_thresholds.as_dict(), calibration_grid=mfg_grid)
     from trillium.medical.records.monitoring import THRESHOLDS as notes_default
@@ -545,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         ct_thresholds, ct_grid, ct_cal = ct_default, [], []
         if not args.no_calibrate:
             ct_cal = [ct_prepare(s, args.ct_calibration_batches, args.ct_reference) for s in args.ct_calibration_seeds]
-            ct_thresholds, ct_grid = calibrate_ct(ct_cal)
+            ct_thresholds, ct_grid = calibrate_field(ct_cal, ct_evaluate, "shifts_flagged_first_batch", grid=CT_GRID,
+                                                     base=ct_default)
         ct_prep = ct_prepare(args.seed, args.ct_batches, args.ct_reference)
         ct = ct_evaluate(ct_prep, ct_thresholds)
         ct.update(thresholds=ct_thresholds.as_dict(), calibration_grid=ct_grid,
