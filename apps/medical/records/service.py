@@ -414,6 +414,22 @@ def notes_router(ctx: ServiceContext) -> APIRouter:
     ctx.on_startup(lambda: threading.Thread(target=index.warm, name="notes-index", daemon=True).start())
     api = APIRouter(prefix="/notes")
 
+    def structure_and_store(request: Request, key: KeyInfo, body: StructureRequest,
+                            **audit: Any) -> tuple[Any, dict[str, Any]]:
+        """Both structure routes' work (in a worker thread): the write scope checked first when
+        storing, the note structured, stored when asked (the index marked stale), audited."""
+        if body.store:
+            key.require("medical:write")
+        note_id = body.note_id or f"api-{uuid.uuid4().hex[:16]}"
+        note, out = structure_text(structurer, body.text, note_id, body.patient_id, ctx.limits)
+        if body.store:
+            store_notes([note], db=ctx.db, source=f"api:{key.owner}")
+            index.mark_stale()
+        ctx.audit(request, key, "medical.note.store" if body.store else "medical.note.structure",
+                  target=note_id, patient_id=body.patient_id, entities=len(note.entities), stored=body.store,
+                  **audit)
+        return note, out
+
     @api.post("/structure", response_model=StructureResponse, responses=ERROR_RESPONSES,
               summary="Structure a clinical note: sections, entities with spans and ConText attributes")
     async def structure(body: StructureRequest, request: Request,
@@ -426,18 +442,8 @@ def notes_router(ctx: ServiceContext) -> APIRouter:
         own text is each entity's `text`. Audited (`medical.note.structure`, or
         `medical.note.store` when stored) with the key's owner: the text is patient data.
         """
-        if body.store:
-            key.require("medical:write")
-        note_id = body.note_id or f"api-{uuid.uuid4().hex[:16]}"
-
         def work() -> dict[str, Any]:
-            note, out = structure_text(structurer, body.text, note_id, body.patient_id, ctx.limits)
-            if body.store:
-                store_notes([note], db=ctx.db, source=f"api:{key.owner}")
-                index.mark_stale()
-            ctx.audit(request, key, "medical.note.store" if body.store else "medical.note.structure",
-                      target=note_id, patient_id=body.patient_id, entities=len(note.entities),
-                      stored=body.store)
+            _, out = structure_and_store(request, key, body)
             out["stored"] = body.store
             return out
 
@@ -457,18 +463,8 @@ def notes_router(ctx: ServiceContext) -> APIRouter:
         """
         from trillium.medical.records.fhir import to_fhir_bundle
 
-        if body.store:
-            key.require("medical:write")
-        note_id = body.note_id or f"api-{uuid.uuid4().hex[:16]}"
-
         def work() -> dict[str, Any]:
-            note, _ = structure_text(structurer, body.text, note_id, body.patient_id, ctx.limits)
-            if body.store:
-                store_notes([note], db=ctx.db, source=f"api:{key.owner}")
-                index.mark_stale()
-            ctx.audit(request, key, "medical.note.store" if body.store else "medical.note.structure",
-                      target=note_id, patient_id=body.patient_id, entities=len(note.entities),
-                      stored=body.store, format="fhir")
+            note, _ = structure_and_store(request, key, body, format="fhir")
             return to_fhir_bundle(note)
 
         try:
