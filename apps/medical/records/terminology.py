@@ -40,6 +40,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from trillium.medical.records.trie import build_trie, longest_matches
+
 __all__ = ["STOP_TERMS", "CodedTerm", "TermIndex", "hpo_terms", "icd10cm_terms", "normalize_token", "variants"]
 
 ICD10CM = "ICD-10-CM"
@@ -236,13 +238,7 @@ class TermIndex:
         self._build_trie()
 
     def _build_trie(self) -> None:
-        root: dict = {}
-        for toks, hit in self.terms_.items():
-            node = root
-            for tok in toks:
-                node = node.setdefault(tok, {})
-            node[""] = hit
-        self.trie_ = root
+        self.trie_ = build_trie(self.terms_.items())
 
     def __len__(self) -> int:
         return len(self.terms_)
@@ -264,32 +260,7 @@ class TermIndex:
     def find(self, norm: list[str]) -> list[tuple[int, int, tuple[str, str, str]]]:
         """(first token, last token inclusive, hit) of the leftmost-longest non-overlapping matches
         over already normalised tokens."""
-        out = []
-        i, n = 0, len(norm)
-        trie = self.trie_
-        while i < n:
-            node = trie.get(norm[i])
-            if node is None:
-                i += 1
-                continue
-            best = None
-            j = i
-            while True:
-                hit = node.get("")
-                if hit is not None:
-                    best = (j, hit)
-                j += 1
-                if j >= n:
-                    break
-                node = node.get(norm[j])
-                if node is None:
-                    break
-            if best is None:
-                i += 1
-            else:
-                out.append((i, best[0], best[1]))
-                i = best[0] + 1
-        return out
+        return longest_matches(self.trie_, norm)
 
     # -- disk cache: plain JSON written here, never a pickle ------------------------------
     def to_json(self, path: Path) -> None:
