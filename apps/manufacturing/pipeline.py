@@ -125,12 +125,17 @@ class Inspector(Predictor):
 
     # ------------------------------------------------------------------ inspecting
     def inspect_arrays(self, images: Sequence[np.ndarray], ids: Sequence[str] | None = None, *,
-                       overlay_dir: str | os.PathLike[str] | None = None, keep_maps: bool = False) -> list[Inspection]:
-        """Inspect in-memory images (H, W, C) in [0, 1]; overlays are written when a folder is given."""
+                       overlay_dir: str | os.PathLike[str] | None = None, keep_maps: bool = False,
+                       inputs: np.ndarray | None = None) -> list[Inspection]:
+        """Inspect in-memory images (H, W, C) in [0, 1]; overlays are written when a folder is given.
+        ``inputs``: the images already ``prepare``d (N, C, H, W), when the caller needs them too
+        (the service samples their statistics), so they are not prepared twice."""
         if not len(images):
             return []
         ids = list(ids) if ids is not None else [f"image-{i}" for i in range(len(images))]
-        batch = np.stack([self.prepare(im) for im in images])
+        batch = inputs if inputs is not None else np.stack([self.prepare(im) for im in images])
+        if len(batch) != len(images):
+            raise ValueError(f"inputs has {len(batch)} prepared images for {len(images)} images")
         det = self.detector.predict(batch)
         types: list[str | None] = [None] * len(images)
         conf: list[float | None] = [None] * len(images)

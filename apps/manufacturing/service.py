@@ -184,13 +184,14 @@ def router(ctx: ServiceContext) -> APIRouter:
     def inspect_batch(items: list[_Item]) -> list[tuple[Any, ModelRecord]]:
         inspector = live.current  # read once: the whole batch is judged by one version
         record = inspector.record
+        inputs = np.stack([inspector.prepare(it.image) for it in items])  # prepared once, for both uses
         results = inspector.inspect_arrays([it.image for it in items], [it.image_id for it in items],
-                                           keep_maps=any(it.keep_map for it in items))
+                                           keep_maps=any(it.keep_map for it in items), inputs=inputs)
         collector = holder.get("online")
         if collector is not None and record is not None:
             from trillium.manufacturing.monitoring import STATS, image_stats
 
-            stats = image_stats(np.stack([inspector.prepare(it.image) for it in items]))[list(STATS)].to_numpy()
+            stats = image_stats(inputs)[list(STATS)].to_numpy()
             collector.observe(record.version, stats, np.array([r.score for r in results], np.float64),
                               np.array([r.verdict == "defect" for r in results]), np.full(len(items), time.time()))
         return [(r, record) for r in results]

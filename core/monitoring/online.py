@@ -230,12 +230,11 @@ def read_day(folder: Path, sample_rows: int = SAMPLE_ROWS, seed: int = 0) -> tup
 def sampled_columns(folder: Path) -> list[str]:
     """The column names the workers' samples of a day were written with (empty: unnamed, the
     profile's whole column order)."""
-    names: list[str] = []
-    for f in sorted(f for f in folder.glob("*.npz") if not f.name.startswith(".")):
-        with np.load(f, allow_pickle=False) as z:
-            names = [str(c) for c in z["columns"]] if "columns" in z.files else []
-        break
-    return names
+    files = sorted(f for f in folder.glob("*.npz") if not f.name.startswith("."))
+    if not files:
+        return []
+    with np.load(files[0], allow_pickle=False) as z:
+        return [str(c) for c in z["columns"]] if "columns" in z.files else []
 
 
 def check_days(model: str, *, registry: ModelRegistry, db: Database | None = None,
