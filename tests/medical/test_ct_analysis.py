@@ -336,3 +336,8 @@ def test_real_eval_scores_a_series_against_its_readers_marks(ct_home: Path, tmp_
             assert les["centre_error_mm"] <= max(les["diameter_mm"] / 2, 5.0)
     assert report["summary"]["lesions"] == len(counted) and report["summary"]["found"] == series["hits"]
     assert f"{series['hits']}/{len(counted)} lesions found" in res.stderr
+    from trillium.core.db import AuditEvent
+
+    with connect(f"sqlite:///{ct_home / 'trillium.db'}").session() as s:
+        rows = s.scalars(select(AuditEvent).where(AuditEvent.action == "medical.ct.real_eval")).all()
+    assert [r.target for r in rows] == [truth["series_uid"]] and rows[0].details["findings"] == series["findings"]

@@ -107,5 +107,12 @@ def test_the_reference_command_registers_from_a_folder(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["medical", "records", "reference", str(tmp_path / "ref")])
     assert r.exit_code == 0, r.output
     assert f"registered {MODEL_NAME} v1 (production): 50 notes" in r.output
+    from sqlalchemy import select
+
+    from trillium.core.db import AuditEvent
+
+    with connect().session() as s:
+        (row,) = s.scalars(select(AuditEvent).where(AuditEvent.action == "medical.notes.reference")).all()
+    assert row.target == f"{MODEL_NAME}:v1" and len(row.details["notes"]) == 50
     r = CliRunner().invoke(app, ["medical", "records", "reference", str(tmp_path / "ref" / "nothing-here")])
     assert r.exit_code != 0

@@ -214,6 +214,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the analyzer on real series and score it against the readers' marks: per series the
         lesions found and missed, false findings, centre and size errors."""
+        from trillium.core.db import connect
         from trillium.core.errors import TrilliumError
         from trillium.medical.imaging.real_eval import evaluate_series, summarise
 
@@ -228,6 +229,9 @@ def register(app: typer.Typer) -> None:
             except (TrilliumError, ValueError, OSError) as exc:
                 _fail(exc)
             r = rows[-1]
+            # a read of a patient's CT, attributable like every other (the OS user running it)
+            connect().audit("medical.ct.real_eval", target=r["series_uid"], source=str(folder),
+                            findings=r["findings"], lesions=r["counted_lesions"])
             typer.echo(f"{folder}: {r['hits']}/{r['counted_lesions']} lesions found, "
                        f"{len(r['false_findings'])} false findings ({r['findings']} findings, {r['seconds']} s)", err=True)
         _emit({"model": analyzer.model_label, "min_readers": min_readers, "summary": summarise(rows), "series": rows},

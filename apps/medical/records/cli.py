@@ -174,6 +174,11 @@ def reference_cmd(
         structurer = RecordStructurer()
         record = register_reference([structurer.structure(n) for n in notes], structurer,
                                     description=f"notes reference from {', '.join(inputs)[:200]}")
+        from trillium.core.db import connect
+
+        # the notes were read (patients' text): which ones, attributable to the OS user running it
+        connect().audit("medical.notes.reference", target=f"{record.name}:v{record.version}",
+                        notes=[n.note_id for n in notes][:1000], sources=list(inputs)[:20])
     except TrilliumError as exc:
         fail(exc)
         return
