@@ -64,9 +64,9 @@ def _day_name(day_number: int) -> str:
 class _Reservoir:
     """A uniform sample of at most ``size`` rows of a stream: Li's algorithm L, which draws how
     many rows to skip before the next one kept, so a full reservoir costs a comparison per wave
-    rather than random numbers per row (this runs in the request path: measured 1-3 us a wave
-    against about 100 us for algorithm R vectorised with NumPy, whose per-call overhead dominates
-    waves of one to a few rows)."""
+    rather than random numbers per row (this runs in the request path; ``benchmarks/
+    online_sampling.py``: a whole ``observe`` of a one-row wave 11.6 us p50 against 22.9 us for a
+    bare NumPy algorithm R reservoir, which NumPy's per-call overhead dominates)."""
 
     def __init__(self, size: int, width: int, rng: np.random.Generator) -> None:
         self.size, self.rng = size, rng
