@@ -26,7 +26,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -163,37 +163,49 @@ def production_reference(registry: ModelRegistry, name: str = MODEL_NAME) -> Mod
     return record if record.kind == KIND else None
 
 
-def monitor_notes(notes: Sequence[StructuredNote], *, registry: ModelRegistry | None = None,
+def monitor_notes(notes: Iterable[StructuredNote], *, registry: ModelRegistry | None = None,
                   db: Database | None = None, job_id: int | None = None, label: str = "", scope: str = "job",
                   name: str = MODEL_NAME, structurer_version: str | None = None) -> list[int]:
-    """Check structured notes against the production reference; returns the stored run ids
-    (none when no reference is registered: notes are then not monitored, said in the log)."""
+    """Check structured notes (any iterable: a job's are streamed, one note in memory at a time)
+    against the production reference; returns the stored run ids (none when no reference is
+    registered: notes are then not monitored, said in the log)."""
     registry = registry or ModelRegistry(db)
     record = production_reference(registry, name)
     if record is None:
         log.info("no %s reference registered: notes drift not checked (trillium medical records reference)", name)
         return []
-    if not notes:
-        return []
-    if structurer_version and structurer_version != record.extra.get("structurer_version"):
-        log.warning("notes structured by %s are checked against a reference made with structurer %s",
-                    structurer_version, record.extra.get("structurer_version"))
     frame = note_stats(notes, load_reference(registry, record))
+    if frame.empty:
+        return []
+    made_with = record.extra.get("structurer_version")
+    if structurer_version and structurer_version != made_with:
+        log.warning("notes structured by %s are checked against a reference made with structurer %s",
+                    structurer_version, made_with)
     return check_batch(registry, record, frame, [0.0] * len(frame), db=db or registry.db, job_id=job_id,
                        label=label, scope=scope, thresholds=THRESHOLDS)
 
 
 def monitor_job(output: str, *, job_id: int, db: Database, label: str = "") -> list[int]:
-    """After a note-structuring job: its structured notes (read back from the output) checked."""
+    """After a note-structuring job: its structured notes, streamed back from the output, checked."""
     from trillium.medical.records.batch import iter_structured
 
     registry = ModelRegistry(db)
     if production_reference(registry) is None:
         return []
-    pairs = list(iter_structured(output))
-    versions = {v for _, v in pairs}
-    return monitor_notes([n for n, _ in pairs], registry=registry, db=db, job_id=job_id, label=label,
-                         structurer_version=next(iter(versions)) if len(versions) == 1 else None)
+    versions: set[str] = set()
+
+    def notes() -> Iterator[StructuredNote]:
+        for note, version in iter_structured(output):
+            versions.add(version)
+            yield note
+
+    record = production_reference(registry)
+    runs = monitor_notes(notes(), registry=registry, db=db, job_id=job_id, label=label)
+    made_with = record.extra.get("structurer_version") if record is not None else None
+    if versions and versions != {made_with}:  # known once the notes were read
+        log.warning("notes job %d structured by %s, checked against a reference made with structurer %s",
+                    job_id, ", ".join(sorted(versions)), made_with)
+    return runs
 
 
 __all__ = ["MODEL_NAME", "THRESHOLDS", "NotesReference", "load_reference", "monitor_job", "monitor_notes",
