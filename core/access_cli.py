@@ -56,9 +56,9 @@ def _db() -> Any:
 
 
 def _actor() -> str:
-    from trillium.core.db import _whoami
+    from trillium.core.audit import cli_actor
 
-    return f"cli:{_whoami()}"
+    return cli_actor()
 
 
 @users_app.command("add")

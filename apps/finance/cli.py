@@ -263,16 +263,17 @@ def monitor_online_cmd(
 def label_cmd(
     transaction_id: str = typer.Argument(..., help="The transaction's id."),
     label: str = typer.Argument(..., help="fraud or genuine."),
-    analyst: str = typer.Option("", "--analyst"),
     comment: str = typer.Option("", "--comment"),
 ) -> None:
-    """Record an analyst's label; retraining learns from it."""
+    """Record an analyst's label; retraining learns from it. The analyst is the OS account running
+    the command (``cli:<login>``), never a typed name."""
+    from trillium.core.audit import cli_actor
     from trillium.core.cli import fail
     from trillium.core.errors import TrilliumError
     from trillium.finance.store import record_feedback
 
     try:
-        fid = record_feedback(transaction_id, label, analyst=analyst, comment=comment)
+        fid = record_feedback(transaction_id, label, analyst=cli_actor(), comment=comment)
     except TrilliumError as exc:
         fail(exc)
         return

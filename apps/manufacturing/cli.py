@@ -273,15 +273,17 @@ def inspect_cmd(
 def correct_cmd(
     image_id: str = typer.Argument(..., help="The inspected image's id (as the inspection stored it)."),
     verdict: str = typer.Option(..., "--verdict", help="What the operator found: defect or good."),
-    operator: str = typer.Option(..., "--operator", help="Who looked at the part (audited)."),
     comment: str = typer.Option("", "--comment"),
 ) -> None:
     """Record an operator's verdict on an inspected part; the monitoring report measures reject
-    precision and escape rate from these."""
+    precision and escape rate from these. The operator is the OS account running the command
+    (``cli:<login>``, audited), never a typed name."""
+    from trillium.core.audit import cli_actor
     from trillium.core.cli import fail
     from trillium.core.errors import TrilliumError
     from trillium.manufacturing.corrections import record_correction
 
+    operator = cli_actor()
     try:
         fid = record_correction(image_id, verdict, operator=operator, comment=comment)
     except TrilliumError as exc:

@@ -23,9 +23,17 @@ def patient_cmd(
     json_out: str = typer.Option("-", "--json", help="Write the view here (JSON; '-' for stdout)."),
 ) -> None:
     """One patient's problems, medications, allergies, vitals, labs and CT findings across notes and studies."""
+    from trillium.core.audit import cli_actor
+    from trillium.core.db import connect
     from trillium.medical.store import list_patients, patient_view
 
     payload = patient_view(patient_id) if patient_id else {"patients": list_patients()}
+    # a patient's record (or the list of who is in the database) was read: attributable to the OS account
+    if patient_id:
+        connect().audit("medical.patient.view", target=patient_id, actor=cli_actor(), patient=patient_id,
+                        notes=len(payload["notes"]), ct_studies=len(payload["ct_studies"]))
+    else:
+        connect().audit("medical.patient.list", actor=cli_actor(), patients=len(payload["patients"]))
     if patient_id and not payload["notes"] and not payload["ct_studies"]:
         from trillium.core.cli import fail
         from trillium.core.errors import InputValidationError

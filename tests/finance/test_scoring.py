@@ -564,9 +564,15 @@ def test_cli_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
     labels = frame.set_index(frame["transaction_id"].astype(str))["label"]
     target = next((t for t in queue["transaction_id"] if labels[t] == 0), queue["transaction_id"].iloc[0])
-    r = _cli("label", target, "fraud", "--analyst", "ana")
+    r = _cli("label", target, "fraud")
     assert r.exit_code == 0, r.output
     assert f"transaction {target} labelled fraud" in r.output
+    from trillium.core.audit import audit_rows, cli_actor
+
+    # the analyst is the OS account running the command, not a typed name (there is no --analyst)
+    (row,) = audit_rows(db, action="finance.feedback")
+    assert row["actor"] == cli_actor() and row["target"] == str(target)
+    assert _cli("label", target, "fraud", "--analyst", "ana").exit_code != 0
     assert feedback_labels(db).to_dict() == {target: 1}
     r = _cli("alerts", "--json", str(queue_json), "--budget", "5")
     assert r.exit_code == 0 and target not in {q["transaction_id"] for q in json.loads(queue_json.read_text())}

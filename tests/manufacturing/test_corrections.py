@@ -89,7 +89,12 @@ def test_the_report_shows_an_inspectors_performance_from_corrections() -> None:
     assert performance_for("no-such-model").empty
     merged = report_performance("line-inspector")
     assert set(merged["domain"]) == {"manufacturing"} and np.isclose(merged["reject_precision"].iloc[0], 0.0)
+    from trillium.core.audit import cli_actor
+
+    # the operator is the OS account running the command; a typed name is not accepted
+    r = CliRunner().invoke(app, ["manufacturing", "correct", "b2", "--verdict", "defect"])
+    assert r.exit_code == 0 and f"b2 is defect (by {cli_actor()})" in r.output, r.output
     r = CliRunner().invoke(app, ["manufacturing", "correct", "b2", "--verdict", "defect", "--operator", "op-b"])
-    assert r.exit_code == 0 and "b2 is defect (by op-b)" in r.output, r.output
-    r = CliRunner().invoke(app, ["manufacturing", "correct", "nope", "--verdict", "defect", "--operator", "op-b"])
+    assert r.exit_code != 0
+    r = CliRunner().invoke(app, ["manufacturing", "correct", "nope", "--verdict", "defect"])
     assert r.exit_code != 0 and "no stored inspection" in r.output

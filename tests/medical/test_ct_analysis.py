@@ -130,6 +130,12 @@ def test_analyze_cli_writes_findings_stores_them_and_exports(ct_home: Path, tmp_
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(ImagingStudy)
                         .where(ImagingStudy.series_uid == truth["series_uid"])) == 1
+    # each read of the patient's CT is attributable: the OS account, the series, the patient
+    from trillium.core.audit import audit_rows, cli_actor
+
+    reads = [r for r in audit_rows(db, action="medical.ct.analyze") if r["target"] == truth["series_uid"]]
+    assert len(reads) == 2 and {r["actor"] for r in reads} == {cli_actor()}
+    assert {r["details"]["patient"] for r in reads} == {"P-CT-1"} and reads[-1]["details"]["source"] == str(study)
 
 
 def test_analyze_cli_bad_input_is_one_clear_line(ct_home: Path, tmp_path: Path) -> None:
@@ -182,13 +188,20 @@ def test_analyze_batch_quarantines_a_broken_study_and_resumes_without_duplicates
     db = connect(f"sqlite:///{ct_home / 'trillium.db'}")
     analyzer = StudyAnalyzer.from_registry(registry=ModelRegistry(db, ct_home / "registry"))
     out = tmp_path / "summary.csv"
-    res = analyze_folder(analyzer, root, out, db=db, progress=False, chunk_rows=2)
+    res = analyze_folder(analyzer, root, out, db=db, progress=False, chunk_rows=2, actor="cli:tester")
     assert res.job.status == "done" and res.job.rows_out == 2 and res.job.rows_quarantined == 1
     text = res.job.quarantine.read_text()
     assert "c-missing-slice" in text and "missing slice" in text and "(0020,0032)" in text
     summary = read_summary(out)
     assert sorted(summary["study"]) == ["a", "b"]
     assert all(Path(p).exists() for p in summary["json"])
+    from trillium.core.audit import audit_rows
+
+    # the job's reads of each patient's CT are attributable: a row per patient naming its series
+    reads = [r for r in audit_rows(db, action="medical.ct.analyze_batch") if r["details"]["job"] == res.job.job_id]
+    assert {r["actor"] for r in reads} == {"cli:tester"}
+    assert {r["target"] for r in reads} == {str(p) for p in summary["patient_id"]}
+    assert sorted(s for r in reads for s in r["details"]["series"]) == sorted(summary["series_uid"])
     again = analyze_folder(analyzer, root, out, db=db, progress=False, chunk_rows=2)
     assert again.job.rows_out == 2 and len(read_summary(out)) == 2
 

@@ -112,7 +112,9 @@ def test_the_reference_command_registers_from_a_folder(tmp_path: Path) -> None:
     from trillium.core.db import AuditEvent
 
     with connect().session() as s:
-        (row,) = s.scalars(select(AuditEvent).where(AuditEvent.action == "medical.notes.reference")).all()
-    assert row.target == f"{MODEL_NAME}:v1" and len(row.details["notes"]) == 50
+        rows = s.scalars(select(AuditEvent).where(AuditEvent.action == "medical.notes.reference")).all()
+    # one row per patient whose notes were read, each naming the reference they went into
+    assert {r.details["reference"] for r in rows} == {f"{MODEL_NAME}:v1"}
+    assert sum(r.details["count"] for r in rows) == 50 and all(r.target == r.details["patient"] for r in rows)
     r = CliRunner().invoke(app, ["medical", "records", "reference", str(tmp_path / "ref" / "nothing-here")])
     assert r.exit_code != 0

@@ -296,6 +296,13 @@ def test_the_batch_command_end_to_end(tmp_path: Path) -> None:
     assert sorted(read_structured(out)["note_id"]) == good
     assert set(_quarantined(quarantine)) == set(BAD)
     assert sorted(_stored(connect())) == good  # the default database (TRILLIUM_HOME)
+    from trillium.core.audit import audit_rows, cli_actor
+
+    # every note the job read is attributable: a row per patient, by the OS account, naming the job
+    reads = audit_rows(connect(), action="medical.notes.batch")
+    assert {r["actor"] for r in reads} == {cli_actor()} and {r["details"]["job"] for r in reads} == {1}
+    assert sorted(n for r in reads for n in r["details"]["notes"]) == good
+    assert "MRN-20417" in {r["target"] for r in reads}
     view = json.loads(runner.invoke(app, ["medical", "patient", "MRN-20417"]).output)
     assert [n["note_id"] for n in view["notes"]] == ["discharge"]
 

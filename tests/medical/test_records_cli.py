@@ -21,6 +21,14 @@ def invoke(*args: str) -> object:
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
+def audited(action: str) -> list[dict]:
+    """The audit rows of ``action`` in this test's database, oldest first."""
+    from trillium.core.audit import audit_rows
+    from trillium.core.db import connect
+
+    return [r for r in reversed(audit_rows(connect(), action=action)) if r["action"] == action]
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     notes = synthetic_notes(60, seed=5)
@@ -44,11 +52,23 @@ def test_extract_stores_and_quarantines(corpus, tmp_path: Path) -> None:
     file_text = (folder / f"{first['note_id']}.txt").read_text()
     assert first["entities"] and all(file_text[e["start"]:e["end"]] == e["text"] for e in first["entities"])
     assert first["patient_id"] == next(n.patient_id for n in notes if n.note_id == first["note_id"])
+    from trillium.core.audit import cli_actor
+
+    # every note read is attributable: one row per patient, naming its notes, by the OS account
+    rows = audited("medical.notes.extract")
+    assert {r["target"] for r in rows} == {n.patient_id for n in notes}
+    assert {r["actor"] for r in rows} == {cli_actor()} and cli_actor().startswith("cli:")
+    assert sorted(i for r in rows for i in r["details"]["notes"]) == sorted(n.note_id for n in notes)
+    assert sum(r["details"]["count"] for r in rows) == len(notes)
     listed = invoke("medical", "patient")
     patients = json.loads(listed.output)["patients"]
     assert sum(p["notes"] for p in patients) == len(notes)
+    assert [r["details"]["patients"] for r in audited("medical.patient.list")] == [len(patients)]
     view = json.loads(invoke("medical", "patient", patients[0]["patient_id"]).output)
     assert view["notes"] and view["patient_id"] == patients[0]["patient_id"]
+    (seen,) = audited("medical.patient.view")
+    assert seen["target"] == seen["details"]["patient"] == patients[0]["patient_id"]
+    assert seen["details"]["notes"] == len(view["notes"]) and seen["actor"] == cli_actor()
     missing = invoke("medical", "patient", "no-such-patient")
     assert missing.exit_code == 2 and "no notes or CT studies stored for patient 'no-such-patient'" in missing.output
 
@@ -64,6 +84,13 @@ def test_index_and_similar(corpus, tmp_path: Path) -> None:
     assert hits[0]["note_id"] == query.note_id and hits[0]["score"] == pytest.approx(1.0, abs=1e-6)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
     assert hits[1]["preview"]  # the catalog written beside the index
+    indexed = audited("medical.notes.index")
+    assert sum(r["details"]["count"] for r in indexed) == len(notes)
+    # the hits' previews are other patients' text: each patient shown has a row naming the notes shown
+    patient_of = {n.note_id: n.patient_id for n in notes}
+    shown = audited("medical.note.similar")
+    assert {r["target"] for r in shown} == {patient_of[h["note_id"]] for h in hits}
+    assert sorted(i for r in shown for i in r["details"]["notes"]) == sorted(h["note_id"] for h in hits)
     by_id = json.loads(invoke("medical", "records", "similar", "--index", str(tmp_path / "idx"), "--note-id",
                               query.note_id, "-k", "2").output)["hits"]
     assert query.note_id not in [h["note_id"] for h in by_id]

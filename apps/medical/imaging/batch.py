@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from trillium.core import jobs
+from trillium.core.audit import audit_patients
 from trillium.core.contract import PredictorFactory, job_output
 from trillium.core.db import Database, connect
 from trillium.core.errors import TrilliumError
@@ -70,7 +71,7 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
                    store: bool = True, progress: bool = True, resume: bool = True, engine: str = "local",
                    address: str | None = None, workers: int | None = None,
                    max_failed_chunks: int | None = jobs.DEFAULT_MAX_FAILED_CHUNKS,
-                   monitor: bool = True) -> AnalyzeJobResult:
+                   monitor: bool = True, actor: str | None = None) -> AnalyzeJobResult:
     """Analyse every study under ``root``: one summary row per study into ``output``, the full
     findings JSON per study into ``json_dir``, and (with ``store``) the findings into the database.
 
@@ -79,6 +80,8 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
     load it, and the studies, output and JSON folder must be on storage every node mounts.
     ``monitor``: once the job is done, its studies' statistics and scores are checked against the
     classifier version's reference profile (``imaging.monitoring``; one run per job, alerts stored).
+    Every study analysed is a read of a patient's CT: one audit row per patient names its series
+    and the job, attributed to ``actor`` (default: the OS account).
     """
     out, sink = job_output(analyzer, output, engine)
     db = db or connect()
@@ -93,7 +96,9 @@ def analyze_folder(analyzer: StudyAnalyzer, root: str | os.PathLike[str], output
                          workers=workers, db=db, chunk_rows=chunk_rows, progress=progress, resume=resume,
                          max_failed_chunks=max_failed_chunks)
     stored = 0
-    summary = read_summary(out) if (store or monitor) else None
+    summary = read_summary(out)
+    audit_patients(db, "medical.ct.analyze_batch", zip(summary["patient_id"], summary["series_uid"]),
+                   actor=actor, id_key="series", job=job.job_id)
     if store and summary is not None:  # from the output, not from this run: a resumed job's earlier chunks count too
         for jpath in summary["json"]:
             store_study_json(json.loads(Path(jpath).read_text()), db=db)

@@ -166,6 +166,12 @@ def register(app: typer.Typer) -> None:
                 payload["dicom"] = export_findings(result.volume, result.findings, masks, dicom_out)
             if store:
                 payload["stored_study_id"] = store_result(result)
+            from trillium.core.audit import cli_actor
+            from trillium.core.db import connect
+
+            # a read of a patient's CT, attributable like every other (the OS account running it)
+            connect().audit("medical.ct.analyze", target=result.series_uid, actor=cli_actor(),
+                            patient=result.patient_id or "", source=str(study), findings=len(result.findings))
         except (TrilliumError, ValueError, OSError) as exc:
             _fail(exc)
         _emit(payload, json_out)
@@ -186,6 +192,7 @@ def register(app: typer.Typer) -> None:
         max_failed_chunks: int | None = max_failed_chunks_option(),
     ) -> None:
         """Analyse every study under ROOT as a resumable job; broken studies are quarantined with the reason."""
+        from trillium.core.audit import cli_actor
         from trillium.core.errors import TrilliumError
         from trillium.core.jobs import check_engine, failed_chunk_limit
         from trillium.medical.imaging.batch import analyze_folder
@@ -195,7 +202,7 @@ def register(app: typer.Typer) -> None:
             analyzer = _analyzer(name, ref)
             res = analyze_folder(analyzer, root, output, json_dir=json_dir, chunk_rows=chunk, store=store,
                                  resume=not restart, engine=engine, address=address, workers=workers,
-                                 max_failed_chunks=failed_chunk_limit(max_failed_chunks))
+                                 max_failed_chunks=failed_chunk_limit(max_failed_chunks), actor=cli_actor())
         except TrilliumError as exc:
             _fail(exc)
         job = res.job
@@ -214,6 +221,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the analyzer on real series and score it against the readers' marks: per series the
         lesions found and missed, false findings, centre and size errors."""
+        from trillium.core.audit import cli_actor
         from trillium.core.db import connect
         from trillium.core.errors import TrilliumError
         from trillium.medical.imaging.real_eval import evaluate_series, summarise
@@ -230,7 +238,7 @@ def register(app: typer.Typer) -> None:
                 _fail(exc)
             r = rows[-1]
             # a read of a patient's CT, attributable like every other (the OS user running it)
-            connect().audit("medical.ct.real_eval", target=r["series_uid"], source=str(folder),
+            connect().audit("medical.ct.real_eval", target=r["series_uid"], actor=cli_actor(), source=str(folder),
                             findings=r["findings"], lesions=r["counted_lesions"])
             typer.echo(f"{folder}: {r['hits']}/{r['counted_lesions']} lesions found, "
                        f"{len(r['false_findings'])} false findings ({r['findings']} findings, {r['seconds']} s)", err=True)

@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from trillium.core.audit import audit_patients
 from trillium.core.contract import PredictorFactory, check_shippable
 from trillium.core.db import Database, connect
 from trillium.core.errors import InputValidationError, JobError, TrilliumError
@@ -250,7 +251,7 @@ def structure_folder(structurer: RecordStructurer, inputs: str | os.PathLike[str
                      address: str | None = None, workers: int | None = None,
                      max_failed_chunks: int | None = DEFAULT_MAX_FAILED_CHUNKS, text_column: str = "transcription",
                      id_column: str | None = None, patient_column: str | None = None,
-                     max_bytes: int | None = None) -> StructureJobResult:
+                     max_bytes: int | None = None, actor: str | None = None) -> StructureJobResult:
     """Structure every note of ``inputs`` (folders, note files, CSV exports) into ``output`` (a
     ``.csv`` file or a directory of Parquet parts) as a resumable job, then (with ``store``)
     store the notes from that output, with the job id and the structurer's version.
@@ -260,6 +261,8 @@ def structure_folder(structurer: RecordStructurer, inputs: str | os.PathLike[str
     configured text limit (``TRILLIUM_LIMIT_TEXT_BYTES``), read here so workers apply the same.
     ``engine="ray"`` structures on a Ray cluster (``address``; ``workers`` actors) into a
     directory of Parquet parts; the inputs must be on storage every node mounts.
+    Every note structured is a read of a patient's text: one audit row per patient names its
+    notes and the job, attributed to ``actor`` (default: the OS account).
     """
     check_engine(engine)
     out = Path(output)
@@ -274,6 +277,7 @@ def structure_folder(structurer: RecordStructurer, inputs: str | os.PathLike[str
     if job.status != "done":
         raise JobError(f"note structuring job {job.name} (id {job.job_id}) ended {job.status}")
     stored = store_output(out, job.job_id, db=db) if store else 0
+    audit_patients(db, "medical.notes.batch", iter_note_ids(out), actor=actor, id_key="notes", job=job.job_id)
     try:  # drift against the registered reference (none registered: nothing checked, said in the log)
         from trillium.medical.records.monitoring import monitor_job
 
@@ -302,22 +306,31 @@ def store_output(output: str | os.PathLike[str], job_id: int, *, db: Database | 
     return stored
 
 
+def _output_frames(output: str | os.PathLike[str], columns: list[str]) -> Iterator[pd.DataFrame]:
+    """``columns`` of the rows a job wrote, one part (or CSV block) at a time, as strings."""
+    sink = output_sink(output)
+    if isinstance(sink, ParquetSink):
+        yield from (pd.read_parquet(part, columns=columns) for part in sink.parts())
+        return
+    assert isinstance(sink, CsvSink)  # nosec B101 # type narrowing: one of two sinks
+    if not sink.path.exists() or sink.path.stat().st_size == 0:
+        return
+    yield from pd.read_csv(sink.path, usecols=columns, dtype=str, keep_default_na=False, chunksize=_STORE_BATCH)
+
+
 def iter_structured(output: str | os.PathLike[str]) -> Iterator[tuple[StructuredNote, str]]:
     """(structured note, structurer version) for every row a job wrote, in chunk order, one part
     (or CSV block) in memory at a time."""
-    sink = output_sink(output)
-    if isinstance(sink, ParquetSink):
-        frames: Iterator[pd.DataFrame] = (pd.read_parquet(part, columns=["structurer", "json"])
-                                          for part in sink.parts())
-    else:
-        assert isinstance(sink, CsvSink)  # nosec B101 # type narrowing: one of two sinks
-        if not sink.path.exists() or sink.path.stat().st_size == 0:
-            return
-        frames = pd.read_csv(sink.path, usecols=["structurer", "json"], dtype=str, keep_default_na=False,
-                             chunksize=_STORE_BATCH)
-    for frame in frames:
+    for frame in _output_frames(output, ["structurer", "json"]):
         for version, text in zip(frame["structurer"], frame["json"], strict=True):
             yield StructuredNote.from_dict(json.loads(text)), str(version)
+
+
+def iter_note_ids(output: str | os.PathLike[str]) -> Iterator[tuple[str | None, str]]:
+    """(patient id, note id) for every row a job wrote, without parsing the structured notes."""
+    for frame in _output_frames(output, ["patient_id", "note_id"]):
+        for patient, note in zip(frame["patient_id"], frame["note_id"], strict=True):
+            yield (str(patient) if isinstance(patient, str) and patient else None), str(note)
 
 
 def read_structured(output: str | os.PathLike[str]) -> pd.DataFrame:

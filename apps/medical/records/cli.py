@@ -20,6 +20,15 @@ app = typer.Typer(
 CATALOG = "catalog.json"
 
 
+def _audit_reads(action: str, reads: Any, **details: Any) -> None:
+    """Notes this command read (patients' text), one audit row per patient, attributed to the OS
+    account running it: the command line's reads are as attributable as the dashboard's."""
+    from trillium.core.audit import audit_patients, cli_actor
+    from trillium.core.db import connect
+
+    audit_patients(connect(), action, reads, actor=cli_actor(), id_key="notes", **details)
+
+
 def _write_json(path: str | None, payload: Any) -> None:
     if path and path != "-":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +95,7 @@ def extract_cmd(
         notes, rejected = _load(inputs, text_column, patient_column, id_column, max_bytes)
         structurer = RecordStructurer()
         structured = [structurer.structure(n) for n in notes]
+        _audit_reads("medical.notes.extract", ((n.patient_id, n.note_id) for n in notes), stored=bool(store))
         if store and structured:
             store_notes(structured)
         if fhir_out and structured:
@@ -135,6 +145,7 @@ def batch_cmd(
     max_failed_chunks: int | None = max_failed_chunks_option(),
 ) -> None:
     """Structure notes as a resumable batch job; unreadable notes go to the job's quarantine file."""
+    from trillium.core.audit import cli_actor
     from trillium.core.cli import fail
     from trillium.core.errors import TrilliumError
     from trillium.core.jobs import check_engine, failed_chunk_limit
@@ -146,7 +157,8 @@ def batch_cmd(
         res = structure_folder(RecordStructurer(), inputs, output, chunk_rows=chunk_rows, store=store,
                                resume=not restart, engine=engine, address=address, workers=workers,
                                max_failed_chunks=failed_chunk_limit(max_failed_chunks), text_column=text_column,
-                               id_column=id_column, patient_column=patient_column, max_bytes=max_bytes)
+                               id_column=id_column, patient_column=patient_column, max_bytes=max_bytes,
+                               actor=cli_actor())
     except TrilliumError as exc:
         fail(exc)
         return
@@ -174,11 +186,9 @@ def reference_cmd(
         structurer = RecordStructurer()
         record = register_reference([structurer.structure(n) for n in notes], structurer,
                                     description=f"notes reference from {', '.join(inputs)[:200]}")
-        from trillium.core.db import connect
-
-        # the notes were read (patients' text): which ones, attributable to the OS user running it
-        connect().audit("medical.notes.reference", target=f"{record.name}:v{record.version}",
-                        notes=[n.note_id for n in notes][:1000], sources=list(inputs)[:20])
+        # the notes were read (patients' text): which ones, attributable to the OS account running it
+        _audit_reads("medical.notes.reference", ((n.patient_id, n.note_id) for n in notes),
+                     reference=f"{record.name}:v{record.version}", sources=list(inputs)[:20])
     except TrilliumError as exc:
         fail(exc)
         return
@@ -209,6 +219,7 @@ def index_cmd(
         index = SimilarCaseIndex(method=method, concept_weight=concept_weight)
         index.fit([n.text for n in notes], [n.note_id for n in notes], concepts)
         path = index.save(out)
+        _audit_reads("medical.notes.index", ((n.patient_id, n.note_id) for n in notes), index=str(path))
     except TrilliumError as exc:
         fail(exc)
         return
@@ -255,6 +266,9 @@ def similar_cmd(
         return
     catalog_path = Path(index_dir) / CATALOG
     catalog = json.loads(catalog_path.read_text()) if catalog_path.is_file() else {}
+    # the hits show other patients' notes (ids, previews): one row per patient shown
+    _audit_reads("medical.note.similar", ((catalog.get(h.note_id, {}).get("patient_id"), h.note_id) for h in hits),
+                 query=note_id or file or "text", k=k)
     _write_json(json_out, {"hits": [{"rank": h.rank, "note_id": h.note_id, "score": round(h.score, 4),
                                      **catalog.get(h.note_id, {})} for h in hits]})
 
