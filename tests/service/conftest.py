@@ -57,6 +57,17 @@ def run_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     return proc
 
 
+def copy_home(src: Path, dst: Path) -> Path:
+    """A consistent copy of a TRILLIUM_HOME whose database a server has open (SQLite's backup API)."""
+    import shutil
+    import sqlite3
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("trillium.db*", "run", "serve-*.log"))
+    with sqlite3.connect(src / "trillium.db") as a, sqlite3.connect(dst / "trillium.db") as b:
+        a.backup(b)
+    return dst
+
+
 class ServiceProcess:
     """``trillium serve`` on a free loopback port, on ``home``; ``stop()`` sends SIGTERM."""
 

@@ -144,7 +144,7 @@ def in_process(service_home: dict) -> dict:
             result = analyzer.analyze(service_home["seed"]["medical"]["ct_folder"])
         finally:
             dbmod.reset_connections()
-    return {"findings": result.findings, "model": analyzer.model_label}
+    return {"findings": result.findings, "model": analyzer.model_label, "monitoring": result.monitoring}
 
 
 # --------------------------------------------------------------------------- the happy path
@@ -168,6 +168,51 @@ def test_upload_is_accepted_at_once_and_analysed_in_the_background(uploaded: dic
         runs = conn.execute("SELECT scope, rows, label, model_name FROM monitoring_runs WHERE job_id = ?",
                             (body["study_id"],)).fetchall()
     assert [tuple(r) for r in runs] == [("job", 1, "ct-study", "chest-ct-nodules")]
+
+
+def test_studies_are_sampled_per_day_and_checked_for_drift(service: ServiceProcess, service_home: dict,
+                                                           study_zip: bytes, in_process: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside each study's own quality check, a worker samples the studies it analyses per day
+    (server clock, UTC) on the numeric statistics, written at every study here
+    (``TRILLIUM_MONITOR_FLUSH_SECONDS=0``) and at shutdown; the day is drift-tested against the
+    classifier version's profile like a batch job."""
+    from datetime import UTC, datetime
+
+    from tests.service.conftest import copy_home
+    from trillium.core.monitoring import store
+    from trillium.core.monitoring.online import check_days, read_day, sampled_columns
+    from trillium.core.registry import ModelRegistry
+    from trillium.medical.imaging.monitoring import NUMERIC
+
+    home = copy_home(service_home["home"], tmp_path / "home")
+    server = type(service)(home, workers=1, env={"TRILLIUM_MONITOR_FLUSH_SECONDS": "0"}).wait_ready()
+    try:
+        ids = []
+        for _ in range(3):
+            r, _ = _post(server, service_home, study_zip)
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["study_id"])
+        done = [_wait(server, service_home, i) for i in ids]
+        assert [d["status"] for d in done] == ["done"] * 3, [d.get("error") for d in done]
+    finally:
+        server.stop()
+    monkeypatch.setenv("TRILLIUM_HOME", str(home))
+    dbmod.reset_connections()
+    registry = ModelRegistry(dbmod.connect())
+    version = registry.get("chest-ct-nodules", "production").version
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    folder = home / "monitoring" / "online" / "chest-ct-nodules" / f"v{version}" / day
+    x, scores, with_findings, seen = read_day(folder)
+    assert seen == 3 and sampled_columns(folder) == list(NUMERIC) and x.shape == (3, len(NUMERIC))
+    # the same study three times: each row the in-process analyzer's statistics of that study
+    want = np.array([np.nan if in_process["monitoring"][c] is None else in_process["monitoring"][c] for c in NUMERIC])
+    assert np.allclose(x, want, rtol=1e-6, equal_nan=True) and with_findings.all() == bool(in_process["findings"])
+    assert np.allclose(scores, in_process["monitoring"]["mean_nodule_probability"], rtol=1e-6)
+    (run_id,) = check_days("chest-ct-nodules", registry=registry, days=[(version, day)], performance=False)
+    run = store.runs("chest-ct-nodules", scope="day").set_index("run_id").loc[run_id]
+    assert run["label"] == "online" and run["day"] == day and run["rows"] == 3
+    assert [c["name"] for c in run["columns"]] == list(NUMERIC)
 
 
 def test_findings_find_the_phantoms_nodules(uploaded: dict, service_home: dict) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
-import sqlite3
 import struct
 import threading
 import time
@@ -29,6 +27,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from tests.service.conftest import copy_home
 from trillium.core import db as dbmod
 
 URL = "/v1/manufacturing/inspect"
@@ -324,14 +323,6 @@ def test_concurrent_requests_are_each_answered_right_and_share_batches(service, 
 
 
 # --------------------------------------------------------------------------- the production alias moves
-
-
-def copy_home(src: Path, dst: Path) -> Path:
-    """A consistent copy of a TRILLIUM_HOME whose database a server has open (SQLite's backup API)."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("trillium.db*", "run", "serve-*.log"))
-    with sqlite3.connect(src / "trillium.db") as a, sqlite3.connect(dst / "trillium.db") as b:
-        a.backup(b)
-    return dst
 
 
 def test_a_moved_production_alias_is_served_without_restart_or_failed_request(service, service_home, inspector,

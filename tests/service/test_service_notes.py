@@ -317,3 +317,55 @@ def test_malformed_bodies_are_4xx(service, service_home, path) -> None:
         r = httpx.post(service.url + path, content=content, headers={**h, "content-type": ctype}, timeout=30)
         assert 400 <= r.status_code < 500, (content, r.text)
         assert r.json()["error"] == "invalid_input" and r.json()["fields"], r.text
+
+
+# --------------------------------------------------------------------------- online monitoring
+
+
+def test_structured_notes_are_sampled_per_day_and_checked_for_drift(service, service_home, structurer, tmp_path,
+                                                                     monkeypatch) -> None:
+    """Each worker samples the notes it structures per day (server clock, UTC): the same columns
+    a batch job's check computes against the registered notes reference, written at every
+    request here (``TRILLIUM_MONITOR_FLUSH_SECONDS=0``) and at shutdown; the day is then checked
+    against the reference's profile."""
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from tests.service.conftest import copy_home
+    from trillium.core.monitoring import store
+    from trillium.core.monitoring.online import check_days, read_day, sampled_columns
+    from trillium.core.registry import ModelRegistry
+    from trillium.medical.records.monitoring import COLUMNS, MODEL_NAME, load_reference, note_row, register_reference
+    from trillium.medical.records.synth import synthetic_notes
+
+    home = copy_home(service_home["home"], tmp_path / "home")
+    monkeypatch.setenv("TRILLIUM_HOME", str(home))
+    dbmod.reset_connections()
+    registry = ModelRegistry(dbmod.connect())
+    record = register_reference([structurer.structure(n.text) for n in synthetic_notes(60, seed=21)], structurer,
+                                registry=registry)
+    dbmod.reset_connections()
+    texts = [NOTE, *(n.text for n in synthetic_notes(5, seed=22))]
+    server = type(service)(home, workers=1, env={"TRILLIUM_MONITOR_FLUSH_SECONDS": "0"}).wait_ready()
+    try:
+        for i, text in enumerate(texts):
+            r = httpx.post(server.url + STRUCTURE, json={"text": text, "note_id": f"online-{i}"},
+                           headers=headers(service_home, "medical"), timeout=60)
+            assert r.status_code == 200, r.text
+    finally:
+        server.stop()
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    folder = home / "monitoring" / "online" / MODEL_NAME / f"v{record.version}" / day
+    x, _, _, seen = read_day(folder)
+    assert seen == len(texts) and sampled_columns(folder) == list(COLUMNS)
+    # the sampled rows are the in-process statistics of the same notes against the same reference
+    dbmod.reset_connections()
+    registry = ModelRegistry(dbmod.connect())
+    reference = load_reference(registry, registry.get(MODEL_NAME, record.version))
+    want = np.array([note_row(structurer.structure(t), reference) for t in texts])
+    np.testing.assert_allclose(np.sort(x, axis=0), np.sort(want, axis=0), rtol=1e-6)  # stored as float32
+    (run_id,) = check_days(MODEL_NAME, registry=registry, days=[(record.version, day)], performance=False)
+    run = store.runs(MODEL_NAME, scope="day").set_index("run_id").loc[run_id]
+    assert run["label"] == "online" and run["day"] == day and run["rows"] == len(texts)
+    assert [c["name"] for c in run["columns"]] == list(COLUMNS)

@@ -309,6 +309,7 @@ class CTStudyWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_reap = 0.0
+        self.online: Any = None  # the per-day sample (``core.monitoring.online``), set at startup
 
     def start(self) -> None:
         if self._thread is None:
@@ -391,6 +392,8 @@ class CTStudyWorker:
             store_study_json(payload, db=self.db)
             stored = True
             _monitor_study(analyzer, payload, self.db, job_id)
+            if self.online is not None and record is not None:
+                _sample_online(self.online, record.version, payload)
             if not _finish(self.db, job_id, "done", rows_out=len(payload["findings"])):
                 log.warning("CT study %d was taken back from this worker before it finished", job_id)
             log.info("CT study %d done in %.1f s: %d findings (%s)", job_id, time.perf_counter() - t0,
@@ -416,6 +419,25 @@ class CTStudyWorker:
         finally:
             stop_beat.set()
             beater.join(timeout=5)
+
+
+def _sample_online(collector: Any, version: int, payload: dict[str, Any]) -> None:
+    """The study's numeric statistics and mean nodule probability into the day's sample (a study
+    analysed before monitoring existed has none: not sampled)."""
+    import numpy as np
+
+    from trillium.medical.imaging.monitoring import NUMERIC, study_frame
+
+    stats = payload.get("monitoring")
+    if not isinstance(stats, dict):
+        return
+    try:
+        frame, score = study_frame([stats])
+    except TrilliumError:
+        log.exception("CT study: its statistics could not be sampled")
+        return
+    collector.observe(version, frame[list(NUMERIC)].to_numpy(np.float64), score,
+                      np.array([bool(payload.get("findings"))]), np.array([time.time()]))
 
 
 def _monitor_study(analyzer: Any, payload: dict[str, Any], db: Database, job_id: int) -> None:
@@ -560,7 +582,18 @@ def ct_router(ctx: ServiceContext) -> APIRouter:
     router = APIRouter(prefix="/ct")
     live = ctx.live_model(MODEL_NAME, _load_analyzer)
     worker = CTStudyWorker(ctx.db, live)
-    ctx.on_startup(worker.start)
+
+    def start() -> None:
+        from trillium.core.monitoring.online import service_collector
+        from trillium.medical.imaging.monitoring import NUMERIC, THRESHOLDS
+
+        # the studies this worker analyses, sampled per day (server clock, UTC) on the numeric
+        # statistics: a closed day is drift-tested like a batch job (each study alone meets the
+        # quality rules at once, categorical ones such as an unseen kernel included)
+        worker.online = service_collector(ctx, MODEL_NAME, names=NUMERIC, thresholds=THRESHOLDS, performance=False)
+        worker.start()
+
+    ctx.on_startup(start)
     ctx.on_shutdown(worker.stop)
     ctx.allow_large_upload(UPLOAD_PATH)
     db = ctx.db

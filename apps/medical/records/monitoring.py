@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -91,27 +93,74 @@ class NotesReference:
                    frozenset(c for n in notes for c in n.concepts()))
 
 
+#: the profile's columns, one row per note (see the module docstring)
+COLUMNS: tuple[str, ...] = ("words", "n_sections", "n_sentences", "oov", "unseen_sections", "unseen_concepts",
+                            "negated_share", *[f"{k}_per_100_words" for k in KINDS])
+
+
+def note_row(note: StructuredNote, reference: NotesReference) -> list[float]:
+    """One note's values of ``COLUMNS``."""
+    words = _WORD.findall(note.text.lower())
+    n_words = max(len(words), 1)
+    names = [s.name for s in note.sections]
+    concepts = note.concepts()
+    kinds = Counter(e.kind for e in note.entities)
+    return [float(len(words)), float(len(note.sections)), float(len(note.sentences)),
+            sum(w not in reference.vocabulary for w in words) / n_words,
+            sum(s not in reference.sections for s in names) / max(len(names), 1),
+            sum(c not in reference.concepts for c in concepts) / max(len(concepts), 1),
+            sum(e.negated for e in note.entities) / max(len(note.entities), 1),
+            *[100.0 * kinds.get(k, 0) / n_words for k in KINDS]]
+
+
 def note_stats(notes: Iterable[StructuredNote], reference: NotesReference) -> pd.DataFrame:
-    """One row per note: the profile's columns (see the module docstring)."""
-    rows = []
-    for n in notes:
-        words = _WORD.findall(n.text.lower())
-        n_words = max(len(words), 1)
-        names = [s.name for s in n.sections]
-        concepts = n.concepts()
-        kinds = Counter(e.kind for e in n.entities)
-        row: dict[str, float] = {
-            "words": float(len(words)), "n_sections": float(len(n.sections)), "n_sentences": float(len(n.sentences)),
-            "oov": sum(w not in reference.vocabulary for w in words) / n_words,
-            "unseen_sections": sum(s not in reference.sections for s in names) / max(len(names), 1),
-            "unseen_concepts": sum(c not in reference.concepts for c in concepts) / max(len(concepts), 1),
-            "negated_share": sum(e.negated for e in n.entities) / max(len(n.entities), 1),
-        }
-        for k in KINDS:
-            row[f"{k}_per_100_words"] = 100.0 * kinds.get(k, 0) / n_words
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["words", "n_sections", "n_sentences", "oov", "unseen_sections",
-                                       "unseen_concepts", "negated_share", *[f"{k}_per_100_words" for k in KINDS]])
+    """One row per note: the profile's ``COLUMNS``."""
+    return pd.DataFrame([note_row(n, reference) for n in notes], columns=list(COLUMNS))
+
+
+class OnlineNotesSampler:
+    """The notes a service worker structures, sampled per day against the production reference
+    (the same columns as a batch job's check, through the core's online collector).
+
+    The reference is looked up at most every ``refresh_seconds`` (a registry read), so a newly
+    registered reference is used within that time without a restart; with none registered the
+    notes are not sampled, as batch jobs are then not checked.
+    """
+
+    def __init__(self, collector: Any, registry: ModelRegistry, *, name: str = MODEL_NAME,
+                 refresh_seconds: float = 30.0) -> None:
+        self.collector, self.registry, self.name = collector, registry, name
+        self.refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._checked = -float("inf")
+        self._current: tuple[int, NotesReference] | None = None
+
+    def reference(self) -> tuple[int, NotesReference] | None:
+        """(version, reference) of the production reference, re-read after ``refresh_seconds``."""
+        now = time.monotonic()
+        if now - self._checked < self.refresh_seconds:
+            return self._current
+        with self._lock:
+            if now - self._checked >= self.refresh_seconds:
+                try:
+                    record = production_reference(self.registry, self.name)
+                    if record is None:
+                        self._current = None
+                    elif self._current is None or self._current[0] != record.version:
+                        self._current = (record.version, load_reference(self.registry, record))
+                except Exception:  # a broken reference must not fail the request: not sampled, logged
+                    log.exception("notes reference of %s could not be read: online notes not sampled", self.name)
+                    self._current = None
+                self._checked = now
+        return self._current
+
+    def observe(self, note: StructuredNote) -> None:
+        current = self.reference()
+        if current is None:
+            return
+        version, reference = current
+        self.collector.observe(version, np.array([note_row(note, reference)], np.float64), np.zeros(1),
+                               np.zeros(1, bool), np.array([time.time()]))
 
 
 def reference_profile(notes: Sequence[StructuredNote], *, seed: int = 0
@@ -208,5 +257,6 @@ def monitor_job(output: str, *, job_id: int, db: Database, label: str = "") -> l
     return runs
 
 
-__all__ = ["MODEL_NAME", "THRESHOLDS", "NotesReference", "load_reference", "monitor_job", "monitor_notes",
-           "note_stats", "production_reference", "reference_profile", "register_reference"]
+__all__ = ["COLUMNS", "MODEL_NAME", "THRESHOLDS", "NotesReference", "OnlineNotesSampler", "load_reference",
+           "monitor_job", "monitor_notes", "note_row", "note_stats", "production_reference", "reference_profile",
+           "register_reference"]

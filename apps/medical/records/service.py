@@ -413,6 +413,19 @@ def notes_router(ctx: ServiceContext) -> APIRouter:
     index = StoredNotesIndex(ctx.db, structurer)
     ctx.on_startup(lambda: threading.Thread(target=index.warm, name="notes-index", daemon=True).start())
     api = APIRouter(prefix="/notes")
+    online: dict[str, Any] = {}
+
+    def start_sampling() -> None:
+        from trillium.core.monitoring.online import service_collector
+        from trillium.medical.records.monitoring import COLUMNS, MODEL_NAME, THRESHOLDS, OnlineNotesSampler
+
+        # the notes this worker structures, sampled per day (server clock, UTC) and checked against
+        # the registered notes reference like a batch job's; the structurer gives no probability
+        collector = service_collector(ctx, MODEL_NAME, names=COLUMNS, thresholds=THRESHOLDS, performance=False)
+        if collector is not None:
+            online["sampler"] = OnlineNotesSampler(collector, ctx.registry)
+
+    ctx.on_startup(start_sampling)
 
     def structure_and_store(request: Request, key: KeyInfo, body: StructureRequest,
                             **audit: Any) -> tuple[Any, dict[str, Any]]:
@@ -422,6 +435,9 @@ def notes_router(ctx: ServiceContext) -> APIRouter:
             key.require("medical:write")
         note_id = body.note_id or f"api-{uuid.uuid4().hex[:16]}"
         note, out = structure_text(structurer, body.text, note_id, body.patient_id, ctx.limits)
+        sampler = online.get("sampler")
+        if sampler is not None:
+            sampler.observe(note)
         if body.store:
             store_notes([note], db=ctx.db, source=f"api:{key.owner}")
             index.mark_stale()
