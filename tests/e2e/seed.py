@@ -80,7 +80,40 @@ def seed_medical(work: Path) -> dict:
     record = report.record
     return {"patients": sorted({n.patient_id for n in notes}), "notes": [n.note_id for n in notes],
             "ct_patient": notes[0].patient_id, "ct_study": study_id, "series_uid": truth["series_uid"],
-            "ct_folder": str(folder), "model": [record.name, record.version, record.kind]}
+            "ct_folder": str(folder), "model": [record.name, record.version, record.kind],
+            "monitoring": seed_medical_monitoring(structurer)}
+
+
+def seed_medical_monitoring(structurer: object) -> dict:
+    """Monitoring runs of the two medical models, so that the Monitoring page shows them: three CT
+    phantoms of a sharper kernel (tag B70f, noisier) checked against the classifier's profile, and
+    a notes reference registered from four departments with a batch of a fifth checked against it."""
+    from trillium.core.monitoring.store import check_batch
+    from trillium.core.registry import ModelRegistry
+    from trillium.medical.imaging.analyzer import StudyAnalyzer
+    from trillium.medical.imaging.monitoring import study_frame
+    from trillium.medical.imaging.phantom_training import phantom_volume
+    from trillium.medical.records.monitoring import monitor_notes, register_reference
+    from trillium.medical.records.synth import SPECIALTIES, synthetic_notes
+
+    registry = ModelRegistry()
+    analyzer = StudyAnalyzer.from_registry(registry=registry)
+    stats = [analyzer.analyze_volume(phantom_volume(2, 700 + i, shape=(48, 128, 128), spacing=(2.0, 2.0, 2.0),
+                                                    kernel="B70f", noise_sigma=0.35, noise_hu=35.0)[0]).monitoring
+             for i in range(3)]
+    frame, score = study_frame(stats)
+    ct_runs = check_batch(registry, analyzer.record, frame, score, label="seed: sharper kernel")
+    specialties = list(SPECIALTIES)
+    known, absent = specialties[:4], specialties[4]
+
+    def structured(n: int, seed: int, specs: list[str]) -> list:
+        return [structurer.structure(x.text, note_id=x.note_id)
+                for x in synthetic_notes(n, seed=seed, specialties=specs)]
+
+    reference = register_reference(structured(60, 31, known), structurer, registry=registry)
+    notes_runs = monitor_notes(structured(20, 32, [absent]), registry=registry, label=f"seed: {absent} notes")
+    return {"ct_label": "seed: sharper kernel", "ct_runs": len(ct_runs), "notes_label": f"seed: {absent} notes",
+            "notes_runs": len(notes_runs), "notes_reference": [reference.name, reference.version, reference.kind]}
 
 
 def seed_manufacturing(work: Path) -> dict:

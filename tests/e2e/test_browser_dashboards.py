@@ -172,7 +172,8 @@ def test_home_lists_models_and_jobs(page: Page, seeded_dashboard: str, seeded: d
     expect(grids).to_have_count(2)
     models, jobs = grids.nth(0), grids.nth(1)
     # exactly the models seed.py registered (name, version, kind) and its scoring job
-    seeded_models = [seeded["finance"]["model"], seeded["manufacturing"]["model"], seeded["medical"]["model"]]
+    seeded_models = [seeded["finance"]["model"], seeded["manufacturing"]["model"], seeded["medical"]["model"],
+                     seeded["medical"]["monitoring"]["notes_reference"]]
     expect(models.locator("tbody tr")).to_have_count(len(seeded_models))
     for name, version, kind in seeded_models:
         expect(grid_row(models, name, str(version), kind)).to_have_count(1)
@@ -181,9 +182,17 @@ def test_home_lists_models_and_jobs(page: Page, seeded_dashboard: str, seeded: d
     expect(grid_row(jobs, job["name"], job["status"], str(job["rows_in"]))).to_have_count(1)
     expect(metric_value(page, "model versions")).to_have_text(str(len(seeded_models)))
     expect(metric_value(page, "jobs")).to_have_text("1")
-    # the seeded shifted day's drift alerts are listed (open ones, newest first)
+    # the latest open drift and quality alerts are listed, newest first (the seed's medical checks
+    # came last: the CT phantoms of a sharper kernel, then the notes batch of an absent department)
+    from trillium.core.monitoring.store import alerts as stored_alerts
+
     expect(page.get_by_role("heading", name="Monitoring alerts", exact=True)).to_be_visible()
-    expect(page.locator('[data-testid="stAlert"]').filter(has_text="seed: amounts x2").first).to_be_visible()
+    newest = stored_alerts(db=connect_home(seeded["home"]), open_only=True, limit=5)
+    shown = page.locator('[data-testid="stAlert"]')
+    expect(shown).to_have_count(len(newest))
+    for i, a in enumerate(newest.itertuples()):
+        expect(shown.nth(i)).to_contain_text(f"{a.model} v{a.version} · {a.rule}: {a.message}")
+    assert newest["model"].tolist()[:4] == ["note-structurer"] * 3 + ["chest-ct-nodules"], newest["model"].tolist()
     shoot(page, screenshots, "home")
 
 
@@ -239,6 +248,7 @@ def test_monitoring_drift_alerts_and_acknowledge(page: Page, seeded_dashboard: s
     shifted = before[before["message"].str.startswith("seed: amounts x2")]
     assert "amount" in set(shifted["feature"])  # what the page must show
     open_page(page, seeded_dashboard, "monitoring")
+    choose(page, "model", "fraud")  # the models are listed by name: the medical ones come first
     expect(metric_value(page, "open alerts")).to_have_text(str(len(before)))
     expect(page.locator('[data-testid="stVegaLiteChart"]:visible').first).to_be_visible()  # drift over time
     expect(cell(page, "amount")).to_be_attached()  # among the columns that moved
@@ -259,6 +269,37 @@ def test_monitoring_drift_alerts_and_acknowledge(page: Page, seeded_dashboard: s
     with db.session() as s:
         acks = s.scalars(select(AuditEvent).where(AuditEvent.action == "monitoring.alert.acknowledge")).all()
     assert [a.target for a in acks] == [str(newest)] and acks[0].actor
+
+
+def test_monitoring_shows_the_ct_and_notes_runs(page: Page, seeded_dashboard: str, seeded: dict,
+                                               screenshots: Path) -> None:
+    """The page is the same for every model: the CT classifier's run on phantoms of a sharper kernel
+    (an unseen kernel tag) and the notes reference's run on a department it never saw (words,
+    concepts and procedures outside its range) show their runs, columns, quality and alerts."""
+    from trillium.core.monitoring import store
+
+    db = connect_home(seeded["home"])
+    seeded_runs = seeded["medical"]["monitoring"]
+    cases = [("chest-ct-nodules", seeded_runs["ct_label"], "kernel", "max_unseen"),
+             ("note-structurer", seeded_runs["notes_label"], "oov", "max_out_of_range")]
+    open_page(page, seeded_dashboard, "monitoring")
+    for model, label, column, _rule in cases:
+        runs = store.runs(model, db=db)
+        alerts = store.alerts(model, db=db)
+        assert len(runs) == 1 and runs.iloc[0]["label"] == label and len(alerts) >= 1
+        assert column in {a for a in alerts["feature"]}  # what the page must show
+        choose(page, "model", model)
+        expect(metric_value(page, "runs")).to_have_text("1")
+        expect(metric_value(page, "latest status")).to_have_text(runs.iloc[0]["status"])
+        expect(metric_value(page, "open alerts")).to_have_text(str(len(alerts)))
+        expect(cell(page, label)).to_be_attached()  # the runs table names the checked batch
+        expect(cell(page, column)).to_be_attached()  # among the columns
+        tab(page, "Data quality")
+        expect(cell(page, column)).to_be_attached()
+        tab(page, "Alerts")
+        expect(cell(page, alerts.iloc[0]["message"])).to_be_attached()
+        shoot(page, screenshots, f"monitoring-{model}")
+        tab(page, "Drift over time")
 
 
 def connect_home(home: Path):
