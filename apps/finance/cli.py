@@ -215,6 +215,13 @@ def alerts_cmd(
         return
     if json_out:
         json_out.write_text(queue.to_json(orient="records", date_format="iso", indent=1))
+    from trillium.core.audit import cli_actor
+    from trillium.core.db import connect
+
+    # cardholders' transactions were shown (and exported): attributable to the OS account, as in the dashboard
+    connect().audit("finance.alerts.view", target=day or "", actor=cli_actor(), alerts=len(queue),
+                    shown=min(limit, len(queue)), exported=str(json_out) if json_out else "",
+                    transactions=[str(t) for t in queue["transaction_id"].head(200)])
     table = Table("day", "transaction", "card", "amount", "score", "reasons", title=f"{len(queue)} alerts in queue")
     for r in queue.head(limit).itertuples():
         card = "-" if r.customer_id is None or pd.isna(r.customer_id) else str(r.customer_id)

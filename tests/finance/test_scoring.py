@@ -558,6 +558,11 @@ def test_cli_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     r = _cli("alerts", "--json", str(queue_json), "--budget", "5")
     assert r.exit_code == 0, r.output
     queue = pd.DataFrame(json.loads(queue_json.read_text()))
+    from trillium.core.audit import audit_rows, cli_actor
+
+    (shown,) = audit_rows(db, action="finance.alerts.view")  # the export is attributable
+    assert shown["actor"] == cli_actor() and shown["details"]["exported"] == str(queue_json)
+    assert shown["details"]["transactions"] == [str(t) for t in queue["transaction_id"]]
     assert len(queue) > 0 and queue.groupby("day").size().max() <= 5
     assert set(queue["transaction_id"]) <= set(stored["entity_id"])
     assert all(rows["score"].is_monotonic_decreasing for _, rows in queue.groupby("day"))
@@ -567,8 +572,6 @@ def test_cli_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     r = _cli("label", target, "fraud")
     assert r.exit_code == 0, r.output
     assert f"transaction {target} labelled fraud" in r.output
-    from trillium.core.audit import audit_rows, cli_actor
-
     # the analyst is the OS account running the command, not a typed name (there is no --analyst)
     (row,) = audit_rows(db, action="finance.feedback")
     assert row["actor"] == cli_actor() and row["target"] == str(target)
