@@ -269,8 +269,17 @@ def test_deid_cli_leaves_no_phi_and_keeps_the_series_loadable(tmp_path: Path) ->
 
     study, truth = _phantom(tmp_path, "phi", seed=41, nodules=1, patient="MRN-12345678")
     out = tmp_path / "deid"
-    res = _cli("medical", "deid", str(study), str(out), "--salt", "test-salt", home=tmp_path / "home")
+    salt = tmp_path / "salt"
+    salt.write_text("test-salt-5f1c\n")
+    salt.chmod(0o644)  # readable by others: refused, naming the file, before anything is written
+    res = _cli("medical", "deid", str(study), str(out), "--salt-file", str(salt), home=tmp_path / "home")
+    assert res.returncode != 0 and str(salt) in res.stderr and "chmod 600" in res.stderr and not out.exists()
+    # the secret never comes from the command line (ps, shell histories)
+    assert _cli("medical", "deid", str(study), str(out), "--salt", "x", home=tmp_path / "home").returncode != 0
+    salt.chmod(0o600)
+    res = _cli("medical", "deid", str(study), str(out), "--salt-file", str(salt), home=tmp_path / "home")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "test-salt-5f1c" not in res.stderr + res.stdout
     files = list(out.rglob("*.dcm"))
     assert len(files) == SMALL[0]
     for p in files[:5]:
@@ -283,6 +292,16 @@ def test_deid_cli_leaves_no_phi_and_keeps_the_series_loadable(tmp_path: Path) ->
     assert np.array_equal(vol.hu, original.hu) and np.allclose(vol.affine, original.affine)
     assert "truth.json" in res.stderr  # the non-DICOM file is reported as skipped, never copied
     assert not list(out.rglob("truth.json"))
+    # the same salt from the environment gives the same pseudonyms: runs can be joined
+    env_out = tmp_path / "deid-env"
+    env = {**os.environ, "TRILLIUM_HOME": str(tmp_path / "home"), "TRILLIUM_DEID_SALT": "test-salt-5f1c"}
+    env.pop("TRILLIUM_DB_URL", None)
+    again = subprocess.run([sys.executable, "-m", "trillium.core.cli", "medical", "deid", str(study), str(env_out)],
+                           env=env, text=True, capture_output=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    first = pydicom.dcmread(files[0])
+    twin = next(pydicom.dcmread(p) for p in env_out.rglob("*.dcm") if p.name == files[0].name)
+    assert twin.PatientID == first.PatientID and twin.SOPInstanceUID == first.SOPInstanceUID
 
 
 def test_nodule_eval_cli_on_a_file_of_the_medmnist_layout(tmp_path: Path) -> None:

@@ -87,15 +87,25 @@ def register(app: typer.Typer) -> None:
     def deid_cmd(
         src: Path = typer.Argument(..., help="DICOM file or folder (recursive)."),
         dst: Path = typer.Argument(..., help="Output folder (<study>/<series>/<instance>.dcm, no PHI in names)."),
-        salt: str = typer.Option(None, "--salt", envvar="TRILLIUM_DEID_SALT",
-                                 help="Secret that makes pseudonyms, UIDs and date shifts consistent across runs "
-                                      "(env TRILLIUM_DEID_SALT). Without it a random one is used for this run."),
+        salt_file: Path = typer.Option(None, "--salt-file",
+                                       help="File holding the secret that makes pseudonyms, UIDs and date shifts "
+                                            "consistent across runs (mode 600: owner only); or set "
+                                            "TRILLIUM_DEID_SALT. Never on the command line, where ps and shell "
+                                            "histories show it. Without either a random one is used for this run."),
         keep_private: bool = typer.Option(False, "--keep-private", help="Keep private tags (not Basic Profile)."),
     ) -> None:
         """De-identify after the DICOM PS3.15 Basic Application Level Confidentiality Profile."""
+        import os
+
         from trillium.core.errors import TrilliumError
+        from trillium.core.users import read_secret
         from trillium.medical.imaging.deid import deidentify_tree
 
+        try:
+            salt = (read_secret(file=salt_file, what="de-identification salt") if salt_file is not None
+                    else os.environ.get("TRILLIUM_DEID_SALT") or None)
+        except TrilliumError as exc:
+            _fail(exc)
         if not salt:
             salt = secrets.token_hex(16)
             typer.echo("no --salt / TRILLIUM_DEID_SALT: a random salt is used, so a later run will map "
