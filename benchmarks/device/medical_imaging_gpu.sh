@@ -2,11 +2,13 @@
 # Issue 22: the chest-CT study on the lent GPU machine (H100), stage by stage, main's SciPy path
 # against the torch path in the same run, and torch-on-CUDA candidates against SciPy's.
 # Run from the repository root there, carrying (all ignored under .trillium/):
-#   - .trillium/whl-ct: cp312 wheels the image lacks (pydicom, sqlalchemy, alembic, mako, lightgbm;
+#   - .trillium/whl-ct: cp312 wheels the image lacks (pydicom, pyjpegls, sqlalchemy, greenlet, alembic, mako,
+#     lightgbm, defusedxml;
 #     `pip download ... --no-deps --only-binary :all: --python-version 3.12 --platform manylinux2014_x86_64`);
 #     the image has torch, numpy, scipy, typer, markupsafe;
-#   - .trillium/trillium.db and .trillium/registry: the registered chest-CT model (training one on
-#     phantoms takes about 9 minutes, so it is trained here and carried);
+#   - .trillium/trillium.db and .trillium/registry: the registered chest-CT model. Or train it there first
+#     (3 min 16 s on the H100 host's 16 cores, against about 15 min here): source trillium_env.sh, then
+#     python3 -c 'from trillium.core.cli import app; app()' medical train, with TRILLIUM_HOME=$PWD/.trillium;
 #   - .trillium/ct-real: optional copy of a real series (Lung-PET-CT-Dx A0002, 31 MB) for the equality check.
 # The 512 x 512 x 300 phantom study is written on the device (not carried). Results in $OUT:
 # medical_imaging_gpu.json (stages, ratios, studies in flight, 600-slice memory peak) and

@@ -4,8 +4,9 @@
 # carrying .whl-serve/ (ignored through .git/info/exclude), which holds:
 #   - the cp312 wheels the image lacks: fastapi, starlette, pydantic, pydantic-core, annotated-types,
 #     annotated-doc, typing-inspection, typing-extensions, opentelemetry-api (fastapi imports it),
-#     uvicorn, httptools, python-multipart, redis, hiredis, sqlalchemy, alembic, mako, lightgbm and pydicom
-#     (the seed writes a DICOM phantom); the image has torch, numpy, pandas, pyarrow, scikit-learn,
+#     uvicorn, httptools, python-multipart, redis, hiredis, sqlalchemy, alembic, mako, lightgbm, pydicom
+#     (the seed writes a DICOM phantom), defusedxml, and simple-icd-10-cm and hpo3 (the seed structures
+#     notes, whose terminology index they build); the image has torch, numpy, pandas, pyarrow, scikit-learn,
 #     scipy, onnx, onnxruntime, safetensors, opencv, pillow, typer, rich, click, anyio, h11, httpx,
 #     uvloop and prometheus-client;
 #   - bin/: Debian 12's wrk and redis-server (copied from /usr/bin here), and lib/: the shared
