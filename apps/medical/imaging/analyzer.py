@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 #: Findings smaller than this are not reported (Lung-RADS starts counting at about 4 mm).
 MIN_DIAMETER_MM = 3.0
-#: Threads for the measurements and the re-centring (``StudyAnalyzer(measure_workers=...)``).
-MEASURE_WORKERS = 1
 #: Lung-RADS-style categories from least to most suspicious ("" = no finding).
 CATEGORY_ORDER = ["", "2", "3", "4A", "4B", "4X"]
 
@@ -94,7 +92,7 @@ class StudyAnalyzer(Predictor):
 
     def __init__(self, classifier: NoduleClassifier, *, threshold: float = 0.5, record: ModelRecord | None = None,
                  min_diameter_mm: float = MIN_DIAMETER_MM, recentre: bool = True, backend: str | None = None,
-                 device: str | None = None, measure_workers: int = MEASURE_WORKERS) -> None:
+                 device: str | None = None) -> None:
         self.classifier = classifier
         #: filters of the candidate detector: "scipy", "torch" or None/"auto" (``candidates.resolve_backend``)
         self.backend = backend
@@ -104,9 +102,6 @@ class StudyAnalyzer(Predictor):
         self.record = record
         self.min_diameter_mm = min_diameter_mm
         self.registry_ref: ModelRef | None = None  # where it was loaded from (Ray workers load it there)
-        #: threads for the candidates' measurements and re-centring (SciPy's distance transforms
-        #: release the GIL); the results do not depend on it
-        self.measure_workers = measure_workers
 
     @classmethod
     def from_registry(cls, name: str = DEFAULT_MODEL_NAME, ref: int | str = "production", *,
@@ -118,13 +113,6 @@ class StudyAnalyzer(Predictor):
                        device=device)
         analyzer.registry_ref = ModelRef.of(registry, record)
         return analyzer
-
-    def _recentre_all(self, hu: np.ndarray, chosen: list[Measurement | None], spacing: tuple[float, float, float],
-                      lungs: np.ndarray, cache: dict[tuple[Any, ...], Measurement | None]) -> list[Measurement | None]:
-        def one(m: Measurement | None) -> Measurement | None:
-            return recentre_measurement(hu, m, spacing, lungs, cache=cache)
-
-        return _map(one, chosen, self.measure_workers)
 
     @property
     def model_label(self) -> str:
@@ -145,10 +133,11 @@ class StudyAnalyzer(Predictor):
         timings: dict[str, float] = {}
         spacing = volume.spacing
         t = time.perf_counter()
-        cache: dict[tuple[Any, ...], Measurement | None] = {}  # measure_consistent's, for this volume
+        # measure_consistent's answers for this volume: candidates on one nodule re-centre
+        # through the same calls
+        cache: dict[tuple[Any, ...], Measurement | None] = {}
         cands, cand_measurements, lungs = detect_candidates(volume, timings, backend=self.backend,
-                                                            device=self.device, cache=cache,
-                                                            workers=self.measure_workers)
+                                                            device=self.device, cache=cache)
         t = time.perf_counter()
         if resolve_backend(self.backend) == "torch":
             from trillium.medical.imaging.volume_ops import resolve_device
@@ -170,17 +159,12 @@ class StudyAnalyzer(Predictor):
         findings: list[dict[str, Any]] = []
         measurements: list[Measurement] = []
         kept_patches: list[int] = []
-        selected: list[int] = []
         for n in order:
             if pred.nodule_probability[n] < self.threshold:
                 break
-            selected.append(int(n))
-        chosen = [cand_measurements[n] for n in selected]
-        if self.recentre:
-            # each candidate's re-centring depends on its own measurement only: all of them first
-            # (through the study's cache, on ``measure_workers`` threads), then the ranked loop
-            chosen = self._recentre_all(volume.hu, chosen, spacing, lungs, cache)
-        for n, m in zip(selected, chosen, strict=True):
+            m = cand_measurements[n]
+            if self.recentre:
+                m = recentre_measurement(volume.hu, m, spacing, lungs, cache=cache)
             if m is None or m.diameter_mm < self.min_diameter_mm:
                 continue
             pos = np.array(m.center_kji) * np.array(spacing)
@@ -250,10 +234,10 @@ def recentre_measurement(hu: np.ndarray, m: Measurement | None, spacing: tuple[f
 
 def detect_candidates(volume: CTVolume, timings: dict[str, float] | None = None, *, backend: str | None = None,
                       device: str | None = None, cache: dict[tuple[Any, ...], Measurement | None] | None = None,
-                      workers: int = 1) -> tuple[list[Candidate], list[Measurement | None], np.ndarray]:
+                      ) -> tuple[list[Candidate], list[Measurement | None], np.ndarray]:
     """Lungs, blob candidates and each candidate's measurement: the part before any model.
     ``backend``/``device``: the candidate filters' (``candidates.find_candidates``); ``cache``:
-    ``measure_consistent``'s for this volume; ``workers``: threads for the measurements."""
+    ``measure_consistent``'s for this volume."""
     timings = timings if timings is not None else {}
     spacing = volume.spacing
     t = time.perf_counter()
@@ -263,23 +247,10 @@ def detect_candidates(volume: CTVolume, timings: dict[str, float] | None = None,
     cands = find_candidates(volume.hu, lungs, spacing, backend=backend, device=device) if lungs.any() else []
     timings["candidates"] = time.perf_counter() - t
     t = time.perf_counter()
-
-    def one(c: Candidate) -> Measurement | None:
-        return measure_consistent(volume.hu, c.center_kji, c.radius_mm, spacing, lungs, cache=cache)
-
-    measurements = _map(one, cands, workers)
+    measurements = [measure_consistent(volume.hu, c.center_kji, c.radius_mm, spacing, lungs, cache=cache)
+                    for c in cands]
     timings["measure"] = time.perf_counter() - t
     return cands, measurements, lungs
-
-
-def _map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
-    """``[fn(x) for x in items]``, on ``workers`` threads when there are several items."""
-    if workers <= 1 or len(items) < 2:
-        return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
 
 
 def store_result(result: StudyResult, *, db: Any = None) -> int:

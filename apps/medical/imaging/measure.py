@@ -127,14 +127,12 @@ def _longest_axial(mask3d: np.ndarray, sy: float, sx: float, origin: tuple[int, 
     first = np.argmax(m, axis=2).astype(float) * sx
     last = (m.shape[2] - 1 - np.argmax(m[:, :, ::-1], axis=2)).astype(float) * sx
     y = (np.arange(m.shape[1], dtype=float) * sy)[None, :]
-    angles = np.arange(_BOUND_DIRECTIONS) * (np.pi / _BOUND_DIRECTIONS)
-    width = np.zeros(len(ks))
-    for a in angles:
-        c, s = np.cos(a), np.sin(a)
-        p1, p2 = y * c + first * s, y * c + last * s
-        hi = np.where(rows, np.maximum(p1, p2), -np.inf).max(axis=1)
-        lo = np.where(rows, np.minimum(p1, p2), np.inf).min(axis=1)
-        width = np.maximum(width, hi - lo)
+    angles = (np.arange(_BOUND_DIRECTIONS) * (np.pi / _BOUND_DIRECTIONS))[:, None, None]
+    along = y * np.cos(angles)  # [direction, slice, row]
+    p1, p2 = along + first * np.sin(angles), along + last * np.sin(angles)
+    hi = np.where(rows, np.maximum(p1, p2), -np.inf).max(axis=2)
+    lo = np.where(rows, np.minimum(p1, p2), np.inf).min(axis=2)
+    width = (hi - lo).max(axis=0)
     pixel = (sy + sx) / 2
     # the margins cover rounding (about 1e-15 relative) many times over
     bound = width / np.cos(np.pi / (2 * _BOUND_DIRECTIONS)) * (1 + 1e-9) + pixel + 1e-9
