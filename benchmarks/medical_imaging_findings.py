@@ -16,6 +16,10 @@ findings code. Variants, interleaved run by run so that a load on the machine sp
 Each variant's findings and measurements (every field, masks included) must equal ``before``'s.
 ``--threshold 0`` re-centres every candidate instead of those above the model's threshold (the
 worst case for the findings stage).
+
+``--detect-eval N`` instead runs the detection evaluation (``trillium medical detect-eval --studies N
+--backend scipy``: N fresh phantoms, seed 900000) with both codes and reports whether every figure
+is the same (only the per-study seconds may differ).
 """
 
 from __future__ import annotations
@@ -43,6 +47,32 @@ def fields(m: object) -> object:
     return {k: (v.shape, v.tobytes()) if isinstance(v, np.ndarray) else repr(v) for k, v in m.__dict__.items()}
 
 
+def detect_eval_ab(args: argparse.Namespace, analyzer_module: object, variants: dict) -> None:
+    from trillium.medical.imaging.analyzer import StudyAnalyzer
+    from trillium.medical.imaging.phantom_training import evaluate_detection
+
+    analyzer = StudyAnalyzer.from_registry(backend="scipy")
+    reports = {}
+    for name, (mc, rc) in variants.items():
+        analyzer_module.measure_consistent, analyzer_module.recentre_measurement = mc, rc
+        t = time.perf_counter()
+        reports[name] = evaluate_detection(analyzer, studies=args.detect_eval, seed=900_000, nodules=6)
+        log(f"{name}: detect-eval in {time.perf_counter() - t:.0f}s, sensitivity {reports[name]['sensitivity']:.4f}, "
+            f"{reports[name]['fp_per_scan']} FP/scan")
+    analyzer_module.measure_consistent, analyzer_module.recentre_measurement = variants["after"]
+
+    def figures(r: dict) -> dict:
+        return {**{k: v for k, v in r.items() if k != "per_study"},
+                "per_study": [{k: v for k, v in s.items() if k != "seconds"} for s in r["per_study"]]}
+
+    out = {"command": " ".join([".venv/bin/python", "benchmarks/medical_imaging_findings.py", *sys.argv[1:]]),
+           "model": analyzer.model_label, "host": platform.node(), "cpu_count": os.cpu_count(),
+           "identical_except_per_study_seconds": figures(reports["after"]) == figures(reports["before"]), **reports}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    log(f"identical: {out['identical_except_per_study_seconds']}; wrote {args.json}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
@@ -51,6 +81,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threshold", type=float, default=None, help="nodule probability threshold (default: the model's)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for the classifier")
+    ap.add_argument("--detect-eval", type=int, default=0, help="studies for the detection A/B instead (0: timing)")
     args = ap.parse_args()
 
     import torch
@@ -65,6 +96,12 @@ def main() -> None:
     from trillium.medical.imaging.lungs import segment_lungs
     from trillium.medical.imaging.phantom_training import phantom_volume
 
+    current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement)
+    before = (lambda *a, cache=None, **k: reference.measure_consistent(*a, **k),
+              lambda *a, cache=None, **k: reference.recentre_measurement(*a, **k))
+    if args.detect_eval:
+        detect_eval_ab(args, analyzer_module, {"after": current, "before": before})
+        return
     spacing = (1.0, 0.7, 0.7)
     t = time.perf_counter()
     volume, truth = phantom_volume(8, 512, shape=(args.slices, args.size, args.size), spacing=spacing)
@@ -79,9 +116,6 @@ def main() -> None:
     analyzer_module.segment_lungs = lambda hu, sp: lungs
     analyzer_module.find_candidates = lambda *a, **k: cands
 
-    current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement)
-    before = (lambda *a, cache=None, **k: reference.measure_consistent(*a, **k),
-              lambda *a, cache=None, **k: reference.recentre_measurement(*a, **k))
     variants = {"before": before, "after": current}
 
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}

@@ -253,7 +253,8 @@ def measure_nodule(hu: np.ndarray, center_kji: np.ndarray, radius_mm: float,
         return None
     within = dist <= 1.6 * radius_mm + 3.0
     mask = _nodule_mask(roi > (background + level) / 2, within, radius_mm, spacing)
-    def eq(m: np.ndarray) -> float:
+
+    def eq(m: np.ndarray) -> float:  # equivalent-sphere diameter of a mask (mm)
         return float((6 * m.sum() * sz * sy * sx / np.pi) ** (1 / 3))
 
     if level > background + 400 and mask is not None and mask[tuple(cc)]:
