@@ -14,9 +14,9 @@ H100 end to end. Measured on a phantom (``trillium medical phantom``) of 300 sli
 2. The whole analysis (load, lungs, candidates, measurements, classifier with MC dropout,
    findings with re-centring; heatmaps off) with the production model of the registry (trained on
    phantoms first if none is registered), per stage p50 over the repeats, for each path of
-   ``--paths``: ``main`` (SciPy candidates and main's opening on the whole ROI, i.e. the path
-   before issue 22), ``scipy`` (SciPy candidates, the opening on the mask's box) and ``torch``
-   (candidates on torch, ``--device``). Ratios are main's stage time over each path's, and each
+   ``--paths``: ``main`` (SciPy candidates and main's measurement: ``tests/medical/ct_measure_reference.py``
+   with the opening on the whole ROI, i.e. the path before issue 22), ``scipy`` (SciPy candidates,
+   the current measurement) and ``torch`` (candidates on torch, ``--device``). Ratios are main's stage time over each path's, and each
    path's findings are compared with main's (same count, centres within 0.01 mm, same diameters).
 3. With ``--in-flight N``: N studies analysed at once (threads sharing the device), studies per
    minute, and the GPU memory peak; ``--big-slices 600`` also runs the torch candidates on a
@@ -71,7 +71,8 @@ def timed(fn, repeats: int) -> tuple[list[float], object]:
 def _nodule_mask_main(mask: np.ndarray, within: np.ndarray, radius_mm: float,
                       spacing: tuple[float, float, float]) -> np.ndarray | None:
     """``measure._nodule_mask`` as on main before issue 22 (both distance transforms on the whole
-    ROI): the ``main`` path swaps it in so that the ratio is taken against main in the same run."""
+    ROI): the ``main`` path swaps it into the reference measurement so that the ratio is taken
+    against main in the same run."""
     from scipy import ndimage
 
     mask = mask & within
@@ -86,13 +87,20 @@ def _nodule_mask_main(mask: np.ndarray, within: np.ndarray, radius_mm: float,
 
 
 def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int) -> tuple[list[dict], object]:
-    from trillium.medical.imaging import measure
+    from trillium.medical.imaging import analyzer as analyzer_module
 
     analyzer.backend = "scipy" if path in ("main", "scipy") else "torch"
     analyzer.device = device
-    cropped = measure._nodule_mask
+    current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement)
     if path == "main":
-        measure._nodule_mask = _nodule_mask_main
+        # main's measurement: the reference copy (tests/medical/ct_measure_reference.py, the code
+        # before the findings stage was made faster) with main's opening on the whole ROI
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "medical"))
+        import ct_measure_reference as reference
+
+        reference._nodule_mask = _nodule_mask_main
+        analyzer_module.measure_consistent = lambda *a, cache=None, **k: reference.measure_consistent(*a, **k)
+        analyzer_module.recentre_measurement = lambda *a, cache=None, **k: reference.recentre_measurement(*a, **k)
     try:
         runs, result = [], None
         for r in range(repeats):
@@ -102,7 +110,7 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
             log(f"{path} run {r}: {result.timings['total']:.2f}s {stages}, "
                 f"{len(result.findings)} findings, {result.n_candidates} candidates")
     finally:
-        measure._nodule_mask = cropped
+        analyzer_module.measure_consistent, analyzer_module.recentre_measurement = current
     return runs, result
 
 

@@ -133,8 +133,11 @@ class StudyAnalyzer(Predictor):
         timings: dict[str, float] = {}
         spacing = volume.spacing
         t = time.perf_counter()
+        # measure_consistent's answers for this volume: candidates on one nodule re-centre
+        # through the same calls
+        cache: dict[tuple[Any, ...], Measurement | None] = {}
         cands, cand_measurements, lungs = detect_candidates(volume, timings, backend=self.backend,
-                                                            device=self.device)
+                                                            device=self.device, cache=cache)
         t = time.perf_counter()
         if resolve_backend(self.backend) == "torch":
             from trillium.medical.imaging.volume_ops import resolve_device
@@ -161,7 +164,7 @@ class StudyAnalyzer(Predictor):
                 break
             m = cand_measurements[n]
             if self.recentre:
-                m = recentre_measurement(volume.hu, m, spacing, lungs)
+                m = recentre_measurement(volume.hu, m, spacing, lungs, cache=cache)
             if m is None or m.diameter_mm < self.min_diameter_mm:
                 continue
             pos = np.array(m.center_kji) * np.array(spacing)
@@ -201,7 +204,8 @@ ROUND_ENOUGH = 0.6
 
 
 def recentre_measurement(hu: np.ndarray, m: Measurement | None, spacing: tuple[float, float, float],
-                         lungs: np.ndarray, rounds: int = 3) -> Measurement | None:
+                         lungs: np.ndarray, rounds: int = 3, *,
+                         cache: dict[tuple[Any, ...], Measurement | None] | None = None) -> Measurement | None:
     """Measure again from the segmented centre at the segmented size.
 
     A large nodule answers at several blob scales, some off its centre; the candidate the
@@ -214,7 +218,8 @@ def recentre_measurement(hu: np.ndarray, m: Measurement | None, spacing: tuple[f
     for _ in range(rounds):
         if m is None:
             return None
-        again = measure_consistent(hu, np.array(m.center_kji), max(m.diameter_mm / 2, 2.0), spacing, lungs)
+        again = measure_consistent(hu, np.array(m.center_kji), max(m.diameter_mm / 2, 2.0), spacing, lungs,
+                                   cache=cache)
         if again is None:
             return m
         ratio = again.diameter_mm / max(m.diameter_mm, 1e-3)
@@ -228,9 +233,11 @@ def recentre_measurement(hu: np.ndarray, m: Measurement | None, spacing: tuple[f
 
 
 def detect_candidates(volume: CTVolume, timings: dict[str, float] | None = None, *, backend: str | None = None,
-                      device: str | None = None) -> tuple[list[Candidate], list[Measurement | None], np.ndarray]:
+                      device: str | None = None, cache: dict[tuple[Any, ...], Measurement | None] | None = None,
+                      ) -> tuple[list[Candidate], list[Measurement | None], np.ndarray]:
     """Lungs, blob candidates and each candidate's measurement: the part before any model.
-    ``backend``/``device``: the candidate filters' (``candidates.find_candidates``)."""
+    ``backend``/``device``: the candidate filters' (``candidates.find_candidates``); ``cache``:
+    ``measure_consistent``'s for this volume."""
     timings = timings if timings is not None else {}
     spacing = volume.spacing
     t = time.perf_counter()
@@ -240,7 +247,8 @@ def detect_candidates(volume: CTVolume, timings: dict[str, float] | None = None,
     cands = find_candidates(volume.hu, lungs, spacing, backend=backend, device=device) if lungs.any() else []
     timings["candidates"] = time.perf_counter() - t
     t = time.perf_counter()
-    measurements = [measure_consistent(volume.hu, c.center_kji, c.radius_mm, spacing, lungs) for c in cands]
+    measurements = [measure_consistent(volume.hu, c.center_kji, c.radius_mm, spacing, lungs, cache=cache)
+                    for c in cands]
     timings["measure"] = time.perf_counter() - t
     return cands, measurements, lungs
 

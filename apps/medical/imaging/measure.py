@@ -77,9 +77,11 @@ def lung_rads_category(nodule_type: str, mean_diameter_mm: float, solid_diameter
     return "4A" if d < 15 else "4B"
 
 
-def _axial_diameters(mask2d: np.ndarray, sy: float, sx: float) -> tuple[float, float]:
-    """Longest in-plane diameter and the longest extent perpendicular to it (edge to edge, mm)."""
-    pts = np.argwhere(mask2d).astype(float) * np.array([sy, sx])
+def _axial_diameters(mask2d: np.ndarray, sy: float, sx: float, origin: tuple[int, int] = (0, 0)) -> tuple[float, float]:
+    """Longest in-plane diameter and the longest extent perpendicular to it (edge to edge, mm).
+    ``origin``: the index of ``mask2d``'s first pixel in the ROI the coordinates are taken in (the
+    arithmetic on them, and so the last bits of the result, depends on where they start)."""
+    pts = (np.argwhere(mask2d) + np.asarray(origin)).astype(float) * np.array([sy, sx])
     if len(pts) == 0:
         return 0.0, 0.0
     if len(pts) >= 4:
@@ -101,6 +103,82 @@ def _axial_diameters(mask2d: np.ndarray, sy: float, sx: float) -> tuple[float, f
     return long_axis, float(proj.max() - proj.min()) + pixel
 
 
+#: directions of the widths that bound a slice's longest diameter (see ``_longest_axial``)
+_BOUND_DIRECTIONS = 16
+
+
+def _longest_axial(mask3d: np.ndarray, sy: float, sx: float, origin: tuple[int, int] = (0, 0), *,
+                   short_axis: bool = True) -> tuple[float, float]:
+    """``_axial_diameters`` of the slice whose longest diameter is largest (the first such slice
+    along k when several tie), as a loop over every slice gives it, but evaluated on few slices.
+
+    A slice's longest diameter D is at most its largest width over ``_BOUND_DIRECTIONS`` directions
+    spread over 180 degrees divided by cos(half their spacing) (the direction nearest the diameter's
+    is within that angle of it, and the width there is at least D times its cosine). Slices are taken
+    in order of that bound, largest first, and the search stops once the bound falls below the best
+    diameter found: the slices left cannot reach it. Without ``short_axis`` only the largest long
+    axis is asked for (no tie rule needed).
+    """
+    ks = np.flatnonzero(mask3d.any(axis=(1, 2)))
+    if not len(ks):
+        return 0.0, 0.0
+    m = mask3d[ks]
+    rows = m.any(axis=2)  # [slice, row]: the extremes of each row span the slice's convex hull
+    first = np.argmax(m, axis=2).astype(float) * sx
+    last = (m.shape[2] - 1 - np.argmax(m[:, :, ::-1], axis=2)).astype(float) * sx
+    y = (np.arange(m.shape[1], dtype=float) * sy)[None, :]
+    angles = (np.arange(_BOUND_DIRECTIONS) * (np.pi / _BOUND_DIRECTIONS))[:, None, None]
+    along = y * np.cos(angles)  # [direction, slice, row]
+    p1, p2 = along + first * np.sin(angles), along + last * np.sin(angles)
+    hi = np.where(rows, np.maximum(p1, p2), -np.inf).max(axis=2)
+    lo = np.where(rows, np.minimum(p1, p2), np.inf).min(axis=2)
+    width = (hi - lo).max(axis=0)
+    pixel = (sy + sx) / 2
+    # the margins cover rounding (about 1e-15 relative) many times over
+    bound = width / np.cos(np.pi / (2 * _BOUND_DIRECTIONS)) * (1 + 1e-9) + pixel + 1e-9
+    best, best_k = (0.0, 0.0), -1
+    for n in np.argsort(-bound, kind="stable"):
+        if bound[n] < best[0] or (not short_axis and bound[n] <= best[0]):
+            break
+        d = _axial_diameters(m[n], sy, sx, origin)
+        if d[0] > best[0] or (d[0] == best[0] and ks[n] < best_k):
+            best, best_k = d, ks[n]
+    return best
+
+
+def _bbox(mask: np.ndarray, grow: int = 0) -> tuple[slice, ...]:
+    """The bounding box of a non-empty mask (what ``ndimage.find_objects`` gives), grown by
+    ``grow`` voxels and clipped to the array."""
+    out = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        out.append(slice(max(int(hit[0]) - grow, 0), min(int(hit[-1]) + 1 + grow, mask.shape[axis])))
+    return tuple(out)
+
+
+def _edt_at(features_absent: np.ndarray, flat: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """``ndimage.distance_transform_edt(features_absent, sampling=spacing).ravel()[flat]``, bit for
+    bit, computed at the voxels ``flat`` (flat indices into ``features_absent``) only.
+
+    SciPy's transform is the C feature transform (the nearest zero of the input per voxel)
+    followed by NumPy arithmetic on the whole array: (feature - index) in int32, as float64, times
+    the spacing, squared, summed over the axes in order, square root. The feature transform runs
+    here as it is; the arithmetic, the same operations in the same order, only where the caller
+    reads the distance (a mask's voxels, a fraction of its box).
+    """
+    ft = ndimage.distance_transform_edt(features_absent, sampling=spacing, return_distances=False,
+                                        return_indices=True)
+    nearest = ft.reshape(len(spacing), -1)[:, flat]
+    index = np.unravel_index(flat, features_absent.shape)
+    total = None
+    for axis, s in enumerate(np.asarray(spacing, dtype=np.float64)):
+        t = (nearest[axis] - index[axis].astype(np.int32)).astype(np.float64)
+        t *= s
+        t *= t
+        total = t if total is None else total + t
+    return np.sqrt(total)
+
+
 def _nodule_mask(mask: np.ndarray, within: np.ndarray, radius_mm: float,
                  spacing: tuple[float, float, float]) -> np.ndarray | None:
     """Thresholded tissue near the candidate, with attached vessels cut off: an opening by a
@@ -116,17 +194,36 @@ def _nodule_mask(mask: np.ndarray, within: np.ndarray, radius_mm: float,
         # they were three quarters of the findings step): the nearest background of a voxel in
         # the mask is in the box grown by one, every centre lies in the mask, and the dilation
         # below is cut to the mask, so the result is the same as on the whole ROI.
-        box = ndimage.find_objects(mask.astype(np.uint8))[0]
+        box = _bbox(mask)
         sub = mask[box]
-        inside = ndimage.distance_transform_edt(np.pad(sub, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-        centres = inside > r_open
+        # Distances are needed at the mask's voxels only (elsewhere they are 0 or never read):
+        # ``_edt_at`` gives SciPy's values there, bit for bit, without the whole-box arithmetic.
+        padded = np.pad(sub, 1)
+        fg = np.flatnonzero(padded)
+        deep = np.zeros(padded.shape, dtype=bool)
+        deep.reshape(-1)[fg] = _edt_at(padded, fg, spacing) > r_open
+        centres = deep[1:-1, 1:-1, 1:-1]
         if centres.any():
-            opened = ndimage.distance_transform_edt(~centres, sampling=spacing) <= r_open
+            # Within a ball's reach of a centre: the second transform needs only the centres' box
+            # grown by more than the ball's reach on each axis (farther voxels are farther than
+            # r_open along that axis alone), and SciPy's feature transform gives the same nearest
+            # centre on that crop (its arithmetic is on coordinate differences, and the rows it
+            # drops hold no centre). Centres themselves are at distance 0.
+            reach = [int(r_open / s) + 2 for s in spacing]
+            crop = tuple(slice(max(b.start - g, 0), min(b.stop + g, n))
+                         for b, g, n in zip(_bbox(centres), reach, sub.shape, strict=True))
+            opened = centres.copy()
+            ask = np.flatnonzero(sub[crop] & ~centres[crop])
+            if len(ask):
+                reached = centres[crop].copy()
+                reached.reshape(-1)[ask[_edt_at(~centres[crop], ask, spacing) <= r_open]] = True
+                opened[crop] = reached
             # one voxel back into the thresholded tissue restores the outline the ball rounded
-            # off, without regrowing the vessel stubs the opening cut
-            kept = np.zeros_like(mask)
-            kept[box] = opened & sub
-            mask = ndimage.binary_dilation(kept) & mask
+            # off, without regrowing the vessel stubs the opening cut (the result lies in the
+            # box, and the dilation with a zero border on the box is the dilation there)
+            out = np.zeros_like(mask)
+            out[box] = ndimage.binary_dilation(opened & sub) & sub
+            mask = out
     return mask if mask.any() else None
 
 
@@ -156,49 +253,62 @@ def measure_nodule(hu: np.ndarray, center_kji: np.ndarray, radius_mm: float,
         return None
     within = dist <= 1.6 * radius_mm + 3.0
     mask = _nodule_mask(roi > (background + level) / 2, within, radius_mm, spacing)
+
+    def eq(m: np.ndarray) -> float:  # equivalent-sphere diameter of a mask (mm)
+        return float((6 * m.sum() * sz * sy * sx / np.pi) ** (1 / 3))
+
     if level > background + 400 and mask is not None and mask[tuple(cc)]:
         # A solid core may sit in a ground-glass halo (part-solid): its outer edge is the halo's,
         # so look at the faint tissue around the core and take the halo's own half-way level.
-        faint = _nodule_mask(roi > background + 100, within, radius_mm, spacing)
-        if faint is not None and faint[tuple(cc)]:
-            def eq(m: np.ndarray) -> float:
-                return float((6 * m.sum() * sz * sy * sx / np.pi) ** (1 / 3))
-            if eq(faint) > eq(mask) + max(1.2, 0.2 * eq(mask)):
-                ring = faint & ~ndimage.binary_dilation(mask, iterations=2)
-                if ring.sum() > 10:
-                    halo = float(np.median(roi[ring]))
-                    mask = _nodule_mask(roi > (background + halo) / 2, within, radius_mm, spacing)
+        faint_tissue = (roi > background + 100) & within
+        wider = eq(mask) + max(1.2, 0.2 * eq(mask))
+        # The opening only removes voxels: when the faint tissue before it is not wider than that
+        # (a margin of 1e-9 over rounding), the halo test below fails whatever the opening leaves,
+        # and the faint mask's two distance transforms are skipped.
+        faint = (_nodule_mask(faint_tissue, within, radius_mm, spacing)
+                 if eq(faint_tissue) * (1 + 1e-9) > wider else None)
+        if faint is not None and faint[tuple(cc)] and eq(faint) > wider:
+            near_mask = np.zeros_like(mask)
+            dbox = _bbox(mask, grow=2)
+            near_mask[dbox] = ndimage.binary_dilation(mask[dbox], iterations=2)
+            ring = faint & ~near_mask
+            if ring.sum() > 10:
+                halo = float(np.median(roi[ring]))
+                mask = _nodule_mask(roi > (background + halo) / 2, within, radius_mm, spacing)
     if mask is None:
         return None
-    labels, _ = ndimage.label(mask)
-    lab = labels[tuple(cc)]
+    # the components, the region and its dilation on boxes (the same sets as on the whole ROI)
+    mbox = _bbox(mask)
+    labels, _ = ndimage.label(mask[mbox])
+    inner = tuple(c - b.start for c, b in zip(cc, mbox, strict=True))
+    lab = labels[inner] if all(0 <= v < b.stop - b.start for v, b in zip(inner, mbox, strict=True)) else 0
     if lab == 0:
         near = np.argwhere(mask & (dist <= max(radius_mm, 2 * max(spacing))))
         if not len(near):
             return None
-        lab = labels[tuple(near[np.argmin([dist[tuple(p)] for p in near])])]
-    region = labels == lab
+        first = near[np.argmin(dist[tuple(near.T)])]
+        lab = labels[tuple(first - [b.start for b in mbox])]
+    region = np.zeros_like(mask)
+    region[mbox] = labels == lab
     if region.sum() < 3:
         return None
     weight = np.clip((roi - background) / max(level - background, 1.0), 0.0, 1.0)
     # partial-volume volume: weighted voxels in the region grown by one voxel
-    grown = ndimage.binary_dilation(region)
+    rbox = _bbox(region)
+    gbox = _bbox(region, grow=1)
+    grown = np.zeros_like(region)
+    grown[gbox] = ndimage.binary_dilation(region[gbox])
     vox = sz * sy * sx
     volume = float((weight * grown).sum() * vox)
     w = weight * region
     total = float(w.sum())
     centroid = [float((w * g).sum() / total) + lo[a] for a, g in enumerate(np.broadcast_arrays(zz, yy, xx))]
     # longest axial diameter over the slices
-    best = (0.0, 0.0)
-    for k in np.flatnonzero(region.any(axis=(1, 2))):
-        d = _axial_diameters(region[k], sy, sx)
-        if d[0] > best[0]:
-            best = d
-    solid = region & (roi > SOLID_HU)
+    plane = (rbox[1].start, rbox[2].start)  # the slices' pixels keep their ROI coordinates
+    best = _longest_axial(region[rbox], sy, sx, plane)
+    solid = region[rbox] & (roi[rbox] > SOLID_HU)
     solid_share = float(solid.sum() / region.sum())
-    solid_d = 0.0
-    for k in np.flatnonzero(solid.any(axis=(1, 2))):
-        solid_d = max(solid_d, _axial_diameters(solid[k], sy, sx)[0])
+    solid_d = _longest_axial(solid, sy, sx, plane, short_axis=False)[0]
     if solid_share >= SOLID_SHARE:
         kind = "solid"
     elif solid_share < GGO_SHARE or solid_d < 2.0:
@@ -222,13 +332,22 @@ def measure_nodule(hu: np.ndarray, center_kji: np.ndarray, radius_mm: float,
 
 
 def measure_consistent(hu: np.ndarray, center_kji: np.ndarray, radius_mm: float,
-                       spacing: tuple[float, float, float], lungs: np.ndarray | None = None) -> Measurement | None:
+                       spacing: tuple[float, float, float], lungs: np.ndarray | None = None, *,
+                       cache: dict[tuple[Any, ...], Measurement | None] | None = None) -> Measurement | None:
     """Measure at a few radii up to the candidate's and keep the self-consistent one.
 
     A blob scale that is too large for the nodule (it merged with nearby vessels) lets vessels
     into the measurement; the radius whose measurement comes back at about that same size is the
     one that describes the nodule alone.
+
+    ``cache``: a dict kept for one volume (the same ``hu``, ``spacing`` and ``lungs``), where a
+    call asked again returns the measurement it gave before (the same object, not a copy). The
+    result depends on the centre only through its nearest voxel, so that voxel and the radius are
+    the key: two candidates on one nodule often re-centre through the same calls.
     """
+    key = (tuple(int(v) for v in np.round(center_kji)), float(radius_mm))
+    if cache is not None and key in cache:
+        return cache[key]
     best, best_err = None, np.inf
     for factor in (1.0, 0.7, 0.5, 0.35):
         r = radius_mm * factor
@@ -240,4 +359,6 @@ def measure_consistent(hu: np.ndarray, center_kji: np.ndarray, radius_mm: float,
         err = abs(np.log(max(m.diameter_mm, 0.1) / (2 * max(r, 1.8))))
         if err < best_err:
             best, best_err = m, err
+    if cache is not None:
+        cache[key] = best
     return best
