@@ -75,6 +75,7 @@ def evaluate_thickness(analyzer: Any, *, thicknesses: Sequence[float] = (1.25, 2
             diam_err: list[float] = []
             lung_ratio: list[float] = []
             seconds: list[float] = []
+            missed: list[float] = []
             for s in range(studies):
                 vol, truth, centres = thick_phantom(nodules, seed + s, thickness_mm=thickness, kernel=kernel, **phantom)
                 t0 = time.perf_counter()
@@ -100,6 +101,7 @@ def evaluate_thickness(analyzer: Any, *, thicknesses: Sequence[float] = (1.25, 2
                     tp += 1
                     centre_err.append(dist)
                     diam_err.append((f["diameter_mm"] - truth[best].diameter_mm) / truth[best].diameter_mm)
+                missed.extend(round(truth[i].diameter_mm, 1) for i in sorted(counted - hit))
             row = {"thickness_mm": thickness, "kernel": kernel, "studies": studies, "nodules_counted": n_truth,
                    "sensitivity": round(tp / n_truth, 4) if n_truth else None,
                    "false_findings_per_scan": round(fp / studies, 3),
@@ -107,6 +109,7 @@ def evaluate_thickness(analyzer: Any, *, thicknesses: Sequence[float] = (1.25, 2
                    "diameter_error_median": _median(diam_err),
                    "diameter_within_20pct": round(float(np.mean(np.abs(diam_err) <= 0.2)), 4) if diam_err else None,
                    "lung_volume_vs_thin": _median(lung_ratio),
+                   "missed_diameters_mm": sorted(missed),
                    "seconds_per_study": _median(seconds)}
             rows.append(row)
             if log_fn:
