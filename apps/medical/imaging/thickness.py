@@ -26,6 +26,7 @@ import numpy as np
 from trillium.core.metrics import nearest_hit
 from trillium.medical.imaging.dicom_io import CTVolume
 from trillium.medical.imaging.phantom import PHANTOM_KERNEL, PhantomNodule, make_phantom
+from trillium.medical.imaging.phantom_training import MIN_HIT_RADIUS_MM
 
 #: kernel name -> the phantom's noise options (``make_phantom``): the soft kernel the phantoms are
 #: made with, and a sharp one (stronger, less correlated noise), as in the monitoring evaluation
@@ -33,9 +34,6 @@ KERNELS: dict[str, dict[str, float]] = {
     PHANTOM_KERNEL: {},
     "B70f": {"noise_sigma": 0.35, "noise_hu": 35.0},
 }
-
-#: LUNA16's hit radius floor (mm) for small nodules, as ``phantom_training``
-MIN_HIT_RADIUS_MM = 3.0
 
 
 def thick_phantom(n_nodules: int, seed: int, *, thickness_mm: float, base_mm: float = 1.25,
