@@ -60,6 +60,32 @@ def timed(observe, wave: int, calls: int, rng: np.random.Generator) -> dict[str,
             "per_row_p50_us": float(np.percentile(t, 50) * 1e6 / wave)}
 
 
+def notes_row_cost(notes: int = 300) -> dict:
+    """The notes route's extra work per request: the note's profile row against the reference
+    (``note_row``), timed against the request's own work, structuring the same note."""
+    from trillium.medical.records.monitoring import NotesReference, note_row
+    from trillium.medical.records.structurer import RecordStructurer
+    from trillium.medical.records.synth import synthetic_notes
+
+    structurer = RecordStructurer()
+    reference = NotesReference.learn([structurer.structure(n.text) for n in synthetic_notes(60, seed=1)])
+    row_t, structure_t = [], []
+    for n in synthetic_notes(notes, seed=2):
+        t0 = time.perf_counter()
+        note = structurer.structure(n.text)
+        t1 = time.perf_counter()
+        note_row(note, reference)
+        row_t.append(time.perf_counter() - t1)
+        structure_t.append(t1 - t0)
+
+    def pct(ts: list[float]) -> dict[str, float]:
+        a = np.asarray(ts) * 1e6
+        return {"p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99))}
+
+    row, structure = pct(row_t), pct(structure_t)
+    return {"notes": notes, "row_us": row, "structure_us": structure, "share_p50": row["p50_us"] / structure["p50_us"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", default="benchmarks/results/online_sampling.json")
@@ -78,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         product.flush()
         out["flush_full_day_s"] = time.perf_counter() - t0
+    out["notes_row"] = notes_row_cost()
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(out, fh, indent=1)
     for wave, r in out["waves"].items():
         print(f"wave {wave}: algorithm L p50 {r['algorithm_L']['p50_us']:.1f} us (p99 {r['algorithm_L']['p99_us']:.1f}), "
               f"algorithm R {r['algorithm_R_numpy']['p50_us']:.1f} us: {r['speedup_p50']:.1f}x")
+    nr = out["notes_row"]
+    print(f"notes route: the sampled row {nr['row_us']['p50_us']:.0f} us p50 against {nr['structure_us']['p50_us']:.0f} us "
+          f"to structure the note ({nr['share_p50']:.1%})")
     print(f"flush of a full day: {out['flush_full_day_s'] * 1000:.1f} ms -> {args.json}")
     return 0
 
