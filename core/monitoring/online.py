@@ -156,7 +156,11 @@ class OnlineDayCollector:
                     self._latest[key[0]] = key[1]
             due = time.monotonic() - self._flushed >= self.flush_seconds
         if due:
-            self.flush()
+            try:
+                self.flush()
+            except OSError:  # a full or unwritable disk must never fail the request being answered
+                log.exception("online sample of %s could not be written; kept in memory, written at the next "
+                              "flush", self.model)
 
     def _file(self, key: tuple[int, str]) -> Path:
         return self.root / f"v{key[0]}" / key[1] / f"{self.worker}.npz"

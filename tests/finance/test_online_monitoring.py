@@ -70,6 +70,19 @@ def test_a_late_row_of_a_day_let_go_continues_its_file(tmp_path) -> None:
     assert scored == 15 and sorted(p.tolist()) == [0.0] * 10 + [1.0] * 5
 
 
+def test_a_sample_that_cannot_be_written_fails_no_request_and_is_written_later(tmp_path, caplog) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the sample's folder should be")
+    c = OnlineDayCollector("m", root=blocked, sample_rows=100, flush_seconds=0, seed=0)
+    day = 86_400 * 17_000
+    c.observe(1, np.ones((4, 1), np.float32), np.ones(4), np.zeros(4, bool), np.full(4, day))  # no exception
+    assert "could not be written" in caplog.text
+    c.root = tmp_path / "fixed"
+    c.observe(1, np.ones((2, 1), np.float32), np.ones(2), np.zeros(2, bool), np.full(2, day))
+    _, _, _, scored = read_day(tmp_path / "fixed" / "v1" / "2016-07-18")
+    assert scored == 6  # the rows seen while the disk refused them were kept and written
+
+
 def test_the_service_scorer_feeds_daily_checks_that_flag_a_shifted_day(tmp_path) -> None:
     bank = simulate_transactions(n_customers=200, n_terminals=300, n_days=40, seed=5)
     spec = FeatureSpec(card_history=True)
