@@ -423,7 +423,8 @@ class CTStudyWorker:
 
 def _sample_online(collector: Any, version: int, payload: dict[str, Any]) -> None:
     """The study's numeric statistics and mean nodule probability into the day's sample (a study
-    analysed before monitoring existed has none: not sampled)."""
+    analysed before monitoring existed has none: not sampled). A failure here is logged: the study
+    is stored already and must still be marked done."""
     import numpy as np
 
     from trillium.medical.imaging.monitoring import NUMERIC, study_frame
@@ -433,11 +434,10 @@ def _sample_online(collector: Any, version: int, payload: dict[str, Any]) -> Non
         return
     try:
         frame, score = study_frame([stats])
-    except TrilliumError:
-        log.exception("CT study: its statistics could not be sampled")
-        return
-    collector.observe(version, frame[list(NUMERIC)].to_numpy(np.float64), score,
-                      np.array([bool(payload.get("findings"))]), np.array([time.time()]))
+        collector.observe(version, frame[list(NUMERIC)].to_numpy(np.float64), score,
+                          np.array([bool(payload.get("findings"))]), np.array([time.time()]))
+    except Exception:  # the sample must never keep a stored study from being finished
+        log.exception("CT study: its statistics could not be sampled for monitoring")
 
 
 def _monitor_study(analyzer: Any, payload: dict[str, Any], db: Database, job_id: int) -> None:
