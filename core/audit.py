@@ -44,9 +44,11 @@ def audit_patients(db: Database, action: str, reads: Iterable[tuple[str | None, 
     for patient, obj in reads:
         missing = patient is None or (isinstance(patient, float) and math.isnan(patient))  # NaN: a table read back
         by_patient.setdefault("" if missing else str(patient), []).append(str(obj))
-    for patient, ids in by_patient.items():
-        db.audit(action, target=patient, actor=actor, patient=patient, count=len(ids),
-                 **{id_key: ids[:MAX_IDS_PER_ROW]}, **details)
+    who = actor or _whoami()
+    with db.session() as s:  # one transaction for the whole read, not one per patient
+        s.add_all([AuditEvent(actor=who, action=action, target=patient,
+                              details={"patient": patient, "count": len(ids), id_key: ids[:MAX_IDS_PER_ROW], **details})
+                   for patient, ids in by_patient.items()])
     return len(by_patient)
 
 
