@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,37 @@ def candidate_set(seeds: list[int], *, nodules_per_study: int = 8, shape: tuple[
             "malignant": np.array(malignant, dtype=np.float32), "groups": np.array(groups)}
 
 
+def join_candidate_sets(*sets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Candidate sets end to end; groups become text so phantom seeds and real patients mix."""
+    keys = ("patches", "features", "is_nodule", "malignant")
+    out = {k: np.concatenate([s[k] for s in sets]) for k in keys}
+    out["groups"] = np.concatenate([np.asarray(s["groups"]).astype(str) for s in sets])
+    return out
+
+
+def fit_with_threshold(data: dict[str, np.ndarray], val: dict[str, np.ndarray], *, width: int = 8, epochs: int = 10,
+                       seed: int = 0, mc_samples: int = 8, max_fp_per_scan: float = 0.5,
+                       log_fn: Callable[[str], Any] | None = None) -> tuple[NoduleClassifier, float, dict[str, Any]]:
+    """Train both networks on ``data`` and choose the operating threshold on ``val`` (studies
+    neither stage has seen): the highest sensitivity at ``max_fp_per_scan`` false candidates."""
+    clf = NoduleClassifier(width=width, epochs=epochs, seed=seed, mc_samples=mc_samples)
+    clf.fit(data["patches"], data["features"], data["is_nodule"], data["malignant"], data["groups"], log_fn=log_fn)
+    pred = clf.predict(val["patches"], val["features"])
+    y_val = val["is_nodule"]
+    threshold = fp_budget_threshold(pred.nodule_probability, y_val, val["groups"], max_fp_per_group=max_fp_per_scan)
+    pos = y_val > 0.5
+    metrics: dict[str, Any] = {
+        "candidates": len(data["is_nodule"]),
+        "val_candidate_auc": auroc(y_val, pred.nodule_probability),
+        "val_sensitivity_at_threshold": float((pred.nodule_probability[pos] >= threshold).mean()) if pos.any() else None,
+        "threshold": threshold,
+    }
+    mal_auc = auroc(val["malignant"][pos], pred.malignancy[pos])
+    if mal_auc is not None:
+        metrics["val_malignancy_auc"] = mal_auc
+    return clf, threshold, metrics
+
+
 @dataclass
 class TrainReport:
     classifier: NoduleClassifier
@@ -103,8 +134,14 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
                        max_fp_per_scan: float = 0.5, register: bool = True, registry: ModelRegistry | None = None,
                        name: str = DEFAULT_MODEL_NAME, shape: tuple[int, int, int] = TRAIN_SHAPE,
                        spacing: tuple[float, float, float] = TRAIN_SPACING,
+                       real_series: Sequence[str | Path] = (), real_copies: int = 2,
                        log_fn: Callable[[str], Any] | None = None) -> TrainReport:
     """Build the candidate set from ``studies`` phantoms, train both networks, pick the threshold.
+
+    ``real_series``: annotated real series (LIDC XML or VOC boxes) whose anatomy joins the
+    training set (``real_training``: real false candidates, synthetic nodules drawn in their
+    lungs, the readers' lesions), ``real_copies`` copies with synthetic nodules each. The
+    threshold is still chosen on phantom studies of their own.
 
     With ``register``, the version is stored with its monitoring reference profile
     (``imaging.monitoring``): ``profile_studies`` fresh phantoms (seeds of their own, neither
@@ -112,23 +149,21 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
     t0 = time.perf_counter()
     seeds = [seed * 10_000 + s for s in range(studies + val_studies)]
     data = candidate_set(seeds[:-val_studies], shape=shape, spacing=spacing, log_fn=log_fn)
-    clf = NoduleClassifier(width=width, epochs=epochs, seed=seed, mc_samples=mc_samples)
-    clf.fit(data["patches"], data["features"], data["is_nodule"], data["malignant"], data["groups"], log_fn=log_fn)
-    # the operating threshold comes from studies neither stage has seen
+    real_counts = None
+    if real_series:
+        from trillium.medical.imaging.real_training import real_candidate_set
+
+        real = real_candidate_set(real_series, copies=real_copies, seed=seed, log_fn=log_fn)
+        real_counts = real.pop("counts")
+        data = join_candidate_sets(data, real)
     val = candidate_set(seeds[-val_studies:], shape=shape, spacing=spacing, log_fn=log_fn)
-    pred = clf.predict(val["patches"], val["features"])
-    y_val = val["is_nodule"]
-    threshold = fp_budget_threshold(pred.nodule_probability, y_val, val["groups"], max_fp_per_group=max_fp_per_scan)
-    pos = y_val > 0.5
-    metrics: dict[str, Any] = {
-        "train_studies": studies, "candidates": len(data["is_nodule"]),
-        "val_candidate_auc": auroc(y_val, pred.nodule_probability),
-        "val_sensitivity_at_threshold": float((pred.nodule_probability[pos] >= threshold).mean()) if pos.any() else None,
-        "threshold": threshold,
-    }
-    mal_auc = auroc(val["malignant"][pos], pred.malignancy[pos])
-    if mal_auc is not None:
-        metrics["val_malignancy_auc"] = mal_auc
+    clf, threshold, metrics = fit_with_threshold(data, val, width=width, epochs=epochs, seed=seed,
+                                                 mc_samples=mc_samples, max_fp_per_scan=max_fp_per_scan,
+                                                 log_fn=log_fn)
+    metrics = {"train_studies": studies, **metrics}
+    if real_counts is not None:
+        metrics["real_series"] = [str(p) for p in real_series]
+        metrics["real_candidates"] = real_counts
     record = None
     if register:
         profile = None
