@@ -89,3 +89,16 @@ def test_real_series_candidates_are_labelled_away_from_every_mark() -> None:
     joined = join_candidate_sets({k: v for k, v in data.items() if k != "counts"},
                                  {**{k: v[:3] for k, v in data.items() if k != "counts"}, "groups": np.array([4, 4, 4])})
     assert joined["groups"].dtype.kind == "U" and len(joined["is_nodule"]) == n + 3
+
+
+def test_train_refuses_a_real_series_without_marks_before_any_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from trillium.core.cli import app
+
+    bare = tmp_path / "series"
+    bare.mkdir()
+    r = CliRunner().invoke(app, ["medical", "train", "--real-series", str(bare)])
+    assert r.exit_code != 0 and str(bare) in r.output and "no readers' marks" in r.output
+    r = CliRunner().invoke(app, ["medical", "train", "--real-series", str(tmp_path / "missing")])
+    assert r.exit_code != 0 and "not found" in r.output

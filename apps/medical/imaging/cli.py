@@ -128,12 +128,22 @@ def register(app: typer.Typer) -> None:
         max_fp: float = typer.Option(0.5, "--max-fp", help="False positives per scan allowed at the threshold."),
         name: str = typer.Option("chest-ct-nodules", "--model", help="Registry name."),
         json_out: str = typer.Option(None, "--json", help="Write the training report here."),
+        real_series: list[Path] = typer.Option(
+            [], "--real-series", help="A real series folder with its readers' marks (LIDC XML inside, or VOC boxes "
+                                      "beside); repeat it. Its anatomy joins training: real false candidates, "
+                                      "synthetic nodules in its lungs, its lesions. Report no figure on it."),
+        real_copies: int = typer.Option(2, "--real-copies", min=0, help="Copies of each real series with synthetic nodules."),
     ) -> None:
-        """Train the nodule classifier on phantom studies and register it as production."""
+        """Train the nodule classifier on phantom studies (and real series, if given) and register it as production."""
+        from trillium.core.errors import TrilliumError
         from trillium.medical.imaging.phantom_training import train_nodule_model
 
-        report = train_nodule_model(studies=studies, val_studies=val_studies, epochs=epochs, seed=seed,
-                                    max_fp_per_scan=max_fp, name=name, log_fn=lambda m: typer.echo(m, err=True))
+        try:
+            report = train_nodule_model(studies=studies, val_studies=val_studies, epochs=epochs, seed=seed,
+                                        max_fp_per_scan=max_fp, name=name, real_series=real_series,
+                                        real_copies=real_copies, log_fn=lambda m: typer.echo(m, err=True))
+        except TrilliumError as exc:
+            _fail(exc)
         _emit({"model": f"{report.record.name}:v{report.record.version}" if report.record else None,
                "seconds": round(report.seconds, 1), **report.metrics}, json_out)
 

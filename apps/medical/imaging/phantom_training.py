@@ -147,6 +147,10 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
     (``imaging.monitoring``): ``profile_studies`` fresh phantoms (seeds of their own, neither
     trained on nor used for the threshold) analysed by the trained classifier."""
     t0 = time.perf_counter()
+    if real_series:
+        from trillium.medical.imaging.real_training import check_real_series
+
+        check_real_series(real_series)
     seeds = [seed * 10_000 + s for s in range(studies + val_studies)]
     data = candidate_set(seeds[:-val_studies], shape=shape, spacing=spacing, log_fn=log_fn)
     real_counts = None

@@ -47,7 +47,7 @@ from trillium.medical.imaging.phantom import PhantomNodule, _draw_nodules, _Grid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MARK_MARGIN_MM", "RealSeries", "insert_nodules", "load_real_series", "real_candidate_set"]
+__all__ = ["MARK_MARGIN_MM", "RealSeries", "check_real_series", "insert_nodules", "load_real_series", "real_candidate_set"]
 
 #: A candidate this far beyond a mark's radius is safe to call a false candidate.
 MARK_MARGIN_MM = 10.0
@@ -68,6 +68,18 @@ class RealSeries:
     marks: list[tuple[np.ndarray, float]]  # (centre LPS mm, radius mm) of every mark, counted or not
     counted: list[Lesion]
     malignant: list[bool]  # per counted lesion
+
+
+def check_real_series(series_dirs: Sequence[str | Path]) -> None:
+    """Refuse, before any training work, a folder that is missing or carries no marks (naming it)."""
+    from trillium.core.errors import InputValidationError
+
+    for d in map(Path, series_dirs):
+        if not d.is_dir():
+            raise InputValidationError(f"{d}: real series folder not found")
+        if lidc_file(d) is None and not any((a / "annotations").is_dir() for a in (d, d.parent)):
+            raise InputValidationError(f"{d}: no readers' marks (an LIDC XML in the folder, or a VOC 'annotations' "
+                                       f"folder in it or beside it); a series without marks cannot be labelled")
 
 
 def _malignant(lesion: Lesion, fmt: str) -> bool:
