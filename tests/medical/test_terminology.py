@@ -75,8 +75,12 @@ def test_exam_sentences_are_coded_with_context(structurer) -> None:
                              "DVTs in the past.")
     by = {e.text: e for e in n.entities}
     assert by["bibasilar rales"].code_system is not None and not by["bibasilar rales"].negated
-    for text in ("JVD", "cyanosis", "clubbing", "murmurs", "rubs", "gallops"):
+    for text in ("JVD", "cyanosis", "clubbing", "murmurs"):
         assert by[text].negated and by[text].code, text
+    # entries whose only codes are narrower synonyms' (a pleural rub, a third heart sound) do not
+    # lend them to the bare word: found and negated, with no code
+    for text, entry in (("rubs", "friction rub"), ("gallops", "gallop")):
+        assert by[text].negated and by[text].normalized == entry and by[text].code is None, text
     assert (by["tricuspid regurgitation"].code_system, by["tricuspid regurgitation"].code) == ("HPO", "HP:0005180")
     valve = by["tricuspid valve is normal"]
     assert valve.kind == "finding" and valve.values == {"structure": "tricuspid valve", "qualifiers": ["normal"]}
@@ -90,6 +94,39 @@ def test_codes_are_the_concepts_and_hand_synonyms_share_the_entry_code(structure
     a = structurer.structure("Assessment: HTN. Pleural effusion.")
     b = structurer.structure("Assessment: hypertension. Effusions.")
     assert a.concepts() == b.concepts() == ["problem:ICD-10-CM:I10", "problem:ICD-10-CM:J90"]
+
+
+def test_a_head_that_drops_a_body_site_is_matched_but_not_coded(structurer) -> None:
+    from trillium.medical.records.terminology import default_index, site_lost
+
+    assert site_lost("Abrasion, unspecified hip, initial encounter", "Abrasion")
+    assert site_lost("Fracture of unspecified carpal bone", "Fracture")
+    assert not site_lost("Pneumonia, unspecified organism", "Pneumonia")  # a kind, not a place
+    assert not site_lost("Abrasion, unspecified hip, initial encounter", "hip abrasion")
+    idx = default_index()
+    assert idx.lookup("abrasion") is None and idx.lookup("fistula") is None
+    assert idx.lookup("peptic ulcer")[1] == "K27.9"  # "Peptic ulcer, site unspecified"
+    n = structurer.structure("Some abrasions over both knees. AV fistula occlusion.")
+    by = {e.text: e for e in n.entities}
+    assert by["abrasions"].normalized == "abrasion" and by["abrasions"].code is None
+    assert by["fistula"].code is None
+
+
+def test_an_entry_lends_a_synonym_code_only_to_that_synonym_and_acronyms(structurer) -> None:
+    n = structurer.structure("History of COPD and PUD. Upper GI bleed with melena. A laceration of the toe.")
+    by = {e.text: e for e in n.entities}
+    assert by["COPD"].code == "J44.9"  # the entry's first coded synonym, chronic obstructive pulmonary disease
+    assert by["PUD"].code == "K27.9"
+    assert by["melena"].code == "K92.1"  # its own code
+    assert by["Upper GI bleed"].code is None  # melena's code is not lent to the entry's other forms
+    assert by["laceration"].normalized == "wound" and by["laceration"].code is None
+
+
+def test_short_abbreviations_that_are_english_words_are_not_read_in_capitalised_text(structurer) -> None:
+    caps = structurer.structure("THE DUODENAL BULB WAS NORMAL IN APPEARANCE, AS WAS THE POSTBULBAR DUODENUM.")
+    assert all(e.normalized != "aortic stenosis" for e in caps.entities)
+    mixed = structurer.structure("Echo showed AS and MR.")
+    assert "aortic stenosis" in {e.normalized for e in mixed.entities}
 
 
 def test_fhir_bundle_is_valid_and_follows_context(structurer) -> None:

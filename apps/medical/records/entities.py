@@ -105,9 +105,37 @@ class TermMatcher:
             if not hit[1]:
                 return True
             word = tokens[start].text
+            if word.lower() in _FUNCTION_WORDS and _in_capitals(tokens, start):
+                return False  # "AS WAS THE ..." in a sentence written in capitals: the word, not aortic stenosis
             return word.isupper() or (word[-1] == "s" and word[:-1].isupper() and len(word) > 2)
 
         return [(a, b, hit[0]) for a, b, hit in longest_matches(self._trie, [t.lower for t in tokens], capitals_hold)]
+
+
+#: English words that are also short abbreviations of the lexicons ("AS", "IS", "NO"): in text
+#: written in capitals their capitals say nothing, so they are read as the word.
+_FUNCTION_WORDS = frozenset("as is it in on at to be do no or an us am me we he so up if of by my".split())  # noqa: SIM905
+
+
+def _in_capitals(tokens: Sequence[Token], i: int) -> bool:
+    """Whether a neighbouring word of token ``i`` is written in capitals too."""
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(tokens):
+            t = tokens[j].text
+            if len(t) > 1 and t.isalpha() and t.isupper():
+                return True
+    return False
+
+
+def _written_key(text: str) -> str:
+    """A written form compared case- and space-insensitively ("GI  bleed" is "gi bleed")."""
+    return " ".join(text.lower().split())
+
+
+def _acronym(key: str) -> str:
+    """Initials of a multi-word form ("chronic obstructive pulmonary disease" -> "copd")."""
+    parts = key.split()
+    return "".join(p[0] for p in parts) if len(parts) > 1 else ""
 
 
 def _alternation(names: Sequence[str]) -> str:
@@ -226,6 +254,7 @@ class EntityExtractor:
         self._index = None
         self._findings = None
         self._codes: dict[str, tuple[str, str, str]] = {}
+        self._borrowed: dict[str, tuple[tuple[str, str, str], str]] = {}
         if terminology:
             from trillium.medical.records.terminology import default_index
 
@@ -233,14 +262,35 @@ class EntityExtractor:
             for table in (problems, lexicon.EXAM_FINDINGS):
                 for canonical, terms in table.items():
                     # the code a coder gives the bare name (lexicon.CODES), else the canonical
-                    # name's own code, else the best-ranked of its synonyms'
-                    hit = lexicon.CODES.get(canonical) or self._index.lookup(canonical) or self._index.best_of(terms)
+                    # name's own code: it codes every synonym that has no code of its own
+                    hit = lexicon.CODES.get(canonical) or self._index.lookup(canonical)
                     if hit is not None:
                         self._codes[canonical] = hit
+                        continue
+                    # else the first synonym, in the lexicon's order, that has a code: it codes
+                    # only itself and its acronym ("COPD" for "chronic obstructive pulmonary
+                    # disease"), since an entry also lists related concepts ("melena" under GI
+                    # bleeding, "laceration" under wound) that must not lend their codes
+                    for term in terms:
+                        hit = self._index.lookup(term)
+                        if hit is not None:
+                            self._borrowed[canonical] = (hit, _written_key(term))
+                            break
             self._matchers.append(TermMatcher(lexicon.EXAM_FINDINGS, "problem"))
             from trillium.medical.records.findings import FindingMatcher
 
             self._findings = FindingMatcher()
+
+    def _entry_code(self, canonical: str, written: str) -> tuple[str, str, str] | None:
+        """The code a hand-lexicon mention takes from its entry (see ``__init__``)."""
+        if canonical in self._codes:
+            return self._codes[canonical]
+        if canonical not in self._borrowed:
+            return None
+        hit, source = self._borrowed[canonical]
+        key = _written_key(written)
+        same = key in (source, _acronym(source), _acronym(canonical)) or re.sub(r" (?:disease|disorder)$", "", key) == source
+        return hit if same else None
 
     # -- per kind ---------------------------------------------------------------------------
     def _terms(self, text: str, sent: _Sentence) -> list[Entity]:
@@ -266,7 +316,8 @@ class EntityExtractor:
                         # "HTN" and "hypertension" (a derived form such as "effusion" from "Effusion,
                         # unspecified joint" would recode the entry)
                         hit = self._index.lookup(written, exact=True)
-                    cands.append((first, last, prio, matcher.kind, canonical, hit or self._codes.get(canonical), {}))
+                    cands.append((first, last, prio, matcher.kind, canonical, hit or self._entry_code(canonical, written),
+                                  {}))
         if self._index is not None:
             from trillium.medical.records.terminology import normalize_token
 
@@ -282,7 +333,7 @@ class EntityExtractor:
                 continue
             taken.update(range(first, last + 1))
             a, b = sent.tokens[first].start, sent.tokens[last].end
-            system, code = (hit[0], hit[1]) if hit else (None, None)
+            system, code = (hit[0], hit[1]) if hit and hit[1] else (None, None)
             out.append(Entity(kind, text[a:b], a, b, canonical, sent.section.name, values=values,
                               code_system=system, code=code))
         return out

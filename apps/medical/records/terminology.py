@@ -104,7 +104,7 @@ def normalize_token(tok: str) -> str:
 
 
 _WORD_RE = re.compile(r"\d+(?:\.\d+)?|[A-Za-z]+(?:\.[A-Za-z])+\.?|\w+(?:['/-]\w+)*|[^\w\s]")
-_UNSPEC_TAIL = re.compile(r",\s*(?:unspecified|not elsewhere classified|nec|nos|site not specified|without "
+_UNSPEC_TAIL = re.compile(r",\s*(?:unspecified|not elsewhere classified|nec|nos|site not specified|site unspecified|without "
                           r"complications?|uncomplicated|initial encounter|of unspecified [a-z ]+)\b.*$", re.IGNORECASE)
 _LEADING = re.compile(r"^(?:unspecified|other specified|other|acute on chronic)\s+", re.IGNORECASE)
 _NOS = re.compile(r"\s+(?:NOS|NEC)\b", re.IGNORECASE)
@@ -157,6 +157,27 @@ def _forms(forms: set[str]) -> Iterator[str]:
             yield f
 
 
+_UNSPEC_WHAT = re.compile(r"(?:,\s*|\bof\s+)unspecified\s+([a-z]+)", re.IGNORECASE)
+#: What ", unspecified X" or "of unspecified X" may leave unsaid when the bare head is written:
+#: a kind, a grade or a time, not a place. Anything else names a body site ("Abrasion,
+#: unspecified hip", "Fracture of unspecified carpal bone"), and the head without it is not
+#: that code's concept. Read off the words ICD-10-CM itself puts after "unspecified".
+GENERIC_UNSPECIFIED = frozenset(
+    """site part parts degree trimester side type duration severity depth organism cause etiology
+    episode stage kind whether as with multiple single""".split()  # noqa: SIM905
+)
+
+
+def site_lost(text: str, form: str) -> bool:
+    """Whether ``form`` dropped the body site that an "unspecified" clause of ``text`` names."""
+    kept = set(words(form))
+    for m in _UNSPEC_WHAT.finditer(text):
+        what = m.group(1).lower()
+        if what not in GENERIC_UNSPECIFIED and normalize_token(what) not in kept:
+            return True
+    return False
+
+
 def _derivation(text: str, form: str) -> int:
     """0 the description itself, 1 a form derived from it, 3 one that dropped a leading "Other"
     (the residual code of a category is a worse code for the bare name than its ", unspecified" code)."""
@@ -195,8 +216,14 @@ def icd10cm_terms() -> Iterator[CodedTerm]:
         for text, origin in sources:
             for form in variants(text):
                 toks = words(form)
-                if _keep(toks):
-                    yield CodedTerm(toks, ICD10CM, code, desc, _rank(_derivation(text, form) + origin, 0, leaf, len(code)))
+                if not _keep(toks):
+                    continue
+                if site_lost(text, form):
+                    # "abrasion" from "Abrasion, unspecified hip": still a clinical concept a note
+                    # writes, so matched, but with no code (no code of ICD-10-CM is the bare head)
+                    yield CodedTerm(toks, ICD10CM, "", form.lower(), _rank(2, 2, leaf, len(code)))
+                    continue
+                yield CodedTerm(toks, ICD10CM, code, desc, _rank(_derivation(text, form) + origin, 0, leaf, len(code)))
 
 
 def hpo_terms() -> Iterator[CodedTerm]:
@@ -249,12 +276,13 @@ class TermIndex:
         key = words(text)
         if exact and key in self.ranks_ and self.ranks_[key][2] != 0:
             return None
-        return self.terms_.get(key)
+        hit = self.terms_.get(key)
+        return hit if hit is not None and hit[1] else None  # a matched but uncoded form has no code to give
 
     def best_of(self, forms: Iterable[str]) -> tuple[str, str, str] | None:
         """The best-ranked hit among several written forms of one concept (a hand-lexicon entry
         and its synonyms), by the same rule as between codes of one form."""
-        found = [(self.ranks_[k], self.terms_[k]) for k in map(words, forms) if k in self.terms_]
+        found = [(self.ranks_[k], self.terms_[k]) for k in map(words, forms) if k in self.terms_ and self.terms_[k][1]]
         return min(found)[1] if found else None
 
     def find(self, norm: list[str]) -> list[tuple[int, int, tuple[str, str, str]]]:
