@@ -129,6 +129,24 @@ def test_short_abbreviations_that_are_english_words_are_not_read_in_capitalised_
     assert "aortic stenosis" in {e.normalized for e in mixed.entities}
 
 
+def test_slash_joined_terms_and_words_of_clinical_form_are_found(structurer) -> None:
+    from trillium.medical.records.entities import clinical_word_kind, split_slashes
+    from trillium.medical.records.text import tokenize
+
+    text = "s/p CABG w/o complications, atelectasis/effusion and/or"
+    parts = [t.text for t in split_slashes(tokenize(text, 0, len(text)))]
+    assert parts == ["s/p", "CABG", "w/o", "complications", ",", "atelectasis", "/", "effusion", "and/or"]
+    assert [clinical_word_kind(w) for w in ("thyromegaly", "isthmusectomy", "diagnosis", "sympathy", "ileum")] == [
+        "problem", "procedure", None, None, None]
+    n = structurer.structure("No thyromegaly. Small left basilar atelectasis/effusion. Status post isthmusectomy. "
+                             "The diagnosis is clear.")
+    by = {e.text: e for e in n.entities}
+    assert by["thyromegaly"].negated and by["thyromegaly"].code is None and by["thyromegaly"].kind == "problem"
+    assert by["atelectasis"].code == "J98.11" and "effusion" in by
+    assert by["isthmusectomy"].kind == "procedure"
+    assert "diagnosis" not in by
+
+
 def test_fhir_bundle_is_valid_and_follows_context(structurer) -> None:
     from trillium.medical.records.fhir import to_fhir_bundle, validate_bundle
 

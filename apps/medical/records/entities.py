@@ -112,6 +112,57 @@ class TermMatcher:
         return [(a, b, hit[0]) for a, b, hit in longest_matches(self._trie, [t.lower for t in tokens], capitals_hold)]
 
 
+_SLASH_JOINED = re.compile(r"[A-Za-z]{3,}(?:/[A-Za-z]{3,})+")
+
+
+def split_slashes(tokens: Sequence[Token]) -> list[Token]:
+    """Tokens with words joined by a slash split at it ("atelectasis/effusion"), for matching
+    terms; "s/p", "w/o", "and/or" and "120/80" stay whole (a part shorter than 3 letters, or digits)."""
+    if not any("/" in t.text for t in tokens):
+        return list(tokens)
+    out: list[Token] = []
+    for t in tokens:
+        if "/" not in t.text or not _SLASH_JOINED.fullmatch(t.text):
+            out.append(t)
+            continue
+        pos = t.start
+        for n, part in enumerate(t.text.split("/")):
+            if n:
+                out.append(Token("/", pos, pos + 1))
+                pos += 1
+            out.append(Token(part, pos, pos + len(part)))
+            pos += len(part)
+    return out
+
+
+#: Word endings that make a clinical noun in the medical vocabulary's Greek and Latin: a
+#: condition (-itis, -osis, -emia, -oma, -pathy, -algia, -megaly, -plegia ...) or a procedure
+#: (-ectomy, -otomy, -ostomy, -plasty, -scopy). A word of this form that no dictionary matched
+#: is still a clinical concept a reader wants found (uncoded, named by itself).
+_CONDITION_FORM = re.compile(
+    r"[a-z]{3,}(?:itis|osis|oses|iasis|emia|aemia|omas?|omata|pathy|pathies|algias?|plasias?|ectasis|ectasia|"
+    r"megaly|rrhea|rrhoea|rrhagia|rrhage|penia|uria|plegia|paresis|trophy|cele|celes)", re.IGNORECASE)
+_PROCEDURE_FORM = re.compile(r"[a-z]{3,}(?:ectomy|ectomies|otomy|otomies|ostomy|ostomies|plasty|plasties|scopy|scopies)",
+                             re.IGNORECASE)
+#: English words of those forms that are not clinical (general-dictionary knowledge, not from any note set).
+_NOT_CLINICAL = frozenset(
+    """diagnosis diagnoses prognosis prognoses hypnosis osmosis symbiosis metamorphosis apotheosis sympathy
+    empathy telepathy antipathy nostalgia diploma diplomas aroma aromas stroma academia bohemia
+    philanthropy""".split()  # noqa: SIM905
+)
+
+
+def clinical_word_kind(word: str) -> str | None:
+    """"problem" or "procedure" for a word of clinical form (see ``_CONDITION_FORM``), else None."""
+    if len(word) < 6 or not word.isalpha() or word.lower() in _NOT_CLINICAL:
+        return None
+    if _PROCEDURE_FORM.fullmatch(word):
+        return "procedure"
+    if _CONDITION_FORM.fullmatch(word):
+        return "problem"
+    return None
+
+
 #: English words that are also short abbreviations of the lexicons ("AS", "IS", "NO"): in text
 #: written in capitals their capitals say nothing, so they are read as the word.
 _FUNCTION_WORDS = frozenset("as is it in on at to be do no or an us am me we he so up if of by my".split())  # noqa: SIM905
@@ -297,19 +348,21 @@ class EntityExtractor:
         """Dictionary mentions and exam/report findings, overlaps decided by one rule: medications
         first (so "Lasix" is a drug, not a problem), then the longest match in tokens; at equal
         length the hand lexicons (procedures, problems, exam findings) before the terminologies
-        (ICD-10-CM, then HPO) before structure + qualifier findings (``findings``)."""
+        (ICD-10-CM, then HPO) before structure + qualifier findings (``findings``) before a lone
+        word of clinical form (``clinical_word_kind``: "thyromegaly", "arthrosis"), uncoded."""
         taken: set[int] = set()
         out: list[Entity] = []
         cands: list[tuple[int, int, int, str, str, tuple[str, str, str] | None, dict[str, Any]]] = []
+        tokens = split_slashes(sent.tokens)  # "atelectasis/effusion": two terms, not one word
         for prio, matcher in enumerate(self._matchers):
-            for first, last, canonical in matcher.find(sent.tokens):
+            for first, last, canonical in matcher.find(tokens):
                 if prio == 0:  # medications
                     taken.update(range(first, last + 1))
-                    a, b = sent.tokens[first].start, sent.tokens[last].end
+                    a, b = tokens[first].start, tokens[last].end
                     out.append(Entity("medication", text[a:b], a, b, canonical, sent.section.name))
                 else:
                     hit = None
-                    written = text[sent.tokens[first].start:sent.tokens[last].end]
+                    written = text[tokens[first].start:tokens[last].end]
                     if self._index is not None and written.lower() != canonical:
                         # a synonym that is itself a code's description or an HPO name ("hemoptysis"
                         # under "cough") keeps that code; otherwise the entry's code, the same for
@@ -321,18 +374,23 @@ class EntityExtractor:
         if self._index is not None:
             from trillium.medical.records.terminology import normalize_token
 
-            norm = [normalize_token(t.text) for t in sent.tokens]
+            norm = [normalize_token(t.text) for t in tokens]
             for first, last, hit in self._index.find(norm):
                 cands.append((first, last, len(self._matchers), "problem", hit[2].lower(), hit, {}))
         if self._findings is not None:
-            for first, last, structure, values in self._findings.find(sent.tokens):
+            for first, last, structure, values in self._findings.find(tokens):
                 cands.append((first, last, len(self._matchers) + 1, "finding", structure, None, values))
+        if self._index is not None:  # with the terminologies: the long tail no dictionary lists
+            for i, t in enumerate(tokens):
+                kind = clinical_word_kind(t.text)
+                if kind is not None:
+                    cands.append((i, i, len(self._matchers) + 2, kind, normalize_token(t.text), None, {}))
         cands.sort(key=lambda c: (c[0] - c[1], c[2], c[0]))
         for first, last, _, kind, canonical, hit, values in cands:
             if any(i in taken for i in range(first, last + 1)):
                 continue
             taken.update(range(first, last + 1))
-            a, b = sent.tokens[first].start, sent.tokens[last].end
+            a, b = tokens[first].start, tokens[last].end
             system, code = (hit[0], hit[1]) if hit and hit[1] else (None, None)
             out.append(Entity(kind, text[a:b], a, b, canonical, sent.section.name, values=values,
                               code_system=system, code=code))
