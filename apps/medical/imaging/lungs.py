@@ -18,6 +18,8 @@ AIR_THRESHOLD_HU = -400
 MIN_LUNG_SHARE = 0.08
 #: Below this (mL) nothing is called lung: the series does not cover the chest.
 MIN_LUNG_ML = 50.0
+#: Radius (mm) of the rolling ball that takes nodules against the pleura into the lung mask.
+JUXTA_MM = 15.0
 
 
 def downsample_factors(spacing: tuple[float, float, float], target_mm: float = 1.2) -> tuple[int, int, int]:
@@ -36,8 +38,11 @@ def block_mean(vol: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     return v.reshape(nz // fz, fz, ny // fy, fy, nx // fx, fx).mean(axis=(1, 3, 5))
 
 
-def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], *, close_mm: float = 4.0) -> np.ndarray:
-    """Boolean lung mask on the grid of ``hu`` (vessels and nodules inside the lungs included)."""
+def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], *, close_mm: float = 4.0,
+                  juxta_mm: float | None = None) -> np.ndarray:
+    """Boolean lung mask on the grid of ``hu`` (vessels and nodules inside the lungs included;
+    with ``juxta_mm``, nodules against the pleura too: ``take_in_juxtapleural``)."""
+    juxta_mm = JUXTA_MM if juxta_mm is None else juxta_mm
     factors = downsample_factors(spacing, 1.5)
     small = block_mean(hu, factors)
     sp = tuple(s * f for s, f in zip(spacing, factors, strict=True))
@@ -62,7 +67,49 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], *, close_
         disc[0] = yy ** 2 + xx ** 2 <= r * r
         lungs = ndimage.binary_closing(np.pad(lungs, ((0, 0), (r, r), (r, r))), structure=disc)[:, r:-r, r:-r]
     lungs = ndimage.binary_fill_holes(lungs, structure=inplane)
+    if juxta_mm > 0:
+        lungs = take_in_juxtapleural(lungs, small > AIR_THRESHOLD_HU, sp, juxta_mm)
     return upsample_mask(lungs, factors, hu.shape)
+
+
+def take_in_juxtapleural(lungs: np.ndarray, dense: np.ndarray, sp: tuple[float, float, float],
+                         radius_mm: float, step_mm: float = 0.0) -> np.ndarray:
+    """Slice by slice and lung by lung, a rolling ball of ``radius_mm`` along the lung's outline
+    takes in the dense bumps that press into it: a nodule against the chest wall or the
+    mediastinum is not air, so the air mask leaves a bay where it sits, and the detector (which
+    sees nothing outside the mask) would see half a nodule or none. Each lung is closed on its
+    own, so the mediastinum between the two lungs is never bridged; only dense voxels are added.
+
+    ``step_mm`` > 0 rolls the ball on a coarser grid of about that pitch: 3 mm took the added
+    lungs time of a 512 x 512 x 300 study from about 2.5 s to 0.3 s on this 2-core CPU but found
+    fewer pleural nodules (0.17 against 0.26 of 47, ``benchmarks/results/ct_juxtapleural*.json``),
+    so the default keeps the mask's own grid."""
+    f = max(1, int(step_mm // min(sp[1], sp[2])))
+    r = max(1, round(radius_mm / (min(sp[1], sp[2]) * f)))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    disc = (yy ** 2 + xx ** 2 <= r * r)
+    out = lungs.copy()
+    ny, nx = lungs.shape[1:]
+    for k in range(lungs.shape[0]):
+        coarse = lungs[k][: ny // f * f, : nx // f * f].reshape(ny // f, f, nx // f, f).any(axis=(1, 3))
+        labels, n = ndimage.label(coarse)
+        if n == 0:
+            continue
+        for obj, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None:
+                continue
+            one = np.pad(labels[box] == obj, r)
+            if one.sum() * (sp[1] * f) * (sp[2] * f) < np.pi * radius_mm ** 2:
+                continue  # a sliver of lung (apex, base) has no bays to fill
+            bay = ndimage.binary_closing(one, structure=disc) & ~one
+            if not bay.any():
+                continue
+            y0, x0 = (box[0].start - r) * f, (box[1].start - r) * f
+            full = np.repeat(np.repeat(bay, f, axis=0), f, axis=1)
+            ya, xa = max(0, y0), max(0, x0)
+            yb, xb = min(ny, y0 + full.shape[0]), min(nx, x0 + full.shape[1])
+            out[k, ya:yb, xa:xb] |= full[ya - y0:yb - y0, xa - x0:xb - x0] & dense[k, ya:yb, xa:xb]
+    return out
 
 
 def upsample_mask(mask: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:

@@ -89,6 +89,7 @@ def make_phantom(
     diameter_range: tuple[float, float] = (4.0, 30.0),
     vessels: bool = True,
     noise_sigma: float = NOISE_SIGMA,
+    pleural_share: float = 0.0,
 ) -> tuple[np.ndarray, list[PhantomNodule]]:
     """A chest CT volume ``[k, j, i]`` in HU (int16) and its nodules.
 
@@ -142,7 +143,7 @@ def make_phantom(
     if vessels:
         _draw_vessels(vol, lungs, grid, rng, centre=(cx, cy), lung_dx=lung_dx, fov_z=fov_z)
 
-    nodules = _draw_nodules(vol, lungs, grid, rng, n_nodules, diameter_range)
+    nodules = _draw_nodules(vol, lungs, grid, rng, n_nodules, diameter_range, pleural_share)
 
     noise = rng.normal(0.0, 1.0, size=shape).astype(np.float32)
     noise = ndimage.gaussian_filter(noise, sigma=noise_sigma) if noise_sigma > 0 else noise
@@ -188,7 +189,11 @@ def _draw_vessels(vol: np.ndarray, lungs: np.ndarray, grid: _Grid, rng: np.rando
 
 
 def _draw_nodules(vol: np.ndarray, lungs: np.ndarray, grid: _Grid, rng: np.random.Generator,
-                  n: int, diameter_range: tuple[float, float]) -> list[PhantomNodule]:
+                  n: int, diameter_range: tuple[float, float], pleural_share: float = 0.0) -> list[PhantomNodule]:
+    """Nodules inside the lungs; with ``pleural_share`` > 0 that share of them is juxtapleural:
+    centred 0.2-0.7 radii inside the lung wall, so part of the nodule lies in the chest wall (as
+    soft tissue, it is invisible there) and the rest bulges into the lung. With 0 no extra random
+    number is drawn, so the phantoms of every seed stay as they were."""
     sz, sy, sx = grid.spacing
     # distance to the lung wall, in mm, decides where a nodule of a given size fits
     wall = ndimage.distance_transform_edt(lungs, sampling=grid.spacing)
@@ -200,7 +205,10 @@ def _draw_nodules(vol: np.ndarray, lungs: np.ndarray, grid: _Grid, rng: np.rando
         attempts += 1
         d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         r = d / 2
-        room = np.argwhere(wall > r + 2.0)
+        if pleural_share > 0 and rng.random() < pleural_share:
+            room = np.argwhere((wall > 0.2 * r) & (wall < 0.7 * r))
+        else:
+            room = np.argwhere(wall > r + 2.0)
         if not len(room):
             continue
         c = room[rng.integers(len(room))] * np.array(grid.spacing) + rng.uniform(-0.5, 0.5, 3) * np.array(grid.spacing)
@@ -262,13 +270,15 @@ def write_phantom(
     noise_hu: float = 20.0,
     noise_sigma: float = NOISE_SIGMA,
     kernel: str = PHANTOM_KERNEL,
+    pleural_share: float = 0.0,
 ) -> dict[str, Any]:
     """Write a phantom as a DICOM CT series in ``out_dir`` with ``truth.json`` beside it.
 
     The origin is placed as a scanner would (the patient centred on x=y=0, z counting up from
     the table position), so the truth's ``center_mm`` are real LPS coordinates.
     """
-    hu, found = make_phantom(nodules, seed, shape=shape, spacing=spacing, noise_hu=noise_hu, noise_sigma=noise_sigma)
+    hu, found = make_phantom(nodules, seed, shape=shape, spacing=spacing, noise_hu=noise_hu, noise_sigma=noise_sigma,
+                             pleural_share=pleural_share)
     out = Path(out_dir)
     info = SeriesInfo(patient_id=patient_id or f"PHANTOM-{seed:04d}", patient_name=f"Phantom^{seed}", kernel=kernel)
     origin = (-(shape[2] - 1) * spacing[2] / 2, -(shape[1] - 1) * spacing[1] / 2, -400.0)
