@@ -263,18 +263,37 @@ def lidc_file(series_dir: str | Path) -> Path | None:
     return None
 
 
-def lesions_for(series_dir: str | Path, volume: CTVolume) -> tuple[list[Lesion], str]:
-    """The marks of a series folder, whichever format it carries: an LIDC XML inside it, or a
-    VOC ``annotations`` folder beside it (in it or its parent). Returns (lesions, format)."""
+def annotation_source(series_dir: str | Path) -> tuple[str, Path] | None:
+    """Where a series folder's marks are, without reading them: ("lidc", the XML inside it) or
+    ("voc", an ``annotations`` folder in it or beside it); None when it has none."""
     series_dir = Path(series_dir)
     xml = lidc_file(series_dir)
     if xml is not None:
-        return lidc_lesions(xml, volume), "lidc"
+        return "lidc", xml
     for ann in (series_dir / "annotations", series_dir.parent / "annotations"):
         if ann.is_dir():
-            return read_voc(ann, volume), "voc"
-    raise InputValidationError(f"{series_dir}: no annotation found (an LIDC XML in the folder, or a VOC "
-                               f"'annotations' folder in it or beside it)")
+            return "voc", ann
+    return None
+
+
+def marks_for(series_dir: str | Path, volume: CTVolume) -> tuple[list[Lesion], str, list[np.ndarray]]:
+    """The marks of a series folder, whichever format it carries (``annotation_source``):
+    (lesions, format, the readers' non-nodule points, LPS mm; none for VOC). The XML is read once."""
+    source = annotation_source(series_dir)
+    if source is None:
+        raise InputValidationError(f"{series_dir}: no annotation found (an LIDC XML in the folder, or a VOC "
+                                   f"'annotations' folder in it or beside it)")
+    fmt, path = source
+    if fmt == "lidc":
+        marks, points = read_lidc(path, volume)
+        return group_lidc(marks, source=str(path)), fmt, points
+    return read_voc(path, volume), fmt, []
+
+
+def lesions_for(series_dir: str | Path, volume: CTVolume) -> tuple[list[Lesion], str]:
+    """The lesions of a series folder and their format (``marks_for`` without the points)."""
+    lesions, fmt, _ = marks_for(series_dir, volume)
+    return lesions, fmt
 
 
 def keep(lesions: Iterable[Lesion], *, min_readers: int, min_diameter_mm: float = SMALL_NODULE_MM) -> list[Lesion]:
@@ -284,4 +303,4 @@ def keep(lesions: Iterable[Lesion], *, min_readers: int, min_diameter_mm: float 
             and les.diameter_mm >= min_diameter_mm]
 
 
-__all__ = ["Lesion", "ReaderMark", "group_lidc", "keep", "lesions_for", "lidc_file", "lidc_lesions", "read_lidc", "read_voc"]
+__all__ = ["Lesion", "ReaderMark", "annotation_source", "group_lidc", "keep", "lesions_for", "lidc_file", "lidc_lesions", "marks_for", "read_lidc", "read_voc"]

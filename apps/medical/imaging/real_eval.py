@@ -11,7 +11,7 @@ nearest finding; the errors reported are that finding's centre distance and its 
 against the readers' median long axis (relative).
 
 Any collection in these formats can be measured: the series folders are given, the marks are
-found beside them (``annotations.lesions_for``).
+found beside them (``annotations.marks_for``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from trillium.medical.imaging.annotations import Lesion, keep, lesions_for, lidc_file, read_lidc
+from trillium.medical.imaging.annotations import Lesion, keep, marks_for
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,12 @@ def evaluate_series(analyze: Callable[[Path], Any], series_dir: str | Path, *, m
     result = analyze(series_dir)
     seconds = time.perf_counter() - t0
     volume = result.volume if getattr(result, "volume", None) is not None else load_ct(series_dir)
-    lesions, fmt = lesions_for(series_dir, volume)
+    lesions, fmt, points = marks_for(series_dir, volume)
     counted = keep(lesions, min_readers=min_readers)
-    # marks that do not count still excuse a finding near them (LUNA16's irrelevant findings)
+    # marks that do not count, and the readers' non-nodule marks, still excuse a finding near
+    # them (LUNA16's irrelevant findings)
     others: list[tuple[np.ndarray, float]] = [(les.centre_mm, les.diameter_mm / 2) for les in lesions
-                                              if les not in counted]
-    xml = lidc_file(series_dir) if fmt == "lidc" else None
-    if xml is not None:  # the readers' non-nodule marks
-        others += [(p, 0.0) for p in read_lidc(xml, volume)[1]]
+                                              if les not in counted] + [(p, 0.0) for p in points]
     scored = match(result.findings, counted, others, min_radius_mm=min_radius_mm)
     return {"series": str(series_dir), "series_uid": volume.series_uid, "format": fmt, "shape": list(volume.shape),
             "spacing_mm": [round(s, 3) for s in volume.spacing], "min_readers": min_readers,

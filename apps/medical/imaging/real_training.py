@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from trillium.core.metrics import nearest_hit
 from trillium.medical.imaging.analyzer import detect_candidates
-from trillium.medical.imaging.annotations import Lesion, keep, lesions_for, lidc_file, read_lidc
+from trillium.medical.imaging.annotations import Lesion, annotation_source, keep, marks_for
 from trillium.medical.imaging.classifier import candidate_features, extract_patches
 from trillium.medical.imaging.dicom_io import CTVolume, load_ct
 from trillium.medical.imaging.lungs import segment_lungs
@@ -77,7 +78,7 @@ def check_real_series(series_dirs: Sequence[str | Path]) -> None:
     for d in map(Path, series_dirs):
         if not d.is_dir():
             raise InputValidationError(f"{d}: real series folder not found")
-        if lidc_file(d) is None and not any((a / "annotations").is_dir() for a in (d, d.parent)):
+        if annotation_source(d) is None:
             raise InputValidationError(f"{d}: no readers' marks (an LIDC XML in the folder, or a VOC 'annotations' "
                                        f"folder in it or beside it); a series without marks cannot be labelled")
 
@@ -93,12 +94,9 @@ def load_real_series(series_dir: str | Path, *, min_readers: int = 2) -> RealSer
     """Read a series folder and its marks (LIDC XML inside, or VOC boxes beside it)."""
     series_dir = Path(series_dir)
     volume = load_ct(series_dir)
-    lesions, fmt = lesions_for(series_dir, volume)
+    lesions, fmt, points = marks_for(series_dir, volume)
     counted = keep(lesions, min_readers=min_readers)
-    marks = [(les.centre_mm, les.diameter_mm / 2) for les in lesions]
-    xml = lidc_file(series_dir) if fmt == "lidc" else None
-    if xml is not None:
-        marks += [(p, 0.0) for p in read_lidc(xml, volume)[1]]
+    marks = [(les.centre_mm, les.diameter_mm / 2) for les in lesions] + [(p, 0.0) for p in points]
     patient = volume.patient_id or series_dir.parent.name
     return RealSeries(series_dir, patient, volume, segment_lungs(volume.hu, volume.spacing), marks, counted,
                       [_malignant(les, fmt) for les in counted])
@@ -174,14 +172,9 @@ def insert_nodules(series: RealSeries, n: int, seed: int, *, diameter_range: tup
 
 def _label(centres_mm: np.ndarray, targets: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
     """Index of the target each centre hits (within max(radius, MIN_HIT_RADIUS_MM)), or -1."""
-    out = np.full(len(centres_mm), -1)
-    for i, c in enumerate(centres_mm):
-        best = np.inf
-        for t, (centre, radius) in enumerate(targets):
-            d = float(np.linalg.norm(c - centre))
-            if d <= max(radius, MIN_HIT_RADIUS_MM) and d < best:
-                out[i], best = t, d
-    return out
+    radii = [max(r, MIN_HIT_RADIUS_MM) for _, r in targets]
+    hits = (nearest_hit(c, [t for t, _ in targets], radii)[0] for c in centres_mm)
+    return np.array([-1 if h is None else h for h in hits], dtype=int)
 
 
 def real_candidate_set(series_dirs: Sequence[str | Path], *, copies: int = 2, nodules_per_copy: int = 10,
@@ -244,7 +237,10 @@ def real_candidate_set(series_dirs: Sequence[str | Path], *, copies: int = 2, no
         if log_fn:
             log_fn(f"real series {series_dir}: {time.perf_counter() - t0:.1f}s, so far {counts}")
     if not patches:
-        raise ValueError("no candidates on the real series given")
+        from trillium.core.errors import InputValidationError
+
+        raise InputValidationError(f"no detector candidate on the real series {', '.join(map(str, series_dirs))}: "
+                                   f"is it a chest CT?")
     return {"patches": np.concatenate(patches), "features": np.concatenate(feats),
             "is_nodule": np.array(is_nodule, dtype=np.float32), "malignant": np.array(malignant, dtype=np.float32),
             "groups": np.array(groups), "counts": counts}
