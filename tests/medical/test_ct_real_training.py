@@ -77,7 +77,10 @@ def test_thick_slices_get_partial_volume_and_the_series_noise() -> None:
 def test_real_series_candidates_are_labelled_away_from_every_mark() -> None:
     patient = require_shared(SHARED_DATA / "medical-imaging" / "lung-pet-ct-dx" / "A0002",
                              "the Lung-PET-CT-Dx patient A0002")
-    data = real_candidate_set([patient / "series-B70f"], copies=1, nodules_per_copy=8, seed=1)
+    reads: list[tuple[str | None, str]] = []
+    data = real_candidate_set([patient / "series-B70f"], copies=1, nodules_per_copy=8, seed=1,
+                              on_read=lambda p, uid: reads.append((p, uid)))
+    assert len(reads) == 1 and reads[0][0] == "Lung_Dx-A0002" and reads[0][1]  # each series read is reported
     counts = data["counts"]
     # 8 mm slices: the smallest drawn nodules vanish in the partial volume; 3-6 of 8 get a candidate
     assert counts["negatives"] > 0 and counts["synthetic_hits"] >= 2
@@ -103,3 +106,32 @@ def test_train_refuses_a_real_series_without_marks_before_any_work(tmp_path: Pat
     assert r.exit_code != 0 and str(bare) in r.output and "no readers' marks" in r.output
     r = CliRunner().invoke(app, ["medical", "train", "--real-series", str(tmp_path / "missing")])
     assert r.exit_code != 0 and "not found" in r.output
+
+
+def test_train_audits_each_real_series_it_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's hook writes one attributable row per real series; training itself is replaced by a
+    stand-in that only reads (the real training takes minutes and is measured in benchmarks)."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import trillium.medical.imaging.phantom_training as pt
+    from trillium.core.audit import audit_rows, cli_actor
+    from trillium.core.cli import app
+    from trillium.core.db import connect
+
+    monkeypatch.setenv("TRILLIUM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TRILLIUM_DB_URL", raising=False)
+    series = tmp_path / "series"
+    series.mkdir()
+    (tmp_path / "annotations").mkdir()
+
+    def stand_in(**kw):
+        kw["on_read"]("PAT-7", "1.2.3.4")
+        return SimpleNamespace(record=None, seconds=0.0, metrics={"real_series": len(kw["real_series"])})
+
+    monkeypatch.setattr(pt, "train_nodule_model", stand_in)
+    r = CliRunner().invoke(app, ["medical", "train", "--real-series", str(series)])
+    assert r.exit_code == 0, r.output
+    rows = audit_rows(connect(), action="medical.ct.train")
+    assert [(x["target"], x["actor"], x["details"]["patient"]) for x in rows] == [("1.2.3.4", cli_actor(), "PAT-7")]

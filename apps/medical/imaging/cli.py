@@ -135,13 +135,20 @@ def register(app: typer.Typer) -> None:
         real_copies: int = typer.Option(2, "--real-copies", min=0, help="Copies of each real series with synthetic nodules."),
     ) -> None:
         """Train the nodule classifier on phantom studies (and real series, if given) and register it as production."""
+        from trillium.core.audit import cli_actor
+        from trillium.core.db import connect
         from trillium.core.errors import TrilliumError
         from trillium.medical.imaging.phantom_training import train_nodule_model
+
+        def audit_read(patient: str | None, series_uid: str) -> None:
+            # a real series is a patient's CT: its read for training is attributable like any other
+            connect().audit("medical.ct.train", target=series_uid, actor=cli_actor(), patient=patient or "")
 
         try:
             report = train_nodule_model(studies=studies, val_studies=val_studies, epochs=epochs, seed=seed,
                                         max_fp_per_scan=max_fp, name=name, real_series=real_series,
-                                        real_copies=real_copies, log_fn=lambda m: typer.echo(m, err=True))
+                                        real_copies=real_copies, on_read=audit_read,
+                                        log_fn=lambda m: typer.echo(m, err=True))
         except TrilliumError as exc:
             _fail(exc)
         _emit({"model": f"{report.record.name}:v{report.record.version}" if report.record else None,

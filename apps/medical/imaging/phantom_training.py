@@ -141,13 +141,16 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
                        name: str = DEFAULT_MODEL_NAME, shape: tuple[int, int, int] = TRAIN_SHAPE,
                        spacing: tuple[float, float, float] = TRAIN_SPACING,
                        real_series: Sequence[str | Path] = (), real_copies: int = 2,
+                       on_read: Callable[[str | None, str], Any] | None = None,
                        log_fn: Callable[[str], Any] | None = None) -> TrainReport:
     """Build the candidate set from ``studies`` phantoms, train both networks, pick the threshold.
 
     ``real_series``: annotated real series (LIDC XML or VOC boxes) whose anatomy joins the
     training set (``real_training``: real false candidates, synthetic nodules drawn in their
     lungs, the readers' lesions), ``real_copies`` copies with synthetic nodules each. The
-    threshold is still chosen on phantom studies of their own.
+    threshold is still chosen on phantom studies of their own. ``on_read(patient, series UID)``
+    is called for each real series read (the CLI audits it). The registered metrics carry the
+    number of real series, not their paths (a folder name may identify a patient).
 
     With ``register``, the version is stored with its monitoring reference profile
     (``imaging.monitoring``): ``profile_studies`` fresh phantoms (seeds of their own, neither
@@ -163,7 +166,7 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
     if real_series:
         from trillium.medical.imaging.real_training import real_candidate_set
 
-        real = real_candidate_set(real_series, copies=real_copies, seed=seed, log_fn=log_fn)
+        real = real_candidate_set(real_series, copies=real_copies, seed=seed, on_read=on_read, log_fn=log_fn)
         real_counts = real.pop("counts")
         data = join_candidate_sets(data, real)
     val = candidate_set(seeds[-val_studies:], shape=shape, spacing=spacing, log_fn=log_fn)
@@ -172,7 +175,7 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
                                                  log_fn=log_fn)
     metrics = {"train_studies": studies, **metrics}
     if real_counts is not None:
-        metrics["real_series"] = [str(p) for p in real_series]
+        metrics["real_series"] = len(real_series)
         metrics["real_candidates"] = real_counts
     record = None
     if register:

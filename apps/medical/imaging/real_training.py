@@ -179,16 +179,20 @@ def _label(centres_mm: np.ndarray, targets: Sequence[tuple[np.ndarray, float]]) 
 
 def real_candidate_set(series_dirs: Sequence[str | Path], *, copies: int = 2, nodules_per_copy: int = 10,
                        seed: int = 0, min_readers: int = 2, margin_mm: float = MARK_MARGIN_MM,
+                       on_read: Callable[[str | None, str], Any] | None = None,
                        log_fn: Callable[[str], Any] | None = None) -> dict[str, np.ndarray]:
     """Patches and features of the detector's candidates on real series and on copies with
     synthetic nodules (see the module doc), in ``phantom_training.candidate_set``'s layout;
-    ``groups`` is the series' patient."""
+    ``groups`` is the series' patient. ``on_read(patient id, series UID)`` is called as each
+    series is read, so that the caller can make the read of patient data attributable."""
     patches, feats, is_nodule, malignant, groups = [], [], [], [], []
     counts = {"negatives": 0, "lesion_hits": 0, "synthetic_hits": 0, "left_out": 0}
     for s_i, series_dir in enumerate(series_dirs):
         t0 = time.perf_counter()
         series = load_real_series(series_dir, min_readers=min_readers)
         vol = series.volume
+        if on_read is not None:
+            on_read(vol.patient_id, vol.series_uid)
         targets = [(les.centre_mm, les.diameter_mm / 2) for les in series.counted]
         for copy in range(copies + 1):
             synthetic: list[PhantomNodule] = []
