@@ -73,10 +73,8 @@ def main() -> None:
     report: dict[str, Any] = {"baseline_model": baseline.model_label}
     report["baseline"] = measure(baseline, 0.0)
     lungs.JUXTA_MM = args.juxta_mm  # the candidate trains on the masks it will analyse with
-    import trillium.medical.imaging.phantom_training as pt
-
-    pt.TRAIN_PLEURAL_SHARE = args.train_pleural_share
-    trained = train_nodule_model(register=False, profile_studies=0, log_fn=_log)
+    trained = train_nodule_model(register=False, profile_studies=0, pleural_share=args.train_pleural_share,
+                                 log_fn=_log)
     report["candidate_training"] = {**trained.metrics, "seconds": round(trained.seconds, 1),
                                     "train_pleural_share": args.train_pleural_share}
     report["candidate"] = measure(StudyAnalyzer(trained.classifier, threshold=trained.threshold), args.juxta_mm)

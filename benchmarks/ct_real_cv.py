@@ -61,21 +61,29 @@ def main() -> None:
     args = ap.parse_args()
 
     from trillium.medical.imaging.analyzer import StudyAnalyzer
-    from trillium.medical.imaging.phantom_training import candidate_set, fit_with_threshold, join_candidate_sets
+    from trillium.medical.imaging.lungs import JUXTA_MM
+    from trillium.medical.imaging.phantom_training import (
+        TRAIN_PLEURAL_SHARE,
+        candidate_set,
+        fit_with_threshold,
+        join_candidate_sets,
+    )
     from trillium.medical.imaging.real_eval import evaluate_series, summarise
     from trillium.medical.imaging.real_training import real_candidate_set
 
     t_start = time.perf_counter()
     work = Path(args.work)
+    # the sets depend on the lung mask and the phantoms' pleural share: a cache of other settings is not reused
+    tag = f"p{TRAIN_PLEURAL_SHARE:g}-j{JUXTA_MM:g}"
     seeds = [args.seed * 10_000 + s for s in range(args.studies + args.val_studies)]
-    train = _cached(work / f"phantom-train-{args.seed}-{args.studies}.npz",
+    train = _cached(work / f"phantom-train-{args.seed}-{args.studies}-{tag}.npz",
                     lambda: candidate_set(seeds[:-args.val_studies], log_fn=_log))
-    val = _cached(work / f"phantom-val-{args.seed}-{args.val_studies}.npz",
+    val = _cached(work / f"phantom-val-{args.seed}-{args.val_studies}-{tag}.npz",
                   lambda: candidate_set(seeds[-args.val_studies:], log_fn=_log))
     real: dict[str, dict[str, Any]] = {}
     for s in args.series:
         key = Path(s).resolve().name[-24:]
-        real[s] = _cached(work / f"real-{key}-c{args.copies}-s{args.seed}.npz",
+        real[s] = _cached(work / f"real-{key}-c{args.copies}-s{args.seed}-{tag}.npz",
                           lambda s=s: real_candidate_set([s], copies=args.copies, seed=args.seed, log_fn=_log))
     patient_of = {s: str(real[s]["groups"][0]) for s in args.series}
     by_patient: dict[str, list[str]] = defaultdict(list)

@@ -70,7 +70,7 @@ def _match(center_kji: np.ndarray, nodules: list[PhantomNodule], spacing: tuple[
 
 
 def candidate_set(seeds: list[int], *, nodules_per_study: int = 8, shape: tuple[int, int, int] = TRAIN_SHAPE,
-                  spacing: tuple[float, float, float] = TRAIN_SPACING, pleural_share: float | None = None,
+                  spacing: tuple[float, float, float] = TRAIN_SPACING, pleural_share: float = TRAIN_PLEURAL_SHARE,
                   log_fn: Callable[[str], Any] | None = None) -> dict[str, np.ndarray]:
     """Patches and features of every detector candidate on the phantoms of ``seeds``, labelled
     from the truth (the same candidates, measurements and features as at analysis time)."""
@@ -78,7 +78,7 @@ def candidate_set(seeds: list[int], *, nodules_per_study: int = 8, shape: tuple[
     for seed in seeds:
         t = time.perf_counter()
         vol, nodules = phantom_volume(nodules_per_study, seed, shape=shape, spacing=spacing,
-                                      pleural_share=TRAIN_PLEURAL_SHARE if pleural_share is None else pleural_share)
+                                      pleural_share=pleural_share)
         cands, measurements, _lungs = detect_candidates(vol)
         labels = [_match(c.center_kji, nodules, vol.spacing) for c in cands]
         if cands:
@@ -140,10 +140,12 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
                        max_fp_per_scan: float = 0.5, register: bool = True, registry: ModelRegistry | None = None,
                        name: str = DEFAULT_MODEL_NAME, shape: tuple[int, int, int] = TRAIN_SHAPE,
                        spacing: tuple[float, float, float] = TRAIN_SPACING,
+                       pleural_share: float = TRAIN_PLEURAL_SHARE,
                        real_series: Sequence[str | Path] = (), real_copies: int = 2,
                        on_read: Callable[[str | None, str], Any] | None = None,
                        log_fn: Callable[[str], Any] | None = None) -> TrainReport:
     """Build the candidate set from ``studies`` phantoms, train both networks, pick the threshold.
+    ``pleural_share``: the share of the phantoms' nodules placed against the pleura.
 
     ``real_series``: annotated real series (LIDC XML or VOC boxes) whose anatomy joins the
     training set (``real_training``: real false candidates, synthetic nodules drawn in their
@@ -161,7 +163,8 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
 
         check_real_series(real_series)
     seeds = [seed * 10_000 + s for s in range(studies + val_studies)]
-    data = candidate_set(seeds[:-val_studies], shape=shape, spacing=spacing, log_fn=log_fn)
+    data = candidate_set(seeds[:-val_studies], shape=shape, spacing=spacing, pleural_share=pleural_share,
+                         log_fn=log_fn)
     real_counts = None
     if real_series:
         from trillium.medical.imaging.real_training import real_candidate_set
@@ -169,7 +172,8 @@ def train_nodule_model(*, studies: int = 16, val_studies: int = 4, seed: int = 0
         real = real_candidate_set(real_series, copies=real_copies, seed=seed, on_read=on_read, log_fn=log_fn)
         real_counts = real.pop("counts")
         data = join_candidate_sets(data, real)
-    val = candidate_set(seeds[-val_studies:], shape=shape, spacing=spacing, log_fn=log_fn)
+    val = candidate_set(seeds[-val_studies:], shape=shape, spacing=spacing, pleural_share=pleural_share,
+                        log_fn=log_fn)
     clf, threshold, metrics = fit_with_threshold(data, val, width=width, epochs=epochs, seed=seed,
                                                  mc_samples=mc_samples, max_fp_per_scan=max_fp_per_scan,
                                                  log_fn=log_fn)
