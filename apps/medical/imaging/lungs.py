@@ -91,7 +91,8 @@ def take_in_juxtapleural(lungs: np.ndarray, dense: np.ndarray, sp: tuple[float, 
     out = lungs.copy()
     ny, nx = lungs.shape[1:]
     for k in range(lungs.shape[0]):
-        coarse = lungs[k][: ny // f * f, : nx // f * f].reshape(ny // f, f, nx // f, f).any(axis=(1, 3))
+        coarse = lungs[k] if f == 1 else lungs[k][: ny // f * f, : nx // f * f].reshape(ny // f, f, nx // f, f).any(
+            axis=(1, 3))
         labels, n = ndimage.label(coarse)
         if n == 0:
             continue
@@ -105,7 +106,7 @@ def take_in_juxtapleural(lungs: np.ndarray, dense: np.ndarray, sp: tuple[float, 
             if not bay.any():
                 continue
             y0, x0 = (box[0].start - r) * f, (box[1].start - r) * f
-            full = np.repeat(np.repeat(bay, f, axis=0), f, axis=1)
+            full = bay if f == 1 else np.repeat(np.repeat(bay, f, axis=0), f, axis=1)
             ya, xa = max(0, y0), max(0, x0)
             yb, xb = min(ny, y0 + full.shape[0]), min(nx, x0 + full.shape[1])
             out[k, ya:yb, xa:xb] |= full[ya - y0:yb - y0, xa - x0:xb - x0] & dense[k, ya:yb, xa:xb]
