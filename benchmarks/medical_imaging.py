@@ -86,16 +86,35 @@ def _nodule_mask_main(mask: np.ndarray, within: np.ndarray, radius_mm: float,
     return mask if mask.any() else None
 
 
+def _closing_before(mask: np.ndarray, r: int) -> np.ndarray:
+    """The rolling ball's closing as the last release did it: SciPy's binary closing with the disc."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return ndimage.binary_closing(mask, structure=yy ** 2 + xx ** 2 <= r * r)
+
+
 def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int) -> tuple[list[dict], object]:
     from trillium.medical.imaging import analyzer as analyzer_module
+    from trillium.medical.imaging import candidates as candidates_module
+    from trillium.medical.imaging import lungs as lungs_module
 
-    analyzer.backend = "scipy" if path in ("main", "scipy") else "torch"
+    analyzer.backend = "scipy" if path in ("main", "before", "scipy") else "torch"
     analyzer.device = device
-    current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement)
+    current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
+               candidates_module._peaks_scipy, lungs_module.closing_by_disc)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "medical"))
+    if path in ("main", "before"):
+        # the candidate filters on the whole grid, as before they were cropped to the lungs' box
+        # (tests/medical/ct_candidates_reference.py; the same candidates bit for bit)
+        import ct_candidates_reference
+
+        candidates_module._peaks_scipy = ct_candidates_reference.peaks_scipy
+    if path == "before":
+        lungs_module.closing_by_disc = _closing_before  # the same mask pixel for pixel
     if path == "main":
         # main's measurement: the reference copy (tests/medical/ct_measure_reference.py, the code
         # before the findings stage was made faster) with main's opening on the whole ROI
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "medical"))
         import ct_measure_reference as reference
 
         reference._nodule_mask = _nodule_mask_main
@@ -110,7 +129,8 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
             log(f"{path} run {r}: {result.timings['total']:.2f}s {stages}, "
                 f"{len(result.findings)} findings, {result.n_candidates} candidates")
     finally:
-        analyzer_module.measure_consistent, analyzer_module.recentre_measurement = current
+        (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
+         candidates_module._peaks_scipy, lungs_module.closing_by_disc) = current
     return runs, result
 
 
@@ -169,7 +189,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--paths", default="main,scipy,torch", help="comma list of main, scipy, torch")
+    ap.add_argument("--paths", default="main,scipy,torch",
+                    help="comma list of main (before issue 22), before (the last release), scipy, torch")
     ap.add_argument("--device", default=None, help="torch device for the torch path (default: CUDA when present)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine has 2 cores)")
     ap.add_argument("--in-flight", type=int, default=0, help="studies at once for the throughput figure (0: skip)")
@@ -242,7 +263,7 @@ def main() -> None:
                        "candidates": result.n_candidates}
         report["analysis_partial"] = paths
         save()
-    base = "main" if "main" in paths else next(iter(paths))
+    base = next((p for p in ("main", "before") if p in paths), next(iter(paths)))
     for path, rec in paths.items():
         rec["ratio_vs_" + base] = {k: round(paths[base]["stage_p50_s"][k] / max(v, 1e-9), 2)
                                    for k, v in rec["stage_p50_s"].items()}

@@ -14,6 +14,8 @@ Everything runs on a grid of about 1.2-1.5 mm: small nodules stay visible and th
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,8 @@ from trillium.medical.imaging.lungs import block_mean, downsample_factors
 #: LoG scales (mm); a sphere of diameter d answers best at sigma = d / (2 sqrt 3).
 SCALES_MM = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 9.0)
 LUNG_FILL_HU = -860.0
+#: Threads of the SciPy path's filters, one scale each (TRILLIUM_CT_THREADS overrides; 1: none).
+FILTER_THREADS = int(os.environ.get("TRILLIUM_CT_THREADS") or min(4, os.cpu_count() or 1))
 
 
 @dataclass
@@ -36,16 +40,33 @@ class Candidate:
 
 
 def _laplacian(g: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Sum over the axes of the central second difference ``(lo + hi - 2 mid) / s**2``, zero on
+    the array's faces along each axis.
+
+    The same float operations in the same order as the plain form
+    (``tests/medical/ct_candidates_reference.py``), so the same result bit for bit, with two
+    scratch buffers instead of a zeroed full-size array and three temporaries per axis."""
     out = np.zeros_like(g)
+    a, b = np.empty_like(g), np.empty_like(g)
     for axis, s in enumerate(spacing):
-        d2 = np.zeros_like(g)
-        sl_mid = [slice(None)] * 3
-        sl_lo = [slice(None)] * 3
-        sl_hi = [slice(None)] * 3
-        sl_mid[axis], sl_lo[axis], sl_hi[axis] = slice(1, -1), slice(0, -2), slice(2, None)
-        d2[tuple(sl_mid)] = (g[tuple(sl_lo)] + g[tuple(sl_hi)] - 2 * g[tuple(sl_mid)]) / (s * s)
-        out += d2
+        n = g.shape[axis]
+        if n < 3:
+            continue
+        lo, mid, hi = (_axis_range(g, axis, k, k + n - 2) for k in (0, 1, 2))
+        d2, twice = _axis_range(a, axis, 0, n - 2), _axis_range(b, axis, 0, n - 2)
+        np.add(lo, hi, out=d2)
+        np.multiply(mid, 2, out=twice)
+        np.subtract(d2, twice, out=d2)
+        np.divide(d2, s * s, out=d2)
+        target = _axis_range(out, axis, 1, n - 1)
+        np.add(target, d2, out=target)
     return out
+
+
+def _axis_range(a: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(start, stop)
+    return a[tuple(index)]
 
 
 def _hessian_at(g: np.ndarray, p: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -117,18 +138,37 @@ def _peaks_scipy(hu: np.ndarray, lungs: np.ndarray, factors: tuple[int, int, int
                  scales_mm: tuple[float, ...], min_response: float, min_blobness: float,
                  device: str | None = None) -> list[_Peak]:
     small = block_mean(np.clip(hu, -1000, 300), factors)
-    mask_small = block_mean(lungs.astype(np.float32), factors) > 0.5
+    mask_small = block_mean(lungs, factors) > 0.5
+    # Outside the lungs' box (grown by the filters' reach) the work volume is the constant fill,
+    # and the filters see the same values inside it whether the rest is there or not (mode
+    # "nearest" repeats the fill at the box's faces): the box alone is filtered, with the same
+    # candidates bit for bit (``tests/medical/test_ct_candidates_speed.py``), as the torch path does.
+    extent = _lung_extent(mask_small)
+    if extent is None:
+        return []
+    box = _grown(extent, mask_small.shape, sp, scales_mm)
+    origin = np.array([b.start for b in box])
+    upper = np.array(small.shape) - 1
+    small, mask_small = small[box], mask_small[box]
     # Outside the lungs the chest wall would answer everywhere; paint it as lung.
     work = np.where(mask_small, small, LUNG_FILL_HU).astype(np.float32)
     inner = ndimage.binary_erosion(mask_small, iterations=1)
-    found: list[_Peak] = []
-    for sigma in scales_mm:
-        g = ndimage.gaussian_filter(work, sigma=[sigma / s for s in sp], mode="nearest", truncate=3.0)
-        resp = -sigma * sigma * _laplacian(g, sp)
+
+    def one_scale(sigma: float) -> list[_Peak]:
         size = [max(3, round(1.2 * sigma / s) * 2 + 1) for s in sp]
-        peaks = (resp == ndimage.maximum_filter(resp, size=size, mode="nearest")) & (resp > min_response) & inner
+        # the maximum filter reads the response within half its size of a lung voxel, and the
+        # response reads the smoothed volume one voxel further: only that box is computed
+        need = tuple(slice(max(0, lo - h - 1 - o), min(n, hi + h + 2) - o)
+                     for (lo, hi), h, o, n in zip(extent, (z // 2 for z in size), origin, upper + 1, strict=True))
+        at = origin + [b.start for b in need]
+        g = _smoothed(work, need, [sigma / s for s in sp])
+        resp = _laplacian(g, sp)
+        resp *= -sigma * sigma
+        peaks = (resp == ndimage.maximum_filter(resp, size=size, mode="nearest")) & (resp > min_response) & inner[need]
+        level = small[need]
+        found: list[_Peak] = []
         for p in np.argwhere(peaks):
-            if np.any(p < 1) or np.any(p >= np.array(g.shape) - 1):
+            if np.any(p + at < 1) or np.any(p + at >= upper):
                 continue
             ev = np.sort(np.linalg.eigvalsh(_hessian_at(g, p, sp)))  # most negative first
             if ev[0] >= 0:
@@ -136,8 +176,38 @@ def _peaks_scipy(hu: np.ndarray, lungs: np.ndarray, factors: tuple[int, int, int
             blob = float(max(0.0, -ev[2]) / -ev[0])
             if blob < min_blobness:
                 continue
-            found.append((p, sigma, float(resp[tuple(p)]), blob, float(small[tuple(p)])))
-    return found
+            found.append((p + at, sigma, float(resp[tuple(p)]), blob, float(level[tuple(p)])))
+        return found
+
+    # the scales are independent and SciPy's filters release the GIL: on 2 cores two threads took
+    # the stage from 3.2 to about 2 s (docs/medical-imaging.md); the peaks keep the scales' order
+    workers = min(FILTER_THREADS, len(scales_mm))
+    if workers <= 1:
+        return [p for sigma in scales_mm for p in one_scale(sigma)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ct-log") as pool:
+        return [p for found in pool.map(one_scale, scales_mm) for p in found]
+
+
+def _smoothed(work: np.ndarray, need: tuple[slice, ...], sigmas: list[float], truncate: float = 3.0) -> np.ndarray:
+    """``ndimage.gaussian_filter(work, sigmas, mode="nearest", truncate=truncate)[need]``, bit for
+    bit, with each axis's 1-D pass run only on the lines the later passes read.
+
+    SciPy's filter is three 1-D passes, axis after axis, each on every line of the array. A pass
+    along one axis treats each line on its own, so cutting the array across the lines changes no
+    value; before each pass the array keeps, along that axis, ``need`` grown by the pass's radius
+    (the faces of ``work`` still repeat as "nearest" wants), and after it only ``need``."""
+    radius = [int(truncate * float(s) + 0.5) for s in sigmas]  # gaussian_filter1d's own radius
+    grown = tuple(slice(max(0, b.start - r), min(n, b.stop + r))
+                  for b, r, n in zip(need, radius, work.shape, strict=True))
+    x = work[grown]
+    for axis, sigma in enumerate(sigmas):
+        if sigma <= 1e-15:
+            continue  # gaussian_filter skips it too
+        x = ndimage.gaussian_filter1d(x, sigma, axis=axis, mode="nearest", truncate=truncate)
+        keep = [slice(None)] * 3
+        keep[axis] = slice(need[axis].start - grown[axis].start, need[axis].stop - grown[axis].start)
+        x = x[tuple(keep)]
+    return x
 
 
 def _peaks_torch(hu: np.ndarray, lungs: np.ndarray, factors: tuple[int, int, int], sp: tuple[float, float, float],
@@ -194,18 +264,33 @@ def _peaks_torch(hu: np.ndarray, lungs: np.ndarray, factors: tuple[int, int, int
 def _lung_box(mask_small: object, sp: tuple[float, float, float], scales_mm: tuple[float, ...]
               ) -> tuple[slice, slice, slice] | None:
     """The lungs' bounding box on the detector grid, grown by the reach of the widest Gaussian
-    (truncate 3) plus the widest maximum filter plus two voxels, clipped to the grid."""
-    import torch
+    (truncate 3) plus the widest maximum filter plus two voxels, clipped to the grid (a NumPy
+    array or a tensor)."""
+    extent = _lung_extent(mask_small)
+    return None if extent is None else _grown(extent, tuple(mask_small.shape), sp, scales_mm)
 
-    mask = mask_small if isinstance(mask_small, torch.Tensor) else torch.from_numpy(np.asarray(mask_small))
+
+def _lung_extent(mask: object) -> list[tuple[int, int]] | None:
+    """First and last index holding lung along each axis (None: no lung)."""
     if not bool(mask.any()):
         return None
+    out = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        line = mask.any(others[1]).any(others[0])
+        hit = np.flatnonzero(line.cpu().numpy() if hasattr(line, "cpu") else line)
+        out.append((int(hit.min()), int(hit.max())))
+    return out
+
+
+def _grown(extent: list[tuple[int, int]], shape: tuple[int, ...], sp: tuple[float, float, float],
+           scales_mm: tuple[float, ...]) -> tuple[slice, slice, slice]:
+    """``extent`` grown by the reach of the scales' Gaussians and maximum filters plus two voxels."""
     box = []
     for axis, s in enumerate(sp):
-        others = tuple(a for a in range(3) if a != axis)
-        hit = mask.any(dim=others[1]).any(dim=others[0]).nonzero().flatten()
         margin = max(int(3.0 * sigma / s + 0.5) + round(1.2 * sigma / s) + 1 for sigma in scales_mm) + 2
-        box.append(slice(max(0, int(hit.min()) - margin), min(mask.shape[axis], int(hit.max()) + 1 + margin)))
+        lo, hi = extent[axis]
+        box.append(slice(max(0, lo - margin), min(shape[axis], hi + 1 + margin)))
     return tuple(box)  # type: ignore[return-value]
 
 

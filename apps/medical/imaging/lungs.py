@@ -29,11 +29,26 @@ def downsample_factors(spacing: tuple[float, float, float], target_mm: float = 1
 
 
 def block_mean(vol: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
-    """Mean over ``factors``-sized blocks (the volume is cropped to whole blocks)."""
+    """Mean over ``factors``-sized blocks (the volume is cropped to whole blocks), as float32.
+
+    For whole-number voxels (DICOM's 16-bit integers, masks) the blocks' voxels are added as
+    strided views into one float32 array and divided as ``np.mean`` divides: sums of whole numbers
+    below 2**24 are exact in float32 in any order, so the result is ``np.mean``'s bit for bit
+    (``tests/medical/test_ct_candidates_speed.py``) at about a sixth of the time on a 512 x 512 x
+    300 study (no float32 copy of the volume, no reduction over strided axes)."""
     if factors == (1, 1, 1):
         return vol.astype(np.float32, copy=False)
     fz, fy, fx = factors
     nz, ny, nx = (s // f * f for s, f in zip(vol.shape, factors, strict=True))
+    n = fz * fy * fx
+    whole = vol.dtype == np.bool_ or (vol.dtype.kind in "iu" and vol.dtype.itemsize <= 2)
+    if whole and n * 2**16 <= 2**24:
+        acc = np.zeros((nz // fz, ny // fy, nx // fx), np.float32)
+        for a in range(fz):
+            for b in range(fy):
+                for c in range(fx):
+                    acc += vol[a:nz:fz, b:ny:fy, c:nx:fx]
+        return np.true_divide(acc, np.intp(n), out=acc, casting="unsafe")
     v = vol[:nz, :ny, :nx].astype(np.float32)
     return v.reshape(nz // fz, fz, ny // fy, fy, nx // fx, fx).mean(axis=(1, 3, 5))
 
@@ -56,7 +71,7 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], *, close_
     labels, n = ndimage.label(inside)
     if n == 0:
         return np.zeros(hu.shape, dtype=bool)
-    sizes = ndimage.sum_labels(np.ones_like(labels, dtype=np.int32), labels, index=np.arange(1, n + 1))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)  # voxels per component
     voxel_ml = float(np.prod(sp)) / 1000.0
     keep = np.flatnonzero((sizes >= MIN_LUNG_SHARE * sizes.max()) & (sizes * voxel_ml >= MIN_LUNG_ML)) + 1
     lungs = np.isin(labels, keep)
@@ -86,8 +101,6 @@ def take_in_juxtapleural(lungs: np.ndarray, dense: np.ndarray, sp: tuple[float, 
     so the default keeps the mask's own grid."""
     f = max(1, int(step_mm // min(sp[1], sp[2])))
     r = max(1, round(radius_mm / (min(sp[1], sp[2]) * f)))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    disc = (yy ** 2 + xx ** 2 <= r * r)
     out = lungs.copy()
     ny, nx = lungs.shape[1:]
     for k in range(lungs.shape[0]):
@@ -102,7 +115,7 @@ def take_in_juxtapleural(lungs: np.ndarray, dense: np.ndarray, sp: tuple[float, 
             one = np.pad(labels[box] == obj, r)
             if one.sum() * (sp[1] * f) * (sp[2] * f) < np.pi * radius_mm ** 2:
                 continue  # a sliver of lung (apex, base) has no bays to fill
-            bay = ndimage.binary_closing(one, structure=disc) & ~one
+            bay = closing_by_disc(one, r) & ~one
             if not bay.any():
                 continue
             y0, x0 = (box[0].start - r) * f, (box[1].start - r) * f
@@ -111,6 +124,20 @@ def take_in_juxtapleural(lungs: np.ndarray, dense: np.ndarray, sp: tuple[float, 
             yb, xb = min(ny, y0 + full.shape[0]), min(nx, x0 + full.shape[1])
             out[k, ya:yb, xa:xb] |= full[ya - y0:yb - y0, xa - x0:xb - x0] & dense[k, ya:yb, xa:xb]
     return out
+
+
+def closing_by_disc(mask: np.ndarray, r: int) -> np.ndarray:
+    """``ndimage.binary_closing(mask, disc)`` for the disc ``y**2 + x**2 <= r**2``, by two exact
+    Euclidean distance transforms instead of two passes of a (2r+1)^2 structure.
+
+    Dilation: the pixels within ``r`` of the mask. Erosion, as SciPy's with its border value 0:
+    the pixels whose nearest pixel outside the dilation, or outside the array (a frame of one
+    pixel stands for it), lies further than ``r``. The distances are square roots of whole
+    numbers compared with a whole ``r``, so the test is exact: the same mask, pixel for pixel
+    (``tests/medical/test_ct_juxtapleural.py``), about ten times faster at r = 11 here."""
+    dilated = ndimage.distance_transform_edt(~mask) <= r
+    framed = np.pad(dilated, 1)
+    return (ndimage.distance_transform_edt(framed) > r)[1:-1, 1:-1]
 
 
 def upsample_mask(mask: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:
