@@ -86,32 +86,24 @@ def _nodule_mask_main(mask: np.ndarray, within: np.ndarray, radius_mm: float,
     return mask if mask.any() else None
 
 
-def _closing_before(mask: np.ndarray, r: int) -> np.ndarray:
-    """The rolling ball's closing as the last release did it: SciPy's binary closing with the disc."""
-    from scipy import ndimage
-
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return ndimage.binary_closing(mask, structure=yy ** 2 + xx ** 2 <= r * r)
-
-
 def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int) -> tuple[list[dict], object]:
     from trillium.medical.imaging import analyzer as analyzer_module
     from trillium.medical.imaging import candidates as candidates_module
-    from trillium.medical.imaging import lungs as lungs_module
 
     analyzer.backend = "scipy" if path in ("main", "before", "scipy") else "torch"
     analyzer.device = device
     current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
-               candidates_module._peaks_scipy, lungs_module.closing_by_disc)
+               candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "medical"))
     if path in ("main", "before"):
-        # the candidate filters on the whole grid, as before they were cropped to the lungs' box
-        # (tests/medical/ct_candidates_reference.py; the same candidates bit for bit)
-        import ct_candidates_reference
+        # the CPU path before this release's speed-ups: candidate filters on the whole grid, lung
+        # closings on whole slices, patches from a float32 copy of the study
+        # (tests/medical/ct_candidates_reference.py; the same results bit for bit)
+        import ct_candidates_reference as before
 
-        candidates_module._peaks_scipy = ct_candidates_reference.peaks_scipy
-    if path == "before":
-        lungs_module.closing_by_disc = _closing_before  # the same mask pixel for pixel
+        candidates_module._peaks_scipy = before.peaks_scipy
+        analyzer_module.segment_lungs = before.segment_lungs
+        analyzer_module.extract_patches = lambda hu, centers, spacing: before.extract_patches(hu, centers, spacing)
     if path == "main":
         # main's measurement: the reference copy (tests/medical/ct_measure_reference.py, the code
         # before the findings stage was made faster) with main's opening on the whole ROI
@@ -130,7 +122,7 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
                 f"{len(result.findings)} findings, {result.n_candidates} candidates")
     finally:
         (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
-         candidates_module._peaks_scipy, lungs_module.closing_by_disc) = current
+         candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches) = current
     return runs, result
 
 

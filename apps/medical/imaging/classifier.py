@@ -50,14 +50,28 @@ def normalise_hu(x: np.ndarray) -> np.ndarray:
 
 def extract_patches(hu: np.ndarray, centers_kji: np.ndarray, spacing: tuple[float, float, float], *,
                     size: int = PATCH_SIZE, voxel_mm: float = PATCH_VOXEL_MM) -> np.ndarray:
-    """Cubes of ``size``^3 voxels of ``voxel_mm`` around each centre, trilinear, as float32 [N, 1, S, S, S]."""
+    """Cubes of ``size``^3 voxels of ``voxel_mm`` around each centre, trilinear, as float32 [N, 1, S, S, S].
+
+    Each cube is interpolated from a float32 copy of the box its samples touch (two voxels of
+    margin, clipped to the volume, so the volume's own faces stay where they were), not from a
+    float32 copy of the whole study: shifting the coordinates by the box's whole-voxel corner is
+    exact, so the values are the same bit for bit (``tests/medical/test_ct_candidates_speed.py``),
+    and a 512 x 512 x 300 study saves a 300 MB copy (about 0.3 s here)."""
     centers = np.atleast_2d(np.asarray(centers_kji, dtype=float))
     offs = (np.arange(size) - (size - 1) / 2.0) * voxel_mm
     out = np.empty((len(centers), 1, size, size, size), dtype=np.float32)
-    src = hu if hu.dtype == np.float32 else hu.astype(np.float32)
+    whole: np.ndarray | None = None
     for n, c in enumerate(centers):
         axes = [c[a] + offs / spacing[a] for a in range(3)]
-        grid = np.meshgrid(*axes, indexing="ij")
+        lo = [max(0, int(np.floor(ax.min())) - 2) for ax in axes]
+        hi = [min(dim, int(np.ceil(ax.max())) + 3) for ax, dim in zip(axes, hu.shape, strict=True)]
+        if all(np.isfinite(ax).all() for ax in axes) and all(b - a >= 2 for a, b in zip(lo, hi, strict=True)):
+            src = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32)
+            grid = np.meshgrid(*(ax - a for ax, a in zip(axes, lo, strict=True)), indexing="ij")
+        else:  # a cube (almost) wholly outside the volume: the whole volume, as before
+            if whole is None:
+                whole = hu if hu.dtype == np.float32 else hu.astype(np.float32)
+            src, grid = whole, np.meshgrid(*axes, indexing="ij")
         vals = ndimage.map_coordinates(src, grid, order=1, mode="constant", cval=-1000.0)
         out[n, 0] = normalise_hu(vals)
     return out

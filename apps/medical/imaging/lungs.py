@@ -43,11 +43,14 @@ def block_mean(vol: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     n = fz * fy * fx
     whole = vol.dtype == np.bool_ or (vol.dtype.kind in "iu" and vol.dtype.itemsize <= 2)
     if whole and n * 2**16 <= 2**24:
-        acc = np.zeros((nz // fz, ny // fy, nx // fx), np.float32)
+        shape = (nz // fz, ny // fy, nx // fx)
+        # a mask's blocks are counted in 16-bit integers (cheaper adds), then made float32
+        acc = np.zeros(shape, np.uint16 if vol.dtype == np.bool_ else np.float32)
         for a in range(fz):
             for b in range(fy):
                 for c in range(fx):
                     acc += vol[a:nz:fz, b:ny:fy, c:nx:fx]
+        acc = acc.astype(np.float32, copy=False)
         return np.true_divide(acc, np.intp(n), out=acc, casting="unsafe")
     v = vol[:nz, :ny, :nx].astype(np.float32)
     return v.reshape(nz // fz, fz, ny // fy, fy, nx // fx, fx).mean(axis=(1, 3, 5))
@@ -67,21 +70,36 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], *, close_
     labels, _ = ndimage.label(air, structure=inplane)
     border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
                                        labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-    inside = air & ~np.isin(labels, border[border > 0])
+    outside = np.zeros(labels.max() + 1, dtype=bool)  # a lookup by label: np.isin's answer, faster
+    outside[border[border > 0]] = True
+    inside = air & ~outside[labels]
     labels, n = ndimage.label(inside)
     if n == 0:
         return np.zeros(hu.shape, dtype=bool)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)  # voxels per component
     voxel_ml = float(np.prod(sp)) / 1000.0
     keep = np.flatnonzero((sizes >= MIN_LUNG_SHARE * sizes.max()) & (sizes * voxel_ml >= MIN_LUNG_ML)) + 1
-    lungs = np.isin(labels, keep)
-    if close_mm > 0:
-        r = max(1, round(close_mm / min(sp[1], sp[2])))
+    kept = np.zeros(n + 1, dtype=bool)
+    kept[keep] = True
+    lungs = kept[labels]
+    r = max(1, round(close_mm / min(sp[1], sp[2]))) if close_mm > 0 else 0
+    # The closing and the hole filling work slice by slice in the plane; on the lungs' in-plane
+    # box grown by the closing's radius and one pixel of background they give the same mask as on
+    # the whole slice (nothing outside the box is lung or can become lung, and the background
+    # ring joins the box's border to the slice's), in a fraction of the time.
+    rows, cols = np.flatnonzero(lungs.any(axis=(0, 2))), np.flatnonzero(lungs.any(axis=(0, 1)))
+    if not len(rows):
+        return np.zeros(hu.shape, dtype=bool)
+    ys = slice(max(0, rows[0] - r - 1), min(lungs.shape[1], rows[-1] + r + 2))
+    xs = slice(max(0, cols[0] - r - 1), min(lungs.shape[2], cols[-1] + r + 2))
+    part = lungs[:, ys, xs]
+    if r:
         yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
         disc = np.zeros((1, 2 * r + 1, 2 * r + 1), dtype=bool)
         disc[0] = yy ** 2 + xx ** 2 <= r * r
-        lungs = ndimage.binary_closing(np.pad(lungs, ((0, 0), (r, r), (r, r))), structure=disc)[:, r:-r, r:-r]
-    lungs = ndimage.binary_fill_holes(lungs, structure=inplane)
+        part = ndimage.binary_closing(np.pad(part, ((0, 0), (r, r), (r, r))), structure=disc)[:, r:-r, r:-r]
+    lungs = np.zeros_like(lungs)
+    lungs[:, ys, xs] = ndimage.binary_fill_holes(part, structure=inplane)
     if juxta_mm > 0:
         lungs = take_in_juxtapleural(lungs, small > AIR_THRESHOLD_HU, sp, juxta_mm)
     return upsample_mask(lungs, factors, hu.shape)
