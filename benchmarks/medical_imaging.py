@@ -90,12 +90,12 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
     from trillium.medical.imaging import analyzer as analyzer_module
     from trillium.medical.imaging import candidates as candidates_module
 
-    analyzer.backend = "scipy" if path in ("main", "before", "scipy") else "torch"
+    analyzer.backend = "torch" if path in ("torch", "before-torch") else "scipy"
     analyzer.device = device
     current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
                candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "medical"))
-    if path in ("main", "before"):
+    if path in ("main", "before", "before-torch"):
         # the CPU path before this release's speed-ups: candidate filters on the whole grid, lung
         # closings on whole slices, patches from a float32 copy of the study
         # (tests/medical/ct_candidates_reference.py; the same results bit for bit)
@@ -182,7 +182,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--paths", default="main,scipy,torch",
-                    help="comma list of main (before issue 22), before (the last release), scipy, torch")
+                    help="comma list of main (before issue 22), before (the last release's SciPy path), "
+                         "before-torch (the last release's torch path), scipy, torch")
     ap.add_argument("--device", default=None, help="torch device for the torch path (default: CUDA when present)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine has 2 cores)")
     ap.add_argument("--in-flight", type=int, default=0, help="studies at once for the throughput figure (0: skip)")
@@ -235,7 +236,7 @@ def main() -> None:
         log("no registered chest-CT model: training one on phantoms")
         train_nodule_model()
         analyzer = StudyAnalyzer.from_registry()
-    if "torch" in args.paths.split(","):
+    if {"torch", "before-torch"} & set(args.paths.split(",")):
         run_path(analyzer, folder, "torch", args.device, 1)  # warm-up: CUDA context, kernels, allocator
     def save() -> None:  # after every phase: a run cut short still leaves its figures
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,7 @@ def main() -> None:
                        "candidates": result.n_candidates}
         report["analysis_partial"] = paths
         save()
-    base = next((p for p in ("main", "before") if p in paths), next(iter(paths)))
+    base = next((p for p in ("main", "before", "before-torch") if p in paths), next(iter(paths)))
     for path, rec in paths.items():
         rec["ratio_vs_" + base] = {k: round(paths[base]["stage_p50_s"][k] / max(v, 1e-9), 2)
                                    for k, v in rec["stage_p50_s"].items()}
