@@ -90,6 +90,9 @@ def measure_nodule(hu: np.ndarray, center_kji: np.ndarray, radius_mm: float,
     if level - background < 120:
         return None
     within = dist <= 1.6 * radius_mm + 3.0
+    from trillium.medical.imaging import measure as current  # not verbatim: the confinement of the
+    if current.MEASURE_IN_LUNGS and lungs is not None:  # outline to the lungs, as measure.py does it
+        within &= lungs[box]
     mask = _nodule_mask(roi > (background + level) / 2, within, radius_mm, spacing)
     if level > background + 400 and mask is not None and mask[tuple(cc)]:
         # A solid core may sit in a ground-glass halo (part-solid): its outer edge is the halo's,

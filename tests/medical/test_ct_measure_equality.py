@@ -1,7 +1,8 @@
 """The faster measurement and re-centring give exactly what they gave before (issue 22, findings stage).
 
 ``ct_measure_reference.py`` is the code as it was (``measure.py`` and ``recentre_measurement`` of
-commit 05882ee, verbatim). Every candidate of a few phantoms is measured and re-centred by both, and
+commit 05882ee, verbatim but for one later line that both share: the outline confined to the lungs,
+``measure.MEASURE_IN_LUNGS``; the comparison is run with it on and off). Every candidate of a few phantoms is measured and re-centred by both, and
 every field must be equal: the floats bit for bit, the segmentation voxel for voxel. The pieces
 that replaced a loop or a whole-array computation are also checked alone on inputs made to hit
 their edge cases (ties between slices, anisotropic spacing).
@@ -39,9 +40,12 @@ def _fields(m: Measurement | None) -> Any:
     return {k: (v.shape, v.tobytes()) if isinstance(v, np.ndarray) else repr(v) for k, v in m.__dict__.items()}
 
 
-@pytest.fixture(scope="module", params=PHANTOMS, ids=["coarse", "fine"])
+@pytest.fixture(scope="module", params=[(p, confined) for p in PHANTOMS for confined in (True, False)],
+                ids=["coarse", "coarse-unconfined", "fine", "fine-unconfined"])
 def study(request: pytest.FixtureRequest) -> SimpleNamespace:
-    n, seed, shape, spacing = request.param
+    (n, seed, shape, spacing), confined = request.param
+    previous, measure.MEASURE_IN_LUNGS = measure.MEASURE_IN_LUNGS, confined
+    request.addfinalizer(lambda: setattr(measure, "MEASURE_IN_LUNGS", previous))
     volume, _ = phantom_volume(n, seed, shape=shape, spacing=spacing)
     cands, measurements, lungs = detect_candidates(volume, backend="scipy")
     return SimpleNamespace(hu=volume.hu, spacing=volume.spacing, lungs=lungs, cands=cands, measurements=measurements,

@@ -21,6 +21,7 @@ import numpy as np
 
 from trillium.core.contract import Predictor
 from trillium.core.registry import ModelRecord, ModelRef, ModelRegistry
+from trillium.medical.imaging import measure as measure_module
 from trillium.medical.imaging.candidates import Candidate, find_candidates, resolve_backend
 from trillium.medical.imaging.classifier import (
     DEFAULT_MODEL_NAME,
@@ -109,6 +110,9 @@ class StudyAnalyzer(Predictor):
                       device: str | None = None) -> StudyAnalyzer:
         registry = registry or ModelRegistry()
         clf, record = NoduleClassifier.load(registry, name, ref)
+        if not record.extra.get("measure_in_lungs", False) and measure_module.MEASURE_IN_LUNGS:
+            log.warning("%s:v%s was trained before nodule outlines were kept inside the lungs: its figures "
+                        "were measured otherwise; retrain it (trillium medical train)", record.name, record.version)
         analyzer = cls(clf, threshold=float(record.extra.get("threshold", 0.5)), record=record, backend=backend,
                        device=device)
         analyzer.registry_ref = ModelRef.of(registry, record)

@@ -30,6 +30,7 @@ from trillium.core.contract import expect_model
 from trillium.core.metrics import auroc
 from trillium.core.registry import ModelRecord, ModelRegistry
 from trillium.core.uncertainty import mc_dropout_head
+from trillium.medical.imaging import measure
 from trillium.medical.imaging.network import NoduleNet3D
 from trillium.medical.imaging.network_training import train_nodule_net
 
@@ -253,7 +254,10 @@ class NoduleClassifier:
             init_kwargs={"in_channels": 1, "n_outputs": 1, "width": self.width, "dropout": self.dropout},
             extra_files=files, metrics=metrics or {},
             extra={"params": self.get_params(), "threshold": float(threshold), "history": self.history_,
-                   "patch_size": PATCH_SIZE, "patch_voxel_mm": PATCH_VOXEL_MM, "features": list(FEATURES)},
+                   "patch_size": PATCH_SIZE, "patch_voxel_mm": PATCH_VOXEL_MM, "features": list(FEATURES),
+                   # how its candidates' outlines were measured (a model trained otherwise sees
+                   # other feature values: ``StudyAnalyzer.from_registry`` warns)
+                   "measure_in_lungs": bool(measure.MEASURE_IN_LUNGS)},
             aliases=aliases, data_fingerprint=data_fingerprint, profile=profile,
             description="chest-CT nodule candidates: 3D CNN fold ensemble + LightGBM stage, MC dropout",
         )
