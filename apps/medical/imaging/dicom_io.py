@@ -195,17 +195,20 @@ def _check_frame(ds: Dataset, label: str) -> None:
                  bytes_per_sample=max(1, (bits + 7) // 8), limit_name="dicom_pixel_bytes")
 
 
-def _read(label: str, opener: Any, *, pixels: bool) -> Dataset:
+def _read(label: str, opener: Any, *, pixels: bool, convert_all: bool = True) -> Dataset:
+    """``convert_all`` False: the header pass already converted every element of this file (the
+    pixel pass reads it a second time), so only the elements the pixel pass asks for are."""
     try:
         if isinstance(opener, io.BytesIO):
             opener.seek(0)
         ds = pydicom.dcmread(opener, stop_before_pixels=not pixels)
-        # pydicom converts each value on first access: convert them all now, so that a garbled
-        # element (unknown VR, bad length) fails here, naming the file, not later in a bare ds.get
-        for elem in ds:
-            elem.value  # noqa: B018
-        for elem in getattr(ds, "file_meta", None) or ():
-            elem.value  # noqa: B018
+        if convert_all:
+            # pydicom converts each value on first access: convert them all now, so that a garbled
+            # element (unknown VR, bad length) fails here, naming the file, not later in a bare ds.get
+            for elem in ds:
+                elem.value  # noqa: B018
+            for elem in getattr(ds, "file_meta", None) or ():
+                elem.value  # noqa: B018
         return ds
     except InvalidDicomError as exc:
         raise DicomInputError(f"{label}: not a DICOM file (no DICM preamble or valid header: {exc})") from exc
@@ -501,7 +504,7 @@ def _da_date(value: str) -> str | None:
 def _slice_hu(s: _Slice) -> tuple[np.ndarray, bool]:
     """One slice's pixels in HU; the fast path reads uncompressed 16-bit pixels straight from
     the buffer, everything else (compressed syntaxes, odd bit depths) goes through pydicom."""
-    ds = _read(s.label, s.opener, pixels=True)  # its header passed _check_frame in _headers
+    ds = _read(s.label, s.opener, pixels=True, convert_all=False)  # its header passed _read and _check_frame in _headers
     if "PixelData" not in ds:
         raise DicomInputError(f"{s.label}: missing tag PixelData {PIXEL_DATA_TAG}")
     try:  # an empty, repeated or text value must name the file, not raise TypeError / ValueError
