@@ -32,7 +32,7 @@ from trillium.medical.imaging.classifier import (
 )
 from trillium.medical.imaging.dicom_io import CTVolume, load_ct
 from trillium.medical.imaging.lungs import segment_lungs
-from trillium.medical.imaging.measure import Measurement, lung_rads_category, measure_consistent
+from trillium.medical.imaging.measure import Measurement, finding_category, lesion_kind, measure_consistent
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +182,13 @@ class StudyAnalyzer(Predictor):
                 "id": len(findings) + 1,
                 "center_mm": [round(float(v), 2) for v in center_mm],
                 "center_kji": [round(float(v), 2) for v in m.center_kji],
+                "kind": lesion_kind(m.diameter_mm),  # a mass above 30 mm, measured from its own outline
                 "diameter_mm": m.diameter_mm, "short_axis_mm": m.short_axis_mm,
+                "craniocaudal_mm": m.craniocaudal_mm(spacing[0]),
                 "mean_diameter_mm": m.mean_diameter_mm, "volume_mm3": m.volume_mm3,
                 "solid_diameter_mm": m.solid_diameter_mm, "mean_hu": m.mean_hu,
-                "type": m.type, "category": lung_rads_category(m.type, m.mean_diameter_mm, m.solid_diameter_mm),
+                "type": m.type,
+                "category": finding_category(m.type, m.diameter_mm, m.mean_diameter_mm, m.solid_diameter_mm),
                 "malignancy": round(float(pred.malignancy[n]), 4),
                 "malignancy_std": round(float(pred.malignancy_std[n]), 4),
                 "nodule_probability": round(float(pred.nodule_probability[n]), 4),

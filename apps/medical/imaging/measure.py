@@ -43,6 +43,11 @@ class Measurement:
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("mask", "mask_origin")}
 
+    def craniocaudal_mm(self, slice_spacing_mm: float) -> float:
+        """Extent along the body axis (slices the segmentation spans, edge to edge)."""
+        slices = np.flatnonzero(self.mask.any(axis=(1, 2))) if self.mask.size else np.zeros(0, int)
+        return round(float((slices[-1] - slices[0] + 1) * slice_spacing_mm), 2) if len(slices) else 0.0
+
     def full_mask(self, shape: tuple[int, ...]) -> np.ndarray:
         """The segmentation on the whole CT grid."""
         out = np.zeros(shape, dtype=bool)
@@ -50,6 +55,25 @@ class Measurement:
         dk, dj, di = self.mask.shape
         out[k:k + dk, j:j + dj, i:i + di] = self.mask
         return out
+
+
+#: A lesion whose longest diameter exceeds this is a mass, not a nodule (Fleischner glossary).
+MASS_MM = 30.0
+
+
+def lesion_kind(diameter_mm: float) -> str:
+    """"mass" above ``MASS_MM`` (longest axial diameter), else "nodule"."""
+    return "mass" if float(diameter_mm) > MASS_MM else "nodule"
+
+
+def finding_category(nodule_type: str, diameter_mm: float, mean_diameter_mm: float,
+                     solid_diameter_mm: float = 0.0) -> str:
+    """The Lung-RADS-style category of a finding: a solid or part-solid mass is 4X (its size is a
+    feature that raises the suspicion of cancer, as 4X asks), a nodule or a ground-glass mass
+    takes :func:`lung_rads_category`'s size rule."""
+    if lesion_kind(diameter_mm) == "mass" and nodule_type in ("solid", "part-solid"):
+        return "4X"
+    return lung_rads_category(nodule_type, mean_diameter_mm, solid_diameter_mm)
 
 
 def lung_rads_category(nodule_type: str, mean_diameter_mm: float, solid_diameter_mm: float = 0.0) -> str:

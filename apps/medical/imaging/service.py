@@ -65,6 +65,7 @@ from trillium.core.service.context import ServiceContext
 from trillium.core.service.errors import ERROR_RESPONSES, ErrorBody
 from trillium.core.service.live import LiveModel
 from trillium.core.untrusted import LimitExceededError
+from trillium.medical.imaging.measure import lesion_kind
 
 __all__ = ["CT_JOB", "CTStudyWorker", "claim_job", "ct_router", "requeue_stale"]
 
@@ -168,21 +169,24 @@ class ModelInfo(BaseModel):
 
 
 class Finding(BaseModel):
-    """One lung nodule found in the study."""
+    """One lung nodule (or mass, above 30 mm) found in the study."""
 
     id: int = Field(description="Finding number within the study, from 1, most probable nodule first.")
     center_mm: list[float] = Field(min_length=3, max_length=3,
                                    description="Centre in patient coordinates (DICOM LPS, mm): x, y, z.")
     center_kji: list[float] = Field(min_length=3, max_length=3,
                                     description="Centre as array indices of the series: slice, row, column.")
+    kind: Literal["nodule", "mass"] = Field("nodule", description="A mass when the longest diameter exceeds 30 mm.")
     diameter_mm: float = Field(description="Longest axial diameter, mm.")
     short_axis_mm: float | None = Field(None, description="Longest diameter perpendicular to it in the same slice, mm.")
+    craniocaudal_mm: float | None = Field(None, description="Extent along the body axis, mm (slices spanned).")
     mean_diameter_mm: float | None = Field(None, description="Mean of the long and short axes, mm (what Lung-RADS grades).")
     solid_diameter_mm: float | None = Field(None, description="Diameter of the solid part, mm (0 for ground glass).")
     volume_mm3: float | None = Field(None, description="Segmented volume, mm^3.")
     mean_hu: float | None = Field(None, description="Mean attenuation inside the nodule, Hounsfield units.")
     type: str = Field(description="Attenuation type: solid, part-solid or ground-glass.")
-    category: str = Field(description="Lung-RADS-style category from size and type alone (2, 3, 4A, 4B).")
+    category: str = Field(description="Lung-RADS-style category from size and type alone (2, 3, 4A, 4B; 4X for a "
+                                      "solid or part-solid mass).")
     malignancy: float = Field(ge=0.0, le=1.0, description="The model's probability of malignancy.")
     malignancy_std: float | None = Field(None, ge=0.0, description="Its uncertainty: the standard deviation over "
                                                                    "Monte-Carlo dropout samples and folds.")
@@ -569,8 +573,9 @@ def _finding(f: dict[str, Any], heatmaps: dict[str, str]) -> Finding:
     return Finding(
         id=int(f["id"]), center_mm=[float(v) for v in f["center_mm"]],
         center_kji=[float(v) for v in f.get("center_kji", [0.0, 0.0, 0.0])],
-        diameter_mm=float(f["diameter_mm"]),
-        **{k: _number(f.get(k)) for k in ("short_axis_mm", "mean_diameter_mm", "solid_diameter_mm", "volume_mm3",
+        diameter_mm=float(f["diameter_mm"]), kind=f.get("kind") or lesion_kind(float(f["diameter_mm"])),
+        **{k: _number(f.get(k)) for k in ("short_axis_mm", "craniocaudal_mm", "mean_diameter_mm", "solid_diameter_mm",
+                                          "volume_mm3",
                                           "mean_hu", "malignancy_std", "nodule_probability",
                                           "nodule_probability_std")},
         type=str(f.get("type", "")), category=str(f.get("category", "")), malignancy=float(f["malignancy"]),
