@@ -167,6 +167,16 @@ def test_bad_inputs_are_named(case, tmp_path):
         write_sr(datasets, findings, tmp_path / "sr.dcm", seg_path=volume.files[0])
 
 
+def test_a_mass_is_written_with_its_4x_category(case, tmp_path):
+    volume, findings = case["volume"], case["findings"]
+    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.files]
+    mass = {**findings[0], "kind": "mass", "diameter_mm": 41.0, "category": "4X"}
+    write_sr(datasets, [mass], tmp_path / "sr.dcm")
+    (group,) = hd.sr.srread(tmp_path / "sr.dcm").content.get_planar_roi_measurement_groups()
+    (category,) = group.get_qualitative_evaluations(name=LUNG_RADS)
+    assert category.value.value == "LUNG-RADS-4X"
+
+
 def test_missing_highdicom_is_a_config_error(case, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "highdicom", None)  # makes "import highdicom" raise ImportError
     with pytest.raises(ConfigError, match="highdicom"):

@@ -37,9 +37,10 @@ codes they are:
 * ``NODULE-TYPE`` with values ``SOLID`` / ``PART-SOLID`` / ``GROUND-GLASS``: the DICOM context
   groups (pydicom's code dictionary) hold no value set for the three Lung-RADS attenuation
   classes.
-* ``LUNG-RADS`` with values ``LUNG-RADS-2`` ... ``LUNG-RADS-4B``: no Lung-RADS codes there
-  either, and ours is a size-and-type rule (``measure.lung_rads_category``), not a
-  radiologist's assessment, so the meaning says "size-based".
+* ``LUNG-RADS`` with values ``LUNG-RADS-2`` ... ``LUNG-RADS-4B`` and ``LUNG-RADS-4X`` (a solid or
+  part-solid mass above 30 mm): no Lung-RADS codes there either, and ours is a size-and-type rule
+  (``measure.finding_category``), not a radiologist's assessment, so the meaning says
+  "size-based".
 
 The uncertainty of the malignancy probability is a second measurement with the same concept
 name and the standard derivation modifier SCT 386136009 "Standard Deviation" (CID 7464), the
@@ -97,7 +98,7 @@ NODULE_TYPES = {
     "ground-glass": Code("GROUND-GLASS", PRIVATE_SCHEME, "Ground-glass"),
 }
 LUNG_RADS = Code("LUNG-RADS", PRIVATE_SCHEME, "Lung-RADS category (size-based)")
-LUNG_RADS_CATEGORIES = {c: Code(f"LUNG-RADS-{c}", PRIVATE_SCHEME, f"Lung-RADS {c}") for c in ("2", "3", "4A", "4B")}
+LUNG_RADS_CATEGORIES = {c: Code(f"LUNG-RADS-{c}", PRIVATE_SCHEME, f"Lung-RADS {c}") for c in ("2", "3", "4A", "4B", "4X")}
 #: UCUM annotation for a probability: dimensionless ("1") but says what the number is.
 PROBABILITY_UNIT = Code("{probability}", "UCUM", "probability")
 #: Report language, as highdicom's MeasurementReport writes it.
