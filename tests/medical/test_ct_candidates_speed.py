@@ -119,3 +119,14 @@ def test_the_lung_mask_is_the_same_on_real_series(kernel) -> None:
     vol = load_ct(series)
     ours = segment_lungs(vol.hu, vol.spacing)
     assert ours.any() and np.array_equal(ours, reference.segment_lungs(vol.hu, vol.spacing))
+
+
+def test_the_filter_threads_setting_is_read_or_refused_by_name(monkeypatch) -> None:
+    monkeypatch.setenv("TRILLIUM_CT_THREADS", "3")
+    assert cand._filter_threads() == 3
+    for bad in ("two", "0", "-1"):
+        monkeypatch.setenv("TRILLIUM_CT_THREADS", bad)
+        with pytest.raises(ValueError, match="TRILLIUM_CT_THREADS"):
+            cand._filter_threads()
+    monkeypatch.delenv("TRILLIUM_CT_THREADS")
+    assert 1 <= cand._filter_threads() <= 4

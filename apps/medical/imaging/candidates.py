@@ -26,8 +26,20 @@ from trillium.medical.imaging.lungs import block_mean, downsample_factors
 #: LoG scales (mm); a sphere of diameter d answers best at sigma = d / (2 sqrt 3).
 SCALES_MM = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 9.0)
 LUNG_FILL_HU = -860.0
-#: Threads of the SciPy path's filters, one scale each (TRILLIUM_CT_THREADS overrides; 1: none).
-FILTER_THREADS = int(os.environ.get("TRILLIUM_CT_THREADS") or min(4, os.cpu_count() or 1))
+
+
+def _filter_threads() -> int:
+    """Threads of the SciPy path's filters, one scale each: ``TRILLIUM_CT_THREADS`` (1: none), else
+    min(4, cores)."""
+    raw = os.environ.get("TRILLIUM_CT_THREADS", "").strip()
+    if not raw:
+        return min(4, os.cpu_count() or 1)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"TRILLIUM_CT_THREADS must be a whole number of threads, 1 or more; got {raw!r}")
+    return int(raw)
+
+
+FILTER_THREADS = _filter_threads()
 
 
 @dataclass
