@@ -35,6 +35,32 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def detection_arm(analyzer: Any, *, interior_studies: int, pleural_studies: int, real: list[str],
+                  label: str) -> dict[str, Any]:
+    """One arm's figures (also ``ct_lung_bound.py``'s): detection on fresh interior phantoms
+    (``detect-eval``'s seeds 900000..), on phantoms whose nodules all touch the pleura (seeds
+    960000..), and on real series against their readers' marks."""
+    from trillium.medical.imaging.phantom_training import evaluate_detection
+    from trillium.medical.imaging.real_eval import evaluate_series, summarise
+
+    def brief(report: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in report.items() if k != "per_study"}
+
+    out: dict[str, Any] = {}
+    t = time.perf_counter()
+    out["interior_phantoms"] = brief(evaluate_detection(analyzer, studies=interior_studies, seed=900_000))
+    out["pleural_phantoms"] = brief(evaluate_detection(analyzer, studies=pleural_studies, seed=960_000,
+                                                       pleural_share=1.0))
+    if real:
+        rows = [evaluate_series(analyzer.analyze, s) for s in real]
+        out["real"] = {"summary": summarise(rows),
+                       "series": [{k: r[k] for k in ("series", "hits", "counted_lesions", "findings")}
+                                  | {"false_findings": len(r["false_findings"])} for r in rows]}
+    out["seconds"] = round(time.perf_counter() - t, 1)
+    _log(f"{label}: {json.dumps(out)[:600]}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
@@ -46,27 +72,13 @@ def main() -> None:
 
     from trillium.medical.imaging import lungs
     from trillium.medical.imaging.analyzer import StudyAnalyzer
-    from trillium.medical.imaging.phantom_training import evaluate_detection, train_nodule_model
-    from trillium.medical.imaging.real_eval import evaluate_series, summarise
-
-    def brief(report: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in report.items() if k != "per_study"}
+    from trillium.medical.imaging.phantom_training import train_nodule_model
 
     def measure(analyzer: StudyAnalyzer, juxta_mm: float) -> dict[str, Any]:
         lungs.JUXTA_MM = juxta_mm
-        out: dict[str, Any] = {"juxta_mm": juxta_mm}
-        t = time.perf_counter()
-        out["interior_phantoms"] = brief(evaluate_detection(analyzer, studies=args.studies, seed=900_000))
-        out["pleural_phantoms"] = brief(evaluate_detection(analyzer, studies=args.studies, seed=960_000,
-                                                           pleural_share=1.0))
-        if args.real:
-            rows = [evaluate_series(analyzer.analyze, s) for s in args.real]
-            out["real"] = {"summary": summarise(rows),
-                           "series": [{k: r[k] for k in ("series", "hits", "counted_lesions", "findings")}
-                                      | {"false_findings": len(r["false_findings"])} for r in rows]}
-        out["seconds"] = round(time.perf_counter() - t, 1)
-        _log(f"juxta {juxta_mm}: {json.dumps(out)[:600]}")
-        return out
+        return {"juxta_mm": juxta_mm, **detection_arm(analyzer, interior_studies=args.studies,
+                                                      pleural_studies=args.studies, real=args.real,
+                                                      label=f"juxta {juxta_mm}")}
 
     t0 = time.perf_counter()
     baseline = StudyAnalyzer.from_registry()

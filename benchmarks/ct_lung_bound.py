@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ct_juxtapleural import detection_arm  # benchmarks/ct_juxtapleural.py: the same arm's figures
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -49,27 +51,13 @@ def main() -> None:
     from trillium.medical.imaging import measure as measure_module
     from trillium.medical.imaging.analyzer import StudyAnalyzer, recentre_measurement
     from trillium.medical.imaging.lungs import segment_lungs
-    from trillium.medical.imaging.phantom_training import evaluate_detection, phantom_volume, train_nodule_model
-    from trillium.medical.imaging.real_eval import evaluate_series, summarise
-
-    def brief(report: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in report.items() if k != "per_study"}
+    from trillium.medical.imaging.phantom_training import phantom_volume, train_nodule_model
 
     def arm(analyzer: StudyAnalyzer, confined: bool) -> dict[str, Any]:
         measure_module.MEASURE_IN_LUNGS = confined
-        out: dict[str, Any] = {"confined": confined}
-        t = time.perf_counter()
-        out["interior_phantoms"] = brief(evaluate_detection(analyzer, studies=args.interior_studies, seed=900_000))
-        out["pleural_phantoms"] = brief(evaluate_detection(analyzer, studies=args.studies, seed=960_000,
-                                                           pleural_share=1.0))
-        if args.real:
-            rows = [evaluate_series(analyzer.analyze, s) for s in args.real]
-            out["real"] = {"summary": summarise(rows),
-                           "series": [{k: r[k] for k in ("series", "hits", "counted_lesions", "findings")}
-                                      | {"false_findings": len(r["false_findings"])} for r in rows]}
-        out["seconds"] = round(time.perf_counter() - t, 1)
-        _log(f"confined {confined}: {json.dumps(out)[:600]}")
-        return out
+        return {"confined": confined, **detection_arm(analyzer, interior_studies=args.interior_studies,
+                                                      pleural_studies=args.studies, real=args.real,
+                                                      label=f"confined {confined}")}
 
     def from_truth(confined: bool) -> dict[str, Any]:
         """Every phantom nodule >= 5 mm measured and re-centred from its true centre and radius."""
