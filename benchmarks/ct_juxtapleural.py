@@ -52,7 +52,15 @@ def detection_arm(analyzer: Any, *, interior_studies: int, pleural_studies: int,
     out["pleural_phantoms"] = brief(evaluate_detection(analyzer, studies=pleural_studies, seed=960_000,
                                                        pleural_share=1.0))
     if real:
-        rows = [evaluate_series(analyzer.analyze, s) for s in real]
+        from trillium.core.audit import cli_actor
+        from trillium.core.db import connect
+
+        rows = []
+        for s in real:
+            rows.append(evaluate_series(analyzer.analyze, s))
+            # a read of a patient's CT, attributable as `trillium medical real-eval`'s are
+            connect().audit("medical.ct.real_eval", target=rows[-1]["series_uid"], actor=cli_actor(), source=str(s),
+                            patient=rows[-1]["patient_id"] or "", benchmark=label)
         out["real"] = {"summary": summarise(rows),
                        "series": [{k: r[k] for k in ("series", "hits", "counted_lesions", "findings")}
                                   | {"false_findings": len(r["false_findings"])} for r in rows]}

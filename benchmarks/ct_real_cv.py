@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--min-readers", type=int, default=2)
     args = ap.parse_args()
 
+    from trillium.core.audit import cli_actor
+    from trillium.core.db import connect
     from trillium.medical.imaging.analyzer import StudyAnalyzer
     from trillium.medical.imaging.lungs import JUXTA_MM
     from trillium.medical.imaging.phantom_training import (
@@ -80,11 +82,17 @@ def main() -> None:
                     lambda: candidate_set(seeds[:-args.val_studies], log_fn=_log))
     val = _cached(work / f"phantom-val-{args.seed}-{args.val_studies}-{tag}.npz",
                   lambda: candidate_set(seeds[-args.val_studies:], log_fn=_log))
+    def audit_training_read(patient: str | None, series_uid: str) -> None:
+        # a read of a patient's CT for training, attributable as `trillium medical train --real-series`'s
+        connect().audit("medical.ct.train", target=series_uid, actor=cli_actor(), patient=patient or "",
+                        benchmark="ct_real_cv")
+
     real: dict[str, dict[str, Any]] = {}
     for s in args.series:
         key = Path(s).resolve().name[-24:]
         real[s] = _cached(work / f"real-{key}-c{args.copies}-s{args.seed}-{tag}.npz",
-                          lambda s=s: real_candidate_set([s], copies=args.copies, seed=args.seed, log_fn=_log))
+                          lambda s=s: real_candidate_set([s], copies=args.copies, seed=args.seed, log_fn=_log,
+                                                         on_read=audit_training_read))
     patient_of = {s: str(real[s]["groups"][0]) for s in args.series}
     by_patient: dict[str, list[str]] = defaultdict(list)
     for s, p in patient_of.items():
@@ -102,6 +110,9 @@ def main() -> None:
         rows = []
         for s in series:
             r = evaluate_series(analyzer.analyze, s, min_readers=args.min_readers)
+            # a read of a patient's CT, attributable as `trillium medical real-eval`'s are
+            connect().audit("medical.ct.real_eval", target=r["series_uid"], actor=cli_actor(), source=str(s),
+                            patient=r["patient_id"] or "", benchmark="ct_real_cv")
             _log(f"  {s}: {r['hits']}/{r['counted_lesions']} found, {len(r['false_findings'])} false")
             rows.append(r)
         return rows

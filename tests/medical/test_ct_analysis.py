@@ -357,7 +357,7 @@ def _lidc_xml(folder: Path, truth: dict) -> int:
 
 
 def test_real_eval_scores_a_series_against_its_readers_marks(ct_home: Path, tmp_path: Path) -> None:
-    study, truth = _phantom(tmp_path, "marked", seed=33, nodules=4)
+    study, truth = _phantom(tmp_path, "marked", seed=33, nodules=4, patient="P-EVAL-1")
     outlined = _lidc_xml(study, truth)
     out = tmp_path / "real.json"
     res = _cli("medical", "real-eval", str(study), "--min-readers", "3", "--json", str(out), home=ct_home)
@@ -380,3 +380,4 @@ def test_real_eval_scores_a_series_against_its_readers_marks(ct_home: Path, tmp_
     with connect(f"sqlite:///{ct_home / 'trillium.db'}").session() as s:
         rows = s.scalars(select(AuditEvent).where(AuditEvent.action == "medical.ct.real_eval")).all()
     assert [r.target for r in rows] == [truth["series_uid"]] and rows[0].details["findings"] == series["findings"]
+    assert rows[0].details["patient"] == "P-EVAL-1" == series["patient_id"]  # `trillium audit --patient` finds it

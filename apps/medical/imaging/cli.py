@@ -266,7 +266,7 @@ def register(app: typer.Typer) -> None:
             r = rows[-1]
             # a read of a patient's CT, attributable like every other (the OS user running it)
             connect().audit("medical.ct.real_eval", target=r["series_uid"], actor=cli_actor(), source=str(folder),
-                            findings=r["findings"], lesions=r["counted_lesions"])
+                            patient=r["patient_id"] or "", findings=r["findings"], lesions=r["counted_lesions"])
             typer.echo(f"{folder}: {r['hits']}/{r['counted_lesions']} lesions found, "
                        f"{len(r['false_findings'])} false findings ({r['findings']} findings, {r['seconds']} s)", err=True)
         _emit({"model": analyzer.model_label, "min_readers": min_readers, "summary": summarise(rows), "series": rows},

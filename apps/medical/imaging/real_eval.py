@@ -78,7 +78,7 @@ def evaluate_series(analyze: Callable[[Path], Any], series_dir: str | Path, *, m
     others: list[tuple[np.ndarray, float]] = [(les.centre_mm, les.diameter_mm / 2) for les in lesions
                                               if les not in counted] + [(p, 0.0) for p in points]
     scored = match(result.findings, counted, others, min_radius_mm=min_radius_mm)
-    return {"series": str(series_dir), "series_uid": volume.series_uid, "format": fmt, "shape": list(volume.shape),
+    return {"series": str(series_dir), "series_uid": volume.series_uid, "patient_id": volume.patient_id, "format": fmt, "shape": list(volume.shape),
             "spacing_mm": [round(s, 3) for s in volume.spacing], "min_readers": min_readers,
             "counted_lesions": len(counted), "all_marked_lesions": len(lesions), "findings": len(result.findings),
             "n_candidates": getattr(result, "n_candidates", None), "seconds": round(seconds, 1), **scored}
