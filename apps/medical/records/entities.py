@@ -306,11 +306,15 @@ class EntityExtractor:
         self._findings = None
         self._codes: dict[str, tuple[str, str, str]] = {}
         self._borrowed: dict[str, tuple[tuple[str, str, str], str]] = {}
+        #: written forms with a code of their own whatever entry matched them: every everyday
+        #: word of ``lexicon.LAY_TERMS`` (true synonyms of their entry's name) and the written
+        #: forms of ``lexicon.CODES`` ("numbness" under the broader "neuropathy")
+        self._form_codes: dict[str, tuple[str, str, str]] = {}
         if terminology:
             from trillium.medical.records.terminology import default_index
 
             self._index = default_index()
-            for table in (problems, lexicon.EXAM_FINDINGS):
+            for table in (problems, lexicon.EXAM_FINDINGS, lexicon.LAY_TERMS):
                 for canonical, terms in table.items():
                     # the code a coder gives the bare name (lexicon.CODES), else the canonical
                     # name's own code: it codes every synonym that has no code of its own
@@ -327,7 +331,12 @@ class EntityExtractor:
                         if hit is not None:
                             self._borrowed[canonical] = (hit, _written_key(term))
                             break
+            for canonical, terms in lexicon.LAY_TERMS.items():
+                if canonical in self._codes:
+                    self._form_codes.update((_written_key(t), self._codes[canonical]) for t in terms)
+            self._form_codes.update((_written_key(k), v) for k, v in lexicon.CODES.items())
             self._matchers.append(TermMatcher(lexicon.EXAM_FINDINGS, "problem"))
+            self._matchers.append(TermMatcher(lexicon.LAY_TERMS, "problem"))  # "runny nose", "passed out"
             from trillium.medical.records.findings import FindingMatcher
 
             self._findings = FindingMatcher()
@@ -345,9 +354,10 @@ class EntityExtractor:
 
     # -- per kind ---------------------------------------------------------------------------
     def _terms(self, text: str, sent: _Sentence) -> list[Entity]:
-        """Dictionary mentions and exam/report findings, overlaps decided by one rule: medications
-        first (so "Lasix" is a drug, not a problem), then the longest match in tokens; at equal
-        length the hand lexicons (procedures, problems, exam findings) before the terminologies
+        """Dictionary mentions and exam/report findings, overlaps decided by one rule: the longest
+        match in tokens ("iron deficiency anemia" is a problem, not the drug "iron"); at equal
+        length medications first (so "Lasix" is a drug, not a problem), then the hand lexicons
+        (procedures, problems, exam findings, everyday words) before the terminologies
         (ICD-10-CM, then HPO) before structure + qualifier findings (``findings``) before a lone
         word of clinical form (``clinical_word_kind``: "thyromegaly", "arthrosis"), uncoded."""
         taken: set[int] = set()
@@ -356,10 +366,8 @@ class EntityExtractor:
         tokens = split_slashes(sent.tokens)  # "atelectasis/effusion": two terms, not one word
         for prio, matcher in enumerate(self._matchers):
             for first, last, canonical in matcher.find(tokens):
-                if prio == 0:  # medications
-                    taken.update(range(first, last + 1))
-                    a, b = tokens[first].start, tokens[last].end
-                    out.append(Entity("medication", text[a:b], a, b, canonical, sent.section.name))
+                if prio == 0:  # medications: first at equal length; a longer term that holds one wins
+                    cands.append((first, last, prio, "medication", canonical, None, {}))
                 else:
                     hit = None
                     written = text[tokens[first].start:tokens[last].end]
@@ -368,7 +376,7 @@ class EntityExtractor:
                         # under "cough") keeps that code; otherwise the entry's code, the same for
                         # "HTN" and "hypertension" (a derived form such as "effusion" from "Effusion,
                         # unspecified joint" would recode the entry)
-                        hit = self._index.lookup(written, exact=True)
+                        hit = self._index.lookup(written, exact=True) or self._form_codes.get(_written_key(written))
                     cands.append((first, last, prio, matcher.kind, canonical, hit or self._entry_code(canonical, written),
                                   {}))
         if self._index is not None:

@@ -634,11 +634,73 @@ heave: parasternal heave | lift
 distended abdomen: abdominal distension | abdominal distention | distension | distention
 """)
 
+LAY_TERMS = _parse("""
+# Everyday words for signs and symptoms, as patients say them and notes quote them, each under the
+# clinical name whose code it takes (every form here means exactly that concept: no related
+# concepts lumped, unlike some entries above). Written from general clinical knowledge of
+# patient language (consumer health vocabularies), not from any evaluation set.
+rhinorrhea: runny nose | running nose | nose running | nasal discharge
+nasal congestion: stuffy nose | blocked nose | congested nose | nose blocked | stuffed up nose
+fatigue: tired | feeling tired | tiredness | exhausted | exhaustion | worn out | low energy | lack of energy | no energy
+insomnia: trouble sleeping | difficulty sleeping | can't sleep | cannot sleep | unable to sleep | sleeplessness | poor sleep
+syncope: fainted | fainting | faints | passed out | pass out | passing out | passes out | blacked out | blackout | blackouts
+vomiting: throwing up | threw up | throw up | throws up | vomited | emesis
+nausea: nauseated | nauseous | queasy | sick to her stomach | sick to his stomach | sick to my stomach
+hematochezia: blood in stool | blood in the stool | blood in stools | bloody stool | bloody stools | bright red blood per rectum | brbpr
+melena: black stools | black stool | tarry stools | tarry stool
+hematuria: blood in urine | blood in the urine | bloody urine
+hemoptysis: coughing up blood | coughed up blood | coughs up blood
+hematemesis: vomiting blood | vomited blood | throwing up blood | coffee ground emesis
+epistaxis: nosebleed | nosebleeds | nose bleed | nose bleeds | bloody nose
+hyperglycemia: high blood sugar | high blood sugars | elevated blood sugar | blood sugar elevated | blood sugars elevated | high glucose | elevated glucose
+hypoglycemia: low blood sugar | low blood sugars | low glucose
+abdominal pain: belly pain | stomach pain | stomach ache | stomachache | tummy ache | tummy pain | bellyache
+hearing loss: difficulty hearing | trouble hearing | reduced hearing | decreased hearing | loss of hearing | diminished hearing | hearing impairment
+tinnitus: ringing in the ears | ringing in ears | ringing in his ears | ringing in her ears | ear ringing
+paresthesia: pins and needles | pins-and-needles | tingling | tingling sensation
+numbness: numb
+dysphagia: trouble swallowing | difficulty swallowing | difficulty in swallowing
+odynophagia: painful swallowing | pain with swallowing | pain on swallowing
+dysuria: painful urination | burning on urination | burning with urination | burning urination | pain with urination | pain on urination
+urinary frequency: frequent urination | urinating frequently | frequency of urination
+nocturia: getting up at night to urinate | waking at night to urinate
+urinary incontinence: leaking urine | leakage of urine | bladder leakage | loss of bladder control
+pruritus: itchiness | itching
+urticaria: hives | welts
+anorexia: loss of appetite | poor appetite | decreased appetite | reduced appetite | diminished appetite | no appetite | lack of appetite
+memory loss: forgetfulness | forgetful | memory problems | memory problem | trouble remembering
+anxiety: anxious | nervousness | feeling anxious
+depression: depressed mood | low mood | feeling down | feeling depressed
+tremor: shakiness | trembling | tremors | tremulous
+diarrhea: loose stools | loose stool | watery stools | watery stool | loose bowel movements
+dyspnea: breathless | out of breath | trouble breathing | difficulty breathing | difficulty in breathing | hard to breathe | air hunger | winded
+hypoxemia: hypoxia | hypoxic | low oxygen | low oxygen saturation | oxygen desaturation | desaturation | desaturations
+night sweats: sweating at night | night sweat
+confusion: disoriented | disorientation | altered mental status | ams
+dizziness: woozy | giddy | room spinning
+palpitations: heart racing | racing heart | heart pounding | pounding heart | fluttering in chest | skipped beats
+muscle cramp: leg cramp | leg cramps | muscle cramps | cramping | charley horse
+weakness: feeling weak | loss of strength
+""")
+
 CODES: dict[str, tuple[str, str, str]] = {
     # Hand-lexicon entries whose default ICD-10-CM code the terminology rule does not reach:
     # ICD-10-CM lists plain hypertension only as "Essential (primary) hypertension" (its bare
     # "Hypertension" appears only in the alphabetic index, which the package does not ship).
     "hypertension": ("ICD-10-CM", "I10", "Essential (primary) hypertension"),
     "diabetes mellitus": ("ICD-10-CM", "E11.9", "Type 2 diabetes mellitus without complications"),
+    # "Abnormal weight loss" / "Frequency of micturition" / "Unspecified hearing loss, unspecified
+    # ear": the coder's default codes, whose descriptions word the concept differently
+    "weight loss": ("ICD-10-CM", "R63.4", "Abnormal weight loss"),
+    "weight gain": ("ICD-10-CM", "R63.5", "Abnormal weight gain"),
+    "urinary frequency": ("ICD-10-CM", "R35.0", "Frequency of micturition"),
+    "hearing loss": ("ICD-10-CM", "H91.90", "Unspecified hearing loss, unspecified ear"),
+    "muscle cramp": ("ICD-10-CM", "R25.2", "Cramp and spasm"),
+    "weakness": ("ICD-10-CM", "R53.1", "Weakness"),
+    "numbness": ("ICD-10-CM", "R20.0", "Anesthesia of skin"),
+    # a written form under a broader entry with a code of its own (ICD-10-CM codes diabetes of
+    # unstated type as type 2, E11, by its guidelines)
+    "diabetic neuropathy": ("ICD-10-CM", "E11.40", "Type 2 diabetes mellitus with diabetic neuropathy, unspecified"),
 }
-"""(code system, code, preferred name) of the few hand-lexicon entries coded by hand."""
+"""(code system, code, preferred name) of the few hand-lexicon entries coded by hand; a key that is
+not an entry's name is a written form, coded so wherever it is matched (``EntityExtractor``)."""

@@ -92,6 +92,8 @@ def normalize_token(tok: str) -> str:
     "effusions" -> "effusion", "arteries" -> "artery", "bruises" -> "bruise"; words in -ss, -us, -is,
     -ics stay ("abscess", "stenosis")."""
     t = tok.lower()
+    if len(t) >= 6 and t.isalpha() and ("ae" in t or "oe" in t):
+        t = _british(t)
     if len(t) <= 3 or not t.isalpha() or t.endswith(_PLURAL_KEEP):
         return t
     if t.endswith("ies") and len(t) > 4:
@@ -101,6 +103,28 @@ def normalize_token(tok: str) -> str:
     if t.endswith("s"):
         return t[:-1]
     return t
+
+
+_BRITISH = re.compile(r"(?<=[a-z])ae|oe(?=[a-z]*$)")
+#: Words of the general vocabulary with "oe" or "ae" that are not British medical spellings.
+_BRITISH_KEEP = frozenset(
+    """shoes whoever however heroes canoes phoenix coerce coercion coexist coexistent coenzyme coefficient
+    poetry aerobic anaerobic israel michael""".split()  # noqa: SIM905  # a word list reads better than quoted strings
+)
+
+
+def _british(t: str) -> str:
+    """The American spelling of a British medical word, as ICD-10-CM and HPO write them:
+    "anaemia" -> "anemia", "haemorrhage" -> "hemorrhage", "oedema" -> "edema", "diarrhoea" ->
+    "diarrhea", "paraesthesia" -> "paresthesia", "oesophagus" -> "esophagus", "faeces" ->
+    "feces". Applied to index terms and note text alike (``normalize_token``), so a word that is
+    not medical changes on both sides and still matches itself; the few general words whose
+    changed form could meet another word are kept (``_BRITISH_KEEP``)."""
+    if t in _BRITISH_KEEP or t.startswith("aer") or (t.startswith("coe") and not t.startswith("coel")):
+        return t
+    if t.startswith("aetiol"):  # "aetiology"
+        t = t[1:]
+    return _BRITISH.sub("e", t)
 
 
 _WORD_RE = re.compile(r"\d+(?:\.\d+)?|[A-Za-z]+(?:\.[A-Za-z])+\.?|\w+(?:['/-]\w+)*|[^\w\s]")
@@ -140,6 +164,12 @@ def _forms(forms: set[str]) -> Iterator[str]:
         m = re.fullmatch(r"(\w+) of (?:the )?(\w+)", f, re.IGNORECASE)
         if m:
             forms.add(f"{m.group(2)} {m.group(1)}")
+        m = re.fullmatch(r"malignant neoplasm of (?:the )?([a-z]+)(?: gland)?", f, re.IGNORECASE)
+        if m:  # "Malignant neoplasm of breast" is written "breast cancer", "cancer of the breast"
+            forms.update((f"{m.group(1)} cancer", f"cancer of the {m.group(1)}", f"{m.group(1)} carcinoma"))
+        m = re.fullmatch(r"([A-Za-z]{4,}) and ([A-Za-z]{4,})", f)
+        if m:  # "Dizziness and giddiness", "Syncope and collapse": each word names the code alone
+            forms.update(m.groups())  # (ranked as derived: "Nausea" keeps its own code over "Nausea and vomiting")
         if "-" in f:  # "Sickle-cell disease" is written "sickle cell", "Post-traumatic" "posttraumatic"
             forms.add(f.replace("-", " "))
             forms.add(f.replace("-", ""))
@@ -152,9 +182,23 @@ def _forms(forms: set[str]) -> Iterator[str]:
                 forms.add(low[:-4] + "otic")  # cyanosis -> cyanotic
             elif low.endswith("ope"):
                 forms.add(low[:-1] + "al")  # syncope -> syncopal
+            forms.update(_participles(low))
     for f in forms:
         if f and "," not in f and ";" not in f:
             yield f
+
+
+#: The participle or adjective a note writes for a one-word condition ("the patient is
+#: constipated, jaundiced, fatigued, dehydrated, depressed, obese"), by English word formation.
+_PARTICIPLE_ENDINGS = (("ation", "ated"), ("ession", "essed"), ("ension", "ended"), ("ention", "ended"),
+                       ("usion", "used"), ("ice", "iced"), ("gue", "gued"), ("iting", "ited"), ("esity", "ese"))
+
+
+def _participles(word: str) -> Iterator[str]:
+    for noun, adjective in _PARTICIPLE_ENDINGS:
+        if word.endswith(noun) and len(word) > len(noun) + 1:
+            yield word[: -len(noun)] + adjective
+            return
 
 
 _UNSPEC_WHAT = re.compile(r"(?:,\s*|\bof\s+)unspecified\s+([a-z]+)", re.IGNORECASE)
@@ -179,18 +223,23 @@ def site_lost(text: str, form: str) -> bool:
 
 
 def _derivation(text: str, form: str) -> int:
-    """0 the description itself, 1 a form derived from it, 3 one that dropped a leading "Other"
-    (the residual code of a category is a worse code for the bare name than its ", unspecified" code)."""
-    if form == text:
-        return 0
-    return 3 if re.match(r"other\b", text, re.IGNORECASE) and not re.match(r"other\b", form, re.IGNORECASE) else 1
+    """0 the description itself, 1 a form derived from it."""
+    return 0 if form == text else 1
 
 
-def _rank(derivation: int, system: int, leaf: int, length: int) -> tuple[int, ...]:
+def _residual(text: str, form: str) -> bool:
+    """Whether ``form`` dropped a leading "Other" of ``text`` (the residual code of a category is a
+    worse code for the bare name than its ", unspecified" code)."""
+    return bool(re.match(r"other\b", text, re.IGNORECASE) and not re.match(r"other\b", form, re.IGNORECASE))
+
+
+def _rank(derivation: int, system: int, leaf: int, length: int, residual: bool = False) -> tuple[int, ...]:
     """Smaller is better: a form that dropped a leading "Other" last; then ICD-10-CM before HPO;
-    then the description before a derived form before an inclusion term; a billable code; the
-    shorter code."""
-    return (int(derivation >= 3), system, derivation, leaf, length)
+    then the description before a derived form before an inclusion term (2) before a form derived
+    from an inclusion term (3); a billable code; the shorter code. (Residual used to be read off
+    derivation >= 3, which also dropped every one-word form derived from an inclusion term:
+    "varicella" from "Varicella NOS".)"""
+    return (int(residual), system, derivation, leaf, length)
 
 
 def _keep(toks: tuple[str, ...]) -> bool:
@@ -214,6 +263,8 @@ def icd10cm_terms() -> Iterator[CodedTerm]:
         desc = icd.get_description(code)
         sources = [(desc, 0)] + [(t, 2) for t in icd.get_inclusion_term(code)]
         for text, origin in sources:
+            # an inclusion term names its own concept ("Fainting" under "Syncope and collapse")
+            name = desc if origin == 0 else _NOS.sub("", text).strip()
             for form in variants(text):
                 toks = words(form)
                 if not _keep(toks):
@@ -223,7 +274,12 @@ def icd10cm_terms() -> Iterator[CodedTerm]:
                     # writes, so matched, but with no code (no code of ICD-10-CM is the bare head)
                     yield CodedTerm(toks, ICD10CM, "", form.lower(), _rank(2, 2, leaf, len(code)))
                     continue
-                yield CodedTerm(toks, ICD10CM, code, desc, _rank(_derivation(text, form) + origin, 0, leaf, len(code)))
+                # an inclusion term "X NOS" of a residual code ("Wound NOS" under T14.8 "Other
+                # injury of unspecified body region") is one of the several things that code
+                # gathers: ranked as residual, so the lone word ("wound", "fracture") stays uncoded
+                residual = _residual(desc, form) if origin and form != text else _residual(text, form)
+                yield CodedTerm(toks, ICD10CM, code, name, _rank(_derivation(text, form) + origin, 0, leaf, len(code),
+                                                                 residual))
 
 
 def hpo_terms() -> Iterator[CodedTerm]:
@@ -241,7 +297,8 @@ def hpo_terms() -> Iterator[CodedTerm]:
         for form in variants(name):
             toks = words(form)
             if _keep(toks):
-                yield CodedTerm(toks, HPO, term.id, name, _rank(_derivation(name, form), 1, 0, len(term.id)))
+                yield CodedTerm(toks, HPO, term.id, name, _rank(_derivation(name, form), 1, 0, len(term.id),
+                                                                _residual(name, form)))
 
 
 class TermIndex:
