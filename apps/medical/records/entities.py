@@ -372,11 +372,12 @@ class EntityExtractor:
                     hit = None
                     written = text[tokens[first].start:tokens[last].end]
                     if self._index is not None and written.lower() != canonical:
+                        # an everyday word takes its entry's code, a form of lexicon.CODES its own;
                         # a synonym that is itself a code's description or an HPO name ("hemoptysis"
                         # under "cough") keeps that code; otherwise the entry's code, the same for
                         # "HTN" and "hypertension" (a derived form such as "effusion" from "Effusion,
                         # unspecified joint" would recode the entry)
-                        hit = self._index.lookup(written, exact=True) or self._form_codes.get(_written_key(written))
+                        hit = self._form_codes.get(_written_key(written)) or self._index.lookup(written, exact=True)
                     cands.append((first, last, prio, matcher.kind, canonical, hit or self._entry_code(canonical, written),
                                   {}))
         if self._index is not None:
