@@ -208,6 +208,7 @@ _DOSE_RE = re.compile(rf"(?P<dose>{_NUM}(?:\s*(?:-|to)\s*{_NUM})?)\s*(?P<unit>{_
                       re.IGNORECASE)
 _ROUTE_RE = re.compile(rf"(?<![A-Za-z])(?:{_alternation(list(_ROUTE_OF))})(?![A-Za-z])", re.IGNORECASE)
 _FREQ_RE = re.compile(rf"(?<![A-Za-z])(?:{_alternation(list(_FREQ_OF))})(?![A-Za-z0-9])", re.IGNORECASE)
+_ROUTE_BEFORE_RE = re.compile(rf"(?<![A-Za-z])({_alternation(list(_ROUTE_OF))})\s+$", re.IGNORECASE)
 _QH_RE = re.compile(r"(?<![A-Za-z])(?:q\s*|every\s+)(\d{1,2})(?:\s*(?:-|to)\s*(\d{1,2}))?\s*(?:h|hr|hrs|hours?)\b",
                     re.IGNORECASE)
 _PRN_RE = re.compile(rf"(?<![A-Za-z])(?:{_alternation(sorted(_AS_NEEDED))})(?![A-Za-z])", re.IGNORECASE)
@@ -317,8 +318,11 @@ class EntityExtractor:
             for table in (problems, lexicon.EXAM_FINDINGS, lexicon.LAY_TERMS):
                 for canonical, terms in table.items():
                     # the code a coder gives the bare name (lexicon.CODES), else the canonical
-                    # name's own code: it codes every synonym that has no code of its own
-                    hit = lexicon.CODES.get(canonical) or self._index.lookup(canonical)
+                    # name's own code: it codes every synonym that has no code of its own (not a
+                    # code got only from an "X NOS" inclusion term, except for the everyday
+                    # words, which list true synonyms only)
+                    hit = lexicon.CODES.get(canonical) or self._index.lookup(
+                        canonical, named=table is not lexicon.LAY_TERMS)
                     if hit is not None:
                         self._codes[canonical] = hit
                         continue
@@ -369,15 +373,16 @@ class EntityExtractor:
                 if prio == 0:  # medications: first at equal length; a longer term that holds one wins
                     cands.append((first, last, prio, "medication", canonical, None, {}))
                 else:
-                    hit = None
                     written = text[tokens[first].start:tokens[last].end]
-                    if self._index is not None and written.lower() != canonical:
-                        # an everyday word takes its entry's code, a form of lexicon.CODES its own;
+                    # an everyday word takes its entry's code, a form of lexicon.CODES its own
+                    # (also where it is an entry's name: "kidney stones" under lumped stones and colic)
+                    hit = self._form_codes.get(_written_key(written))
+                    if hit is None and self._index is not None and written.lower() != canonical:
                         # a synonym that is itself a code's description or an HPO name ("hemoptysis"
                         # under "cough") keeps that code; otherwise the entry's code, the same for
                         # "HTN" and "hypertension" (a derived form such as "effusion" from "Effusion,
                         # unspecified joint" would recode the entry)
-                        hit = self._form_codes.get(_written_key(written)) or self._index.lookup(written, exact=True)
+                        hit = self._index.lookup(written, exact=True)
                     cands.append((first, last, prio, matcher.kind, canonical, hit or self._entry_code(canonical, written),
                                   {}))
         if self._index is not None:
@@ -406,11 +411,13 @@ class EntityExtractor:
         return out
 
     @staticmethod
-    def _medication_values(text: str, med: Entity, limit: int) -> dict[str, Any]:
-        """Dose, unit, route, frequency and PRN written after the drug name, up to the next drug
-        or the end of the line or sentence."""
+    def _medication_values(text: str, med: Entity, limit: int, start: int | None = None) -> dict[str, Any]:
+        """Dose, unit, route, frequency and PRN written after the drug name, up to the next drug,
+        an "and" (what follows it is another order: "prednisone 40 mg and nebulized albuterol"),
+        or the end of the line or sentence; a route written just before the name ("IV vancomycin",
+        "nebulized albuterol"; ``start``: where the text before it begins) when none follows."""
         window = text[med.end : limit]
-        cut = re.search(r"[;\n]|\.\s+[A-Z]", window)
+        cut = re.search(r"[;\n]|\.\s+[A-Z]|\band\b", window)
         window = window[: cut.start()] if cut else window
         window = window[:90]
         values: dict[str, Any] = {}
@@ -421,6 +428,8 @@ class EntityExtractor:
             values["unit"] = _UNIT_OF[re.sub(r"\s+", " ", m.group("unit").lower())]
         if (m := _ROUTE_RE.search(window)) is not None:
             values["route"] = _ROUTE_OF[re.sub(r"\s+", " ", m.group().lower())]
+        elif start is not None and (m := _ROUTE_BEFORE_RE.search(text[max(start, med.start - 40):med.start])):
+            values["route"] = _ROUTE_OF[re.sub(r"\s+", " ", m.group(1).lower())]
         if (m := _QH_RE.search(window)) is not None:
             lo, hi = m.group(1), m.group(2)
             values["frequency"] = f"Q{lo}H" if not hi else f"Q{lo}-{hi}H"
@@ -570,7 +579,8 @@ class EntityExtractor:
             meds = sorted((i for i, e in enumerate(found) if e.kind == "medication"), key=lambda i: found[i].start)
             for k, i in enumerate(meds):
                 limit = found[meds[k + 1]].start if k + 1 < len(meds) else sent.span.end
-                found[i] = replace(found[i], values=self._medication_values(text, found[i], limit))
+                start = found[meds[k - 1]].end if k else sent.span.start
+                found[i] = replace(found[i], values=self._medication_values(text, found[i], limit, start))
             if found:
                 matches = self.rules.match(sent.tokens)
                 asserted = assert_targets(sent.tokens, [(e.start, e.end) for e in found], self.rules, matches)

@@ -681,6 +681,35 @@ dizziness: woozy | giddy | room spinning
 palpitations: heart racing | racing heart | heart pounding | pounding heart | fluttering in chest | skipped beats
 muscle cramp: leg cramp | leg cramps | muscle cramps | cramping | charley horse
 weakness: feeling weak | loss of strength
+# everyday names of common conditions
+zoster: shingles | herpes zoster
+viral gastroenteritis: stomach flu | stomach bug | tummy bug
+nephrolithiasis: kidney stone | kidney stones | renal stone | renal stones
+conjunctivitis: pink eye | pinkeye
+herpes simplex labialis: cold sore | cold sores | fever blister | fever blisters
+influenza: the flu | flu-like illness
+cystitis: bladder infection
+candidiasis: yeast infection | thrush
+tinea pedis: athlete's foot | athletes foot
+amblyopia: lazy eye
+otitis externa: swimmer's ear | swimmers ear
+impacted cerumen: ear wax impaction | impacted ear wax | impacted earwax | cerumen impaction
+enuresis: bedwetting | bed wetting | bed-wetting
+hypothyroidism: underactive thyroid | low thyroid
+hyperthyroidism: overactive thyroid
+thrombosis: blood clot | blood clots
+pneumothorax: collapsed lung
+radiculopathy: pinched nerve
+halitosis: bad breath
+pressure ulcer: bed sore | bed sores | bedsore | bedsores
+hemorrhoids: piles
+varicella: chickenpox | chicken pox
+infectious mononucleosis: mono | glandular fever
+pediculosis: head lice | lice
+heatstroke: heat stroke | sunstroke
+whooping cough: pertussis
+viral wart: wart | warts
+fracture: broken bone | broken bones | broken arm | broken leg | broken wrist | broken ankle | broken hip | broken rib | broken ribs | broken nose | broken finger | broken toe | broken collarbone
 """)
 
 CODES: dict[str, tuple[str, str, str]] = {
@@ -697,6 +726,7 @@ CODES: dict[str, tuple[str, str, str]] = {
     "hearing loss": ("ICD-10-CM", "H91.90", "Unspecified hearing loss, unspecified ear"),
     "muscle cramp": ("ICD-10-CM", "R25.2", "Cramp and spasm"),
     "weakness": ("ICD-10-CM", "R53.1", "Weakness"),
+    "herpes simplex labialis": ("ICD-10-CM", "B00.1", "Herpesviral vesicular dermatitis"),
     "numbness": ("ICD-10-CM", "R20.0", "Anesthesia of skin"),
     # a written form under a broader entry with a code of its own (ICD-10-CM codes diabetes of
     # unstated type as type 2, E11, by its guidelines)

@@ -133,6 +133,9 @@ _UNSPEC_TAIL = re.compile(r",\s*(?:unspecified|not elsewhere classified|nec|nos|
 _LEADING = re.compile(r"^(?:unspecified|other specified|other|acute on chronic)\s+", re.IGNORECASE)
 _NOS = re.compile(r"\s+(?:NOS|NEC)\b", re.IGNORECASE)
 _PAREN = re.compile(r"\s*\(([^()]*)\)")
+_BRACKET = re.compile(r"\s*\[[^\[\]]*\]")
+_FINAL_BRACKET = re.compile(r"[^\[\]]+\[([A-Za-z' -]{4,})\]")
+_BRACKET_QUALIFIER = re.compile(r"\b(?:any|i\.e|except|and|or|stage|type)\b", re.IGNORECASE)
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -140,10 +143,25 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(normalize_token(w) for w in _WORD_RE.findall(text) if w[0].isalnum())
 
 
-def variants(description: str) -> Iterator[str]:
-    """The forms a clinician writes for a coder's description (see the module docstring)."""
+def variants(description: str, *, split_and: bool = True) -> Iterator[str]:
+    """The forms a clinician writes for a coder's description (see the module docstring).
+    ``split_and``: "X and Y" of two words also gives X and Y alone (for a code's description,
+    "Dizziness and giddiness"; not for an inclusion term, where "Pins and needles" is an idiom)."""
     base = _NOS.sub("", description).strip()
     forms = {base}
+    if "[" in base:
+        # ICD-10-CM's square brackets hold a synonym or an eponym ("Acute nasopharyngitis [common
+        # cold]", "Sleepwalking [somnambulism]"): the description without them, and a final
+        # bracket in lower case as a name of its own: not an abbreviation ("[POTS]", the hand
+        # lexicon's), an eponym ("Eosinophilic cellulitis [Wells]": "well" is a word) or a
+        # qualifier ("[any part]", "[i.e., ...]")
+        bare = _BRACKET.sub("", base).strip()
+        forms.add(bare)
+        m = _FINAL_BRACKET.fullmatch(base)
+        if m and m.group(1).islower() and not _BRACKET_QUALIFIER.search(m.group(1)):
+            forms.add(m.group(1).strip())
+        base = bare
+        forms.discard(_NOS.sub("", description).strip())
     if "(" in base:
         forms.add(_PAREN.sub("", base).strip())
         forms.add(_PAREN.sub(lambda m: " " + m.group(1), base).strip())
@@ -151,10 +169,10 @@ def variants(description: str) -> Iterator[str]:
         head = _UNSPEC_TAIL.sub("", f).strip()
         forms.add(head)
         forms.add(_LEADING.sub("", head).strip())
-    yield from _forms(forms)
+    yield from _forms(forms, split_and)
 
 
-def _forms(forms: set[str]) -> Iterator[str]:
+def _forms(forms: set[str], split_and: bool = True) -> Iterator[str]:
     """Word-order and spelling variants of the forms (comma inversion, "A of B" -> "B A", hyphens)."""
     for f in sorted(forms):  # a copy: forms grows in the loop
         if f.count(",") == 1:
@@ -167,7 +185,7 @@ def _forms(forms: set[str]) -> Iterator[str]:
         m = re.fullmatch(r"malignant neoplasm of (?:the )?([a-z]+)(?: gland)?", f, re.IGNORECASE)
         if m:  # "Malignant neoplasm of breast" is written "breast cancer", "cancer of the breast"
             forms.update((f"{m.group(1)} cancer", f"cancer of the {m.group(1)}", f"{m.group(1)} carcinoma"))
-        m = re.fullmatch(r"([A-Za-z]{4,}) and ([A-Za-z]{4,})", f)
+        m = re.fullmatch(r"([A-Za-z]{4,}) and ([A-Za-z]{4,})", f) if split_and else None
         if m:  # "Dizziness and giddiness", "Syncope and collapse": each word names the code alone
             forms.update(m.groups())  # (ranked as derived: "Nausea" keeps its own code over "Nausea and vomiting")
         if "-" in f:  # "Sickle-cell disease" is written "sickle cell", "Post-traumatic" "posttraumatic"
@@ -265,7 +283,7 @@ def icd10cm_terms() -> Iterator[CodedTerm]:
         for text, origin in sources:
             # an inclusion term names its own concept ("Fainting" under "Syncope and collapse")
             name = desc if origin == 0 else _NOS.sub("", text).strip()
-            for form in variants(text):
+            for form in variants(text, split_and=origin == 0):
                 toks = words(form)
                 if not _keep(toks):
                     continue
@@ -327,11 +345,16 @@ class TermIndex:
     def __len__(self) -> int:
         return len(self.terms_)
 
-    def lookup(self, text: str, *, exact: bool = False) -> tuple[str, str, str] | None:
+    def lookup(self, text: str, *, exact: bool = False, named: bool = False) -> tuple[str, str, str] | None:
         """(code system, code, preferred name) of a whole written form, or None; ``exact`` only
-        when the form is the code's own description or name (not a derived form)."""
+        when the form is the code's own description or name (not a derived form); ``named`` not
+        when the form is only an inclusion term with its "NOS" dropped ("Cancer NOS" under C80.1,
+        one name among several of a residual-like code, which must not code every related form
+        a hand entry lists beside "cancer", such as "metastatic disease")."""
         key = words(text)
         if exact and key in self.ranks_ and self.ranks_[key][2] != 0:
+            return None
+        if named and key in self.ranks_ and self.ranks_[key][2] >= 3:
             return None
         hit = self.terms_.get(key)
         return hit if hit is not None and hit[1] else None  # a matched but uncoded form has no code to give
