@@ -51,7 +51,7 @@ EVERYDAY = [
     ("Stomach flu last week.", "Stomach flu", "A08.4", False),
     ("Kidney stones in the past.", "Kidney stones", "N20.0", False),
     ("Had the flu in March.", "the flu", "J11.1", False),
-    ("Common cold for a week.", "Common cold", "J06.9", False),
+    ("Common cold for a week.", "Common cold", "J00", False),  # "Acute nasopharyngitis [common cold]"
     ("Croup as a toddler.", "Croup", "J05.0", False),  # "Acute obstructive laryngitis [croup]"
     ("Cold sores twice a year.", "Cold sores", "B00.1", False),
 ]

@@ -318,11 +318,8 @@ class EntityExtractor:
             for table in (problems, lexicon.EXAM_FINDINGS, lexicon.LAY_TERMS):
                 for canonical, terms in table.items():
                     # the code a coder gives the bare name (lexicon.CODES), else the canonical
-                    # name's own code: it codes every synonym that has no code of its own (not a
-                    # code got only from an "X NOS" inclusion term, except for the everyday
-                    # words, which list true synonyms only)
-                    hit = lexicon.CODES.get(canonical) or self._index.lookup(
-                        canonical, named=table is not lexicon.LAY_TERMS)
+                    # name's own code: it codes every synonym that has no code of its own
+                    hit = lexicon.CODES.get(canonical) or self._index.lookup(canonical)
                     if hit is not None:
                         self._codes[canonical] = hit
                         continue

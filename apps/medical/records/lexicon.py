@@ -186,7 +186,9 @@ pruritus: itching | itchy
 wound: ulcer | decubitus ulcer | pressure ulcer | diabetic foot ulcer | laceration | wound infection
 sepsis: septic | septicemia | bacteremia | septic shock
 infection: infections
-cancer: carcinoma | malignancy | neoplasm | tumor | metastatic disease | metastases | metastasis
+cancer: carcinoma | malignancy
+metastatic disease: metastases | metastasis | metastatic cancer
+neoplasm: tumor | tumour | neoplasms
 lymphoma: non-hodgkin lymphoma | hodgkin lymphoma
 leukemia:
 hiv: human immunodeficiency virus | aids

@@ -241,8 +241,12 @@ def site_lost(text: str, form: str) -> bool:
 
 
 def _derivation(text: str, form: str) -> int:
-    """0 the description itself, 1 a form derived from it."""
-    return 0 if form == text else 1
+    """0 the description itself (or its bracketed synonym: "common cold" of "Acute
+    nasopharyngitis [common cold]" is a name of the code), 1 a form derived from it."""
+    if form == text:
+        return 0
+    m = _FINAL_BRACKET.fullmatch(_NOS.sub("", text).strip())
+    return 0 if m and form == m.group(1).strip() else 1
 
 
 def _residual(text: str, form: str) -> bool:
@@ -345,16 +349,11 @@ class TermIndex:
     def __len__(self) -> int:
         return len(self.terms_)
 
-    def lookup(self, text: str, *, exact: bool = False, named: bool = False) -> tuple[str, str, str] | None:
+    def lookup(self, text: str, *, exact: bool = False) -> tuple[str, str, str] | None:
         """(code system, code, preferred name) of a whole written form, or None; ``exact`` only
-        when the form is the code's own description or name (not a derived form); ``named`` not
-        when the form is only an inclusion term with its "NOS" dropped ("Cancer NOS" under C80.1,
-        one name among several of a residual-like code, which must not code every related form
-        a hand entry lists beside "cancer", such as "metastatic disease")."""
+        when the form is the code's own description or name (not a derived form)."""
         key = words(text)
         if exact and key in self.ranks_ and self.ranks_[key][2] != 0:
-            return None
-        if named and key in self.ranks_ and self.ranks_[key][2] >= 3:
             return None
         hit = self.terms_.get(key)
         return hit if hit is not None and hit[1] else None  # a matched but uncoded form has no code to give
