@@ -27,9 +27,9 @@ model, a manufacturing inspector, stored notes), with one API key. Then:
    (``TRILLIUM_SERVE_FAST_ROUTES=0``), at the best concurrency of part 1.
    Parts 1 and 6 also give the CPU each request cost the server's processes, Redis and wrk
    (CPU seconds over requests, so other load on the machine does not inflate them much).
-7. The batcher's two forms for the finance route: in the event loop's thread (``--batcher async``,
-   the default) and in a thread of their own (``--batcher thread``), at the same concurrencies,
-   every field served in both.
+7. The batcher's two forms for the finance route: in a thread of its own (``--batcher thread``,
+   the default, part 1) and in the event loop's thread (``--batcher async``), at the same
+   concurrencies, every field served in both.
 8. The server: the same application and settings under granian instead of uvicorn, the finance
    single route at uvicorn's best concurrency (why ``trillium serve`` runs uvicorn).
 """
@@ -458,12 +458,12 @@ def main() -> int:
         report["fast_route_comparison"] = {"fast_route": best, "fastapi_handler": f,
                                            "fast_over_fastapi": best["requests_per_s"] / f["requests_per_s"]}
     if "batcher" not in skip:
-        log("the other batcher form (thread: batches in a thread of their own), same concurrencies")
-        other = Server(home, args=["--workers", str(args.workers), "--batcher", "thread"])
+        log("the other batcher form (async: batches in the event loop's thread), same concurrencies")
+        other = Server(home, args=["--workers", str(args.workers), "--batcher", "async"])
         try:
             warm(other.url, key, work / "warm.jsonl")
-            report["finance_single_thread_batcher"] = finance_single(other.url, key, work, tx_file, offset,
-                                                                    concurrency, args.seconds)
+            report["finance_single_async_batcher"] = finance_single(other.url, key, work, tx_file, offset,
+                                                                   concurrency, args.seconds, other.proc.pid)
         finally:
             other.stop()
     if "granian" not in skip:
