@@ -27,9 +27,10 @@ model, a manufacturing inspector, stored notes), with one API key. Then:
    (``TRILLIUM_SERVE_FAST_ROUTES=0``), at the best concurrency of part 1.
    Parts 1 and 6 also give the CPU each request cost the server's processes, Redis and wrk
    (CPU seconds over requests, so other load on the machine does not inflate them much).
-7. The batcher's two forms for the finance route: in a thread of its own (``--batcher thread``,
-   the default, part 1) and in the event loop's thread (``--batcher async``), at the same
-   concurrencies, every field served in both.
+7. The batcher's two forms for the finance route, in the event loop's thread (``--batcher async``,
+   the default) and in a thread of its own (``--batcher thread``): both servers up at once,
+   interleaved rounds of the same transactions (``compare_batchers``: parts of one run that come
+   one after the other are not comparable), median tx/s and p99 per form.
 8. The server: the same application and settings under granian instead of uvicorn, the finance
    single route at uvicorn's best concurrency (why ``trillium serve`` runs uvicorn).
 """
@@ -270,6 +271,7 @@ def finance_single(url: str, key: str, work: Path, tx_file: Path, offset: list[i
         before = (_process_cpu(server_pid), _redis_cpu(), resource.getrusage(resource.RUSAGE_CHILDREN)) \
             if server_pid else None
         r = wrk(url, lua=lua, env=env, connections=c, seconds=seconds)
+        r["first_transaction"] = offset[0]  # a comparison sends the same ones to its other server
         if before is not None and r["requests"]:
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             n = r["requests"]
@@ -380,6 +382,42 @@ def notes(url: str, key: str, work: Path, seconds: int) -> dict[str, Any]:
     return {"http": r, "in_process_notes_per_s_one_thread": inproc}
 
 
+def compare_batchers(home: Path, key: str, work: Path, tx_file: Path, workers: int, seconds: int,
+                     concurrency: list[int], rounds: int = 3) -> dict[str, Any]:
+    """``--batcher thread`` against ``--batcher async``, fairly: both servers up at once (an idle
+    one costs nothing), each warmed with the same days, then at each concurrency ``rounds`` rounds
+    in which each server in turn gets the same fresh transactions (its own state, so nothing is a
+    replay). Sequential parts of one run are not comparable: each sends later transactions than
+    the part before, whose histories differ in length (Redis CPU per request fell from ~90 to ~30
+    µs between the first and the last part of one run), and this shared machine's speed drifts."""
+    forms = ("thread", "async")
+    servers = {f: Server(home, args=["--workers", str(workers), "--batcher", f]) for f in forms}
+    out: dict[str, Any] = {"rounds": rounds, "seconds_per_run": seconds, "by_concurrency": {}}
+    try:
+        for srv in servers.values():
+            warm(srv.url, key, work / "warm.jsonl")
+        offset = 0
+        for c in concurrency:
+            runs: dict[str, list[dict[str, Any]]] = {f: [] for f in forms}
+            for _ in range(rounds):
+                sent = 0
+                for f in forms:
+                    at = [offset]
+                    r = finance_single(servers[f].url, key, work, tx_file, at, [c], seconds, servers[f].proc.pid)[0]
+                    runs[f].append(r)
+                    sent = max(sent, r["requests"])
+                offset += sent + 1000
+            med = {f: {"tx_per_s": float(sorted(r["requests_per_s"] for r in runs[f])[rounds // 2]),
+                       "p99_ms": float(sorted(r["p99_ms"] for r in runs[f])[rounds // 2])} for f in forms}
+            out["by_concurrency"][str(c)] = {"runs": runs, "median": med,
+                                             "thread_over_async": med["thread"]["tx_per_s"] / med["async"]["tx_per_s"]}
+            log(f"  c={c}: thread {med['thread']} async {med['async']}")
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "serve_cpu.json")
@@ -418,6 +456,7 @@ def main() -> int:
         log("warming the online state with 7 days sent as lists")
         report["warm_tx_per_s"] = warm(server.url, key, work / "warm.jsonl")
         log(f"finance, one transaction per request, {args.workers} workers, Redis state, batcher")
+        first = offset[0]
         report["finance_single"] = finance_single(server.url, key, work, tx_file, offset, concurrency, args.seconds,
                                                   server.proc.pid)
         if "lists" not in skip:
@@ -438,7 +477,8 @@ def main() -> int:
                       env={"TRILLIUM_REDIS_URL": ""})
         try:
             warm(base.url, key, work / "warm.jsonl")
-            report["finance_single_baseline"] = finance_single(base.url, key, work, tx_file, offset, concurrency,
+            # the same transactions as part 1, at the same concurrencies, on a state warmed the same way
+            report["finance_single_baseline"] = finance_single(base.url, key, work, tx_file, [first], concurrency,
                                                                args.seconds)
         finally:
             base.stop()
@@ -451,28 +491,24 @@ def main() -> int:
         plain = Server(home, args=["--workers", str(args.workers)], env={"TRILLIUM_SERVE_FAST_ROUTES": "0"})
         try:
             warm(plain.url, key, work / "warm.jsonl")
-            f = finance_single(plain.url, key, work, tx_file, offset, [best["connections"]], args.seconds,
-                               plain.proc.pid)[0]
+            f = finance_single(plain.url, key, work, tx_file, [best["first_transaction"]], [best["connections"]],
+                               args.seconds, plain.proc.pid)[0]
         finally:
             plain.stop()
         report["fast_route_comparison"] = {"fast_route": best, "fastapi_handler": f,
                                            "fast_over_fastapi": best["requests_per_s"] / f["requests_per_s"]}
     if "batcher" not in skip:
-        log("the other batcher form (async: batches in the event loop's thread), same concurrencies")
-        other = Server(home, args=["--workers", str(args.workers), "--batcher", "async"])
-        try:
-            warm(other.url, key, work / "warm.jsonl")
-            report["finance_single_async_batcher"] = finance_single(other.url, key, work, tx_file, offset,
-                                                                   concurrency, args.seconds, other.proc.pid)
-        finally:
-            other.stop()
+        log("the two batcher forms, interleaved: both servers up, the same transactions sent to each in turn")
+        report["batcher_comparison"] = compare_batchers(home, key, work, tx_file, args.workers, args.seconds,
+                                                        [c for c in (32, 64) if c in concurrency] or concurrency[:1])
     if "granian" not in skip:
         best = max(report["finance_single"], key=lambda r: r["requests_per_s"])
         log(f"the same application under granian ({args.workers} workers), c={best['connections']}")
         gran = Server(home, args=[], granian_workers=args.workers)
         try:
             warm(gran.url, key, work / "warm.jsonl")
-            g = finance_single(gran.url, key, work, tx_file, offset, [best["connections"]], args.seconds)[0]
+            g = finance_single(gran.url, key, work, tx_file, [best["first_transaction"]], [best["connections"]],
+                               args.seconds)[0]
         finally:
             gran.stop()
         report["server_comparison"] = {"uvicorn": best, "granian": g,

@@ -148,7 +148,7 @@ def router(ctx: ServiceContext) -> APIRouter:
             _store_alerts(ctx, alerts, record)
         return out
 
-    batcher = ctx.batcher("finance-score", score_batch, stack=False)  # the server's --batcher (thread by default)
+    batcher = ctx.batcher("finance-score", score_batch, stack=False)  # the server's --batcher (async by default)
 
     async def answer(txs: list[dict[str, Any]], single: bool, explain: bool, features: bool) -> Response:
         out = await ctx.run_batched(batcher, ScoreRequest(txs, explain=explain, features=features))

@@ -38,8 +38,8 @@ def serve_cmd(
     reload_seconds: float = typer.Option(2.0, help="How often workers look whether a model's alias moved."),
     max_batch: int = typer.Option(64, help="Most requests per model call of the dynamic batcher (1: no batching)."),
     batch_delay_ms: float = typer.Option(1.0, help="Longest a batch waits for more requests after its first."),
-    batcher: str = typer.Option("thread", help="Where batches run for routes that do not choose: thread (a thread per "
-                                "model; measured best for finance with Redis state) or async (the event loop's thread)."),
+    batcher: str = typer.Option("async", help="Where batches run for routes that do not choose: async (the event "
+                                "loop's thread; measured best for finance) or thread (a thread per model)."),
     device: str = typer.Option("cpu", envvar="TRILLIUM_DEVICE",
                                help="Where the models run: cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU). "
                                     "Each worker loads its own copy there; /readyz names each model's backends."),

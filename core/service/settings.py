@@ -26,13 +26,15 @@ class ServiceSettings:
     - ``max_inflight``: requests one worker holds at once; past it, 503 with Retry-After;
     - ``reload_seconds``: how often a worker looks whether a model alias moved;
     - ``batch_delay_ms`` / ``max_batch``: the dynamic batcher in front of each model;
-    - ``batcher``: ``thread`` (the batch runs in a thread of its own) or ``async`` (in the event
-      loop's thread), for routes that do not choose. ``thread`` by default: on the finance route
-      with Redis state (benchmarks/serve.py, 2 cores, 2 workers, same run) it served 3,385 tx/s at
-      32 connections (p99 22 ms) against 2,784 (p99 26 ms) for ``async``, and 1.4-1.8x from 64
-      connections: the batch's two Redis round trips release the interpreter lock in a thread,
-      while in the loop they stop it from reading requests. (The release before measured the
-      opposite, 1.15-1.2x for ``async``, on a machine twice as slow per request.);
+    - ``batcher``: ``async`` (the batch runs in the event loop's thread) or ``thread`` (in a
+      thread of its own), for routes that do not choose. ``async`` by default: on the finance
+      route with Redis state (benchmarks/serve.py's interleaved comparison, 2 cores, 2 workers,
+      the same transactions to both servers in turn, medians of 3 rounds) it served 2,525 tx/s at
+      32 connections (p99 30 ms) against 2,235 (p99 39 ms) for ``thread``, and about the same at
+      64 (2,965 against 3,087, p99 64 and 66 ms). Sequential parts of one run had suggested the
+      opposite: later parts send later transactions, and those cost Redis a third as much. The
+      inspector keeps ``thread`` (torch releases the interpreter lock while it computes, so
+      requests are read meanwhile);
     - ``key_cache_seconds``: how long a verified API key is trusted without a database read.
     """
 
@@ -43,7 +45,7 @@ class ServiceSettings:
     reload_seconds: float = 2.0
     batch_delay_ms: float = 1.0
     max_batch: int = 64
-    batcher: str = "thread"
+    batcher: str = "async"
     key_cache_seconds: float = 5.0
 
     @classmethod
@@ -62,7 +64,7 @@ class ServiceSettings:
             if kind in (int, float) and value < 0:
                 raise ConfigError(f"{name}={raw!r}: expected a number >= 0")
             values[f.name] = value
-        if values.get("batcher", "thread") not in ("thread", "async"):
+        if values.get("batcher", "async") not in ("thread", "async"):
             raise ConfigError(f"{PREFIX}BATCHER={values['batcher']!r}: expected thread or async")
         if not values.get("redis_url") and os.environ.get("TRILLIUM_REDIS_URL"):
             values["redis_url"] = os.environ["TRILLIUM_REDIS_URL"]
