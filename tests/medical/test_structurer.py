@@ -179,11 +179,14 @@ def test_hand_written_discharge_summary() -> None:
 
     # problems and their context: present, denied, possible, past, in relatives, conditional
     hpi = "history_present_illness"
-    assert one("problem", "heart failure", hpi).normalized == "congestive heart failure"
+    # the longest match: ICD-10-CM's inclusion term "Heart failure with reduced ejection fraction
+    # [HFrEF]" of I50.2 (systolic heart failure), over the hand entry's "heart failure"
+    hf = "heart failure with reduced ejection fraction"
+    assert one("problem", hf, hpi).normalized == hf and one("problem", hf, hpi).code == "I50.2"
     assert one("problem", "shortness of breath", hpi).normalized == "shortness of breath"
     assert one("problem", "orthopnea", hpi).normalized == "shortness of breath"
     assert one("problem", "ankle swelling", hpi).normalized == "edema"
-    for text in ("heart failure", "atrial fibrillation", "shortness of breath", "orthopnea", "ankle swelling"):
+    for text in (hf, "atrial fibrillation", "shortness of breath", "orthopnea", "ankle swelling"):
         assert flags(one("problem", text, hpi)) == set(), text
     for text in ("chest pain", "syncope", "palpitations", "fever", "chills"):
         assert flags(one("problem", text, hpi)) == {"negated"}, text
@@ -205,7 +208,7 @@ def test_hand_written_discharge_summary() -> None:
 
     assert one("problem", "atrial fibrillation", hpi).code == "I48.91"
     assert one("problem", "COPD", "past_medical_history").code_system == "ICD-10-CM"
-    for text, section in (("heart failure", hpi), ("atrial fibrillation", hpi), ("ankle swelling", hpi),
+    for text, section in ((hf, hpi), ("atrial fibrillation", hpi), ("ankle swelling", hpi),
                           ("pleural effusions", "hospital_course"), ("COPD", "past_medical_history")):
         assert concept(one("problem", text, section)) in concepts, text
     for text in ("chest pain", "syncope", "fever"):

@@ -286,7 +286,7 @@ def icd10cm_terms() -> Iterator[CodedTerm]:
         sources = [(desc, 0)] + [(t, 2) for t in icd.get_inclusion_term(code)]
         for text, origin in sources:
             # an inclusion term names its own concept ("Fainting" under "Syncope and collapse")
-            name = desc if origin == 0 else _NOS.sub("", text).strip()
+            name = desc if origin == 0 else _BRACKET.sub("", _NOS.sub("", text)).strip()
             for form in variants(text, split_and=origin == 0):
                 toks = words(form)
                 if not _keep(toks):
