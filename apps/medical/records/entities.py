@@ -93,6 +93,10 @@ class TermMatcher:
                 last = toks[-1]
                 if last.isalpha() and len(last) > 3 and not last.endswith("s") and not caps_only:
                     self._index.setdefault((*toks[:-1], last + "s"), (canonical, False))
+                if 2 <= len(toks) <= 4 and all(t.isalpha() for t in toks):
+                    for i in range(len(toks) - 1):  # "esophagogastric-junction", "low-back pain"
+                        self._index.setdefault((*toks[:i], f"{toks[i]}-{toks[i + 1]}", *toks[i + 2:]),
+                                               (canonical, False))
         for key, canonical in abbreviation_plurals:  # after the written terms: "rubs" is a word, not "RUBs"
             self._index.setdefault(key, (canonical, True))
         self._trie = build_trie(self._index.items())  # one walk per start token (see ``trie``)
@@ -380,6 +384,8 @@ class EntityExtractor:
                         # "HTN" and "hypertension" (a derived form such as "effusion" from "Effusion,
                         # unspecified joint" would recode the entry)
                         hit = self._index.lookup(written, exact=True)
+                        if hit is None and "-" in written:  # "low-back pain" as "low back pain"
+                            hit = self._index.lookup(written.replace("-", " "), exact=True)
                     cands.append((first, last, prio, matcher.kind, canonical, hit or self._entry_code(canonical, written),
                                   {}))
         if self._index is not None:
@@ -389,7 +395,7 @@ class EntityExtractor:
             for first, last, hit in self._index.find(norm):
                 cands.append((first, last, len(self._matchers), "problem", hit[2].lower(), hit, {}))
         if self._findings is not None:
-            for first, last, structure, values in self._findings.find(tokens):
+            for first, last, structure, values in self._findings.find(tokens, header=sent.section.header):
                 cands.append((first, last, len(self._matchers) + 1, "finding", structure, None, values))
         if self._index is not None:  # with the terminologies: the long tail no dictionary lists
             for i, t in enumerate(tokens):

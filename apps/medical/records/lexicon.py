@@ -54,7 +54,7 @@ copd: chronic obstructive pulmonary disease | emphysema | chronic bronchitis | c
 asthma: reactive airway disease | rad | bronchospasm
 pneumonia: pna | cap | community acquired pneumonia | aspiration pneumonia | lobar pneumonia | bronchopneumonia | infiltrate | infiltrates | consolidation
 bronchitis: acute bronchitis
-upper respiratory infection: uri | upper respiratory tract infection | common cold
+upper respiratory infection: uri | upper respiratory tract infection | common cold | head cold | cold symptoms
 cough: coughing | productive cough | dry cough | hemoptysis
 wheezing: wheeze | wheezes
 pleural effusion: effusion | effusions | pleural effusions
@@ -64,7 +64,7 @@ pulmonary nodule: lung nodule | pulmonary nodules | lung nodules | lung mass | p
 obstructive sleep apnea: osa | sleep apnea
 tuberculosis: tb
 sarcoidosis: sarcoid
-fever: fevers | febrile | pyrexia | temperature elevation | elevated temperature
+fever: fevers | febrile | pyrexia | temperature elevation | elevated temperature | increased temperature | high temperature
 chills: rigors
 fatigue: tiredness | malaise | lethargy | weakness | generalized weakness
 weight loss: unintentional weight loss | unintended weight loss
@@ -112,7 +112,34 @@ constipation:
 gastrointestinal bleeding: gi bleed | gi bleeding | upper gi bleed | lower gi bleed | melena | hematochezia | rectal bleeding | bright red blood per rectum | brbpr
 irritable bowel syndrome: ibs
 inflammatory bowel disease: ibd | crohn's disease | crohn disease | crohns | ulcerative colitis | uc | colitis
-diverticulitis: diverticulosis | diverticular disease
+diverticulitis:
+diverticulosis: diverticular disease | diverticula | diverticuli | colonic diverticula
+# third round: common report and exam terms that had no entry
+hemorrhage: bleeding | bleed | hemorrhaging
+aneurysm: aneurysms | aneurysmal dilation | aneurysmal dilatation
+cardiac tamponade: tamponade | pericardial tamponade
+arteriovenous malformation: avm | avms | arteriovenous malformations
+pneumoperitoneum: free air | free intraperitoneal air | free intra-abdominal air | free intraabdominal air
+premature ventricular contractions: pvc | pvcs | premature ventricular contraction | premature ventricular beats | ventricular premature beats
+deconditioning: deconditioned | decondition | physical deconditioning | debility
+hemorrhoidal skin tags: hemorrhoidal tags | anal skin tags | anal tags | perianal skin tags
+difficulty concentrating: trouble concentrating | poor concentration | inability to concentrate | difficulty focusing | trouble focusing | decreased concentration
+fluid overload: volume overload | volume overloaded | fluid overloaded | hypervolemia | hypervolemic
+malnutrition: malnourished | undernourished | undernutrition | protein calorie malnutrition
+vasovagal syncope: vasovagal | vasovagal episode | vasovagal reaction | vasovagal attack
+degenerative disc disease: ddd | degenerative disk disease | disc degeneration | disk degeneration | degenerative discs | degenerative disks
+disc bulge: disc bulges | disk bulge | disk bulges | bulging disc | bulging disk | disc protrusion | disk protrusion
+foraminal stenosis: foraminal narrowing | neural foraminal narrowing | neural foraminal stenosis
+st elevation: st elevations | st segment elevation | st segment elevations | st-segment elevation
+st depression: st depressions | st segment depression | st segment depressions | st-segment depression
+thrombus: thrombi | intraluminal thrombus | mural thrombus
+sickle cell crisis: sickle cell pain crisis | sickle crisis | vaso-occlusive crisis | vasoocclusive crisis
+sputum production: productive of sputum | phlegm
+viral syndrome: viral illness
+liver transplant: liver transplantation | orthotopic liver transplant | orthotopic liver transplantation
+heart transplant: heart transplantation | cardiac transplant | orthotopic heart transplant | orthotopic heart transplantation
+kidney transplant: kidney transplantation | renal transplant | renal transplantation
+lung transplant: lung transplantation
 colon polyps: colon polyp | colonic polyps | polyp | polyps | adenomatous polyp
 colon cancer: colorectal cancer | colon carcinoma | rectal cancer | adenocarcinoma of the colon
 hepatitis: hepatitis c | hepatitis b | hcv | hbv | hep c
@@ -678,7 +705,7 @@ diarrhea: loose stools | loose stool | watery stools | watery stool | loose bowe
 dyspnea: breathless | out of breath | trouble breathing | difficulty breathing | difficulty in breathing | hard to breathe | air hunger | winded
 hypoxemia: hypoxia | hypoxic | low oxygen | low oxygen saturation | oxygen desaturation | desaturation | desaturations
 night sweats: sweating at night | night sweat
-confusion: disoriented | disorientation | altered mental status | ams
+confusion: disoriented | disorientation | altered mental status | ams | mental status changes | mental status change | change in mental status
 dizziness: woozy | giddy | room spinning
 palpitations: heart racing | racing heart | heart pounding | pounding heart | fluttering in chest | skipped beats
 muscle cramp: leg cramp | leg cramps | muscle cramps | cramping | charley horse
@@ -730,6 +757,21 @@ CODES: dict[str, tuple[str, str, str]] = {
     "weakness": ("ICD-10-CM", "R53.1", "Weakness"),
     "herpes simplex labialis": ("ICD-10-CM", "B00.1", "Herpesviral vesicular dermatitis"),
     "numbness": ("ICD-10-CM", "R20.0", "Anesthesia of skin"),
+    "diverticulosis": ("ICD-10-CM", "K57.90",
+                       "Diverticulosis of intestine, part unspecified, without perforation or abscess without bleeding"),
+    "sickle cell crisis": ("ICD-10-CM", "D57.00", "Hb-SS disease with crisis, unspecified"),
+    "sputum production": ("ICD-10-CM", "R09.3", "Abnormal sputum"),
+    "viral syndrome": ("ICD-10-CM", "B34.9", "Viral infection, unspecified"),
+    # chapter Z (status) is not indexed; a transplant is history a clinician expects coded
+    "liver transplant": ("ICD-10-CM", "Z94.4", "Liver transplant status"),
+    # bare words whose ICD-10-CM code names an unspecified site or a cause the index drops
+    "aneurysm": ("ICD-10-CM", "I72.9", "Aneurysm of unspecified site"),
+    "deconditioning": ("ICD-10-CM", "R53.81", "Other malaise"),
+    "hemorrhoidal skin tags": ("ICD-10-CM", "K64.4", "Residual hemorrhoidal skin tags"),
+    "difficulty concentrating": ("ICD-10-CM", "R41.840", "Attention and concentration deficit"),
+    "heart transplant": ("ICD-10-CM", "Z94.1", "Heart transplant status"),
+    "kidney transplant": ("ICD-10-CM", "Z94.0", "Kidney transplant status"),
+    "lung transplant": ("ICD-10-CM", "Z94.2", "Lung transplant status"),
     # a written form under a broader entry with a code of its own (ICD-10-CM codes diabetes of
     # unstated type as type 2, E11, by its guidelines)
     "diabetic neuropathy": ("ICD-10-CM", "E11.40", "Type 2 diabetes mellitus with diabetic neuropathy, unspecified"),

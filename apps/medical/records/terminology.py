@@ -191,6 +191,13 @@ def _forms(forms: set[str], split_and: bool = True) -> Iterator[str]:
         if "-" in f:  # "Sickle-cell disease" is written "sickle cell", "Post-traumatic" "posttraumatic"
             forms.add(f.replace("-", " "))
             forms.add(f.replace("-", ""))
+        last = f.rsplit(" ", 1)[-1].lower()
+        if len(last) >= 5 and last.isalpha():  # Latin plurals: "diverticulum" -> "diverticula"
+            stem = f[: len(f) - len(last)]
+            for singular, plural in _LATIN_PLURALS:
+                if last.endswith(singular):
+                    forms.add(stem + last[: -len(singular)] + plural)
+                    break
     for f in sorted(forms):  # a copy: forms grows in the loop
         if re.fullmatch(r"[A-Za-z]{5,}", f):  # adjectives clinicians write for a one-word condition
             low = f.lower()
@@ -204,6 +211,12 @@ def _forms(forms: set[str], split_and: bool = True) -> Iterator[str]:
     for f in forms:
         if f and "," not in f and ";" not in f:
             yield f
+
+
+#: Latin plurals of a term's last word, as notes write them ("diverticula", "thrombi", "emboli",
+#: "calculi", "varices", "metastases"); a form no note writes costs only a row of the index.
+_LATIN_PLURALS = (("ulum", "ula"), ("ium", "ia"), ("bus", "bi"), ("lus", "li"), ("vus", "vi"), ("chus", "chi"),
+                  ("ix", "ices"), ("sis", "ses"))
 
 
 #: The participle or adjective a note writes for a one-word condition ("the patient is
@@ -341,6 +354,8 @@ class TermIndex:
         self.terms_: dict[tuple[str, ...], tuple[str, str, str]] = {
             k: (v.code_system, v.code, v.preferred) for k, v in best.items()}
         self.ranks_: dict[tuple[str, ...], tuple[int, ...]] = {k: v.rank for k, v in best.items()}
+        #: body sites for the finding matcher (``icd10cm_sites``), set by ``default_index``
+        self.sites_: list[str] = []
         self._build_trie()
 
     def _build_trie(self) -> None:
@@ -373,7 +388,8 @@ class TermIndex:
     def to_json(self, path: Path) -> None:
         rows = [[" ".join(k), *v, list(self.ranks_[k])] for k, v in self.terms_.items()]
         tmp = path.with_suffix(f".{os.getpid()}.tmp")  # per process: two first builds must not interleave
-        tmp.write_text(json.dumps({"version": _sources_version(), "terms": rows}), encoding="utf-8")
+        tmp.write_text(json.dumps({"version": _sources_version(), "terms": rows, "sites": self.sites_}),
+                       encoding="utf-8")
         tmp.replace(path)
 
     @classmethod
@@ -387,6 +403,7 @@ class TermIndex:
         self = cls.__new__(cls)
         self.terms_ = {tuple(k.split(" ")): (s, c, p) for k, s, c, p, _ in data["terms"]}
         self.ranks_ = {tuple(row[0].split(" ")): tuple(row[4]) for row in data["terms"]}
+        self.sites_ = list(data.get("sites", []))
         self._build_trie()
         return self
 
@@ -398,6 +415,34 @@ def _sources_version() -> str:
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(f"{version('simple-icd-10-cm')}|{version('hpo3')}".encode())
     return h.hexdigest()[:16]
+
+
+_SITE_OF = re.compile(r"^(?:contusion|laceration without foreign body|abrasion|sprain|injury|malignant neoplasm|"
+                      r"benign neoplasm|superficial injury|puncture wound without foreign body) of (.+)$", re.IGNORECASE)
+_SITE_END = re.compile(r",| with | without | and | or |\(|\[")
+_SITE_DROP = re.compile(r"\b(?:right|left|unspecified|bilateral|other|specified|overlapping sites of|parts? of|the)\b")
+_SITE_JUNK = re.compile(r"\d|\bsites?\b|region|multiple|body|lesion|organ|\bparts?\b|^nerves? (?:at|of)\b")
+
+
+def icd10cm_sites() -> list[str]:
+    """Body sites named by ICD-10-CM's injury and neoplasm codes ("Contusion of right wrist",
+    "Malignant neoplasm of esophagus": "wrist", "esophagus"), laterality dropped: an anatomy
+    vocabulary from the terminology already shipped, beyond the hand list. Adjectives left alone
+    by the cut ("lumbar", "urinary") are dropped."""
+    import simple_icd_10_cm as icd
+
+    out: dict[str, None] = {}
+    for code in icd.get_all_codes(with_dots=True):
+        m = _SITE_OF.match(icd.get_description(code))
+        if not m:
+            continue
+        site = _SITE_END.split(m.group(1))[0]
+        site = " ".join(_SITE_DROP.sub(" ", site.lower()).split())
+        if (not site or len(site.split()) > 3 or _SITE_JUNK.search(site)
+                or (" " not in site and site.endswith(("al", "ic", "ing", "ar", "ary", "oid", "ive", "ory", "ral")))):
+            continue
+        out.setdefault(site)
+    return list(out)
 
 
 def _cache_path() -> Path:
@@ -416,6 +461,7 @@ def default_index() -> TermIndex:
     if idx is not None:
         return idx
     idx = TermIndex([*icd10cm_terms(), *hpo_terms()])
+    idx.sites_ = icd10cm_sites()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         idx.to_json(path)
