@@ -111,6 +111,13 @@ TERMS = [
     ("Mild neural foraminal narrowing.", "neural foraminal narrowing", None, False),
     ("ST elevations in the inferior leads.", "ST elevations", None, False),
     ("A thrombus in the left atrial appendage.", "thrombus", None, False),
+    # a lumped entry split: hepatitis C and B have codes of their own, not hepatitis's K75.9
+    ("Underlying diagnosis of hepatitis-C.", "hepatitis-C", "B19.20", False),
+    ("Hep B carrier.", "Hep B", "B19.10", False),
+    ("Admitted with mental status changes.", "mental status changes", "R41.82", False),
+    # the code "not having achieved remission", not "in remission": a form that drops the state
+    # its code is for ranks after one that does not
+    ("No evidence of leukemia.", "leukemia", "C95.90", True),
 ]
 
 
@@ -160,3 +167,30 @@ def test_grades_before_a_structure_and_functional_status(structurer) -> None:
                                                         "also": ["extremities"]}
     assert found["Ambulating independently"]["structure"] == "functional status"
     assert found["tolerating a regular diet"]["structure"] == "functional status"
+
+
+def test_the_coverage_report_breaks_out_conditions_annotated_with_their_own_negation(tmp_path) -> None:
+    from trillium.medical.records.evaluate import negex_coverage_eval
+
+    rows = [
+        (1, "No acute disease", "Chest X-ray: no acute disease.", "Affirmed"),  # the normal finding, affirmed
+        (2, "pneumothorax", "There is no pneumothorax.", "Negated"),
+        (3, "effusion", "Small left pleural effusion.", "Affirmed"),
+        (4, "edema", "Legs without edema.", "Negated"),
+    ]
+    tsv = tmp_path / "negex.tsv"
+    tsv.write_text("line\tcondition\tsentence\tnegation\ttemporality\texperiencer\n"
+                   + "".join(f"{n}\t{c}\t{s}\t{neg}\tRecent\tPatient\n" for n, c, s, neg in rows), encoding="utf-8")
+    report = negex_coverage_eval(tsv)["terminology"]["all"]
+    assert report["found"] == 4 and report["found_with_cue_inside_condition"] == 1
+    assert report["negation_on_found"]["fp"] == 1  # "acute disease" is negated, the annotation says affirmed
+    outside = report["negation_on_found_cue_outside_condition"]
+    assert (outside["n"], outside["fp"], outside["tp"], outside["tn"]) == (3, 0, 2, 1)
+
+
+def test_exact_lookup_reads_the_derivation_of_the_rank() -> None:
+    idx = default_index()
+    # a code's own description is found exactly; a form derived from one ("paresthesia" of HPO's
+    # "Paresthesia" is its own name, "leukemia" of "Leukemia, unspecified" is derived) is not
+    assert idx.lookup("Cardiac tamponade", exact=True)[1] == "I31.4"
+    assert idx.lookup("leukemia") is not None and idx.lookup("leukemia", exact=True) is None

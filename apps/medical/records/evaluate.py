@@ -307,6 +307,7 @@ def negex_coverage_eval(path: str | Path, *, sample: int = 0, seed: int = 23) ->
                            "split": "development = odd line numbers, held out = even line numbers",
                            "found_rule": "an entity of the structured sentence overlaps the annotated condition"}
     drawn: list[dict[str, Any]] = []
+    cue_inside = [_negation_cue_inside(r.condition) for r in rows]
     for name, structurer in (("terminology", RecordStructurer()),
                              ("hand_lexicon_only", RecordStructurer(extractor=EntityExtractor(terminology=False)))):
         t0 = time.perf_counter()
@@ -327,10 +328,17 @@ def negex_coverage_eval(path: str | Path, *, sample: int = 0, seed: int = 23) ->
         def part(subset: list[int], found: list[Any] = found) -> dict[str, Any]:
             hit = [i for i in subset if found[i] is not None]
             coded = [i for i in hit if found[i].code]
+            outside = [i for i in hit if not cue_inside[i]]
             return {"n": len(subset), "found": len(hit), "coverage": len(hit) / len(subset) if subset else None,
                     "found_with_code": len(coded),
                     "negation_on_found": _binary([rows[i].negation == "Negated" for i in hit],
-                                                 [found[i].negated for i in hit])}
+                                                 [found[i].negated for i in hit]),
+                    # a breakdown, not the figure: conditions annotated with their own negation cue
+                    # ("NO ACUTE DISEASE" marked Affirmed: the normal finding is affirmed, while the
+                    # entity inside, "acute disease", is rightly negated)
+                    "found_with_cue_inside_condition": len(hit) - len(outside),
+                    "negation_on_found_cue_outside_condition": _binary(
+                        [rows[i].negation == "Negated" for i in outside], [found[i].negated for i in outside])}
 
         by_system: dict[str, int] = {}
         for _, e in all_entities:
@@ -348,3 +356,11 @@ def negex_coverage_eval(path: str | Path, *, sample: int = 0, seed: int = 23) ->
     if sample:
         out["sample"] = drawn
     return out
+
+
+def _negation_cue_inside(condition: str) -> bool:
+    """Whether the annotated condition's own text holds a negation trigger of our ConText rules."""
+    from trillium.medical.records.context import DEFAULT_RULES, Category
+    from trillium.medical.records.text import tokenize
+
+    return any(m.trigger.category == Category.NEGATED for m in DEFAULT_RULES.match(tokenize(condition)))

@@ -111,7 +111,7 @@ diarrhea: loose stools
 constipation:
 gastrointestinal bleeding: gi bleed | gi bleeding | upper gi bleed | lower gi bleed | melena | hematochezia | rectal bleeding | bright red blood per rectum | brbpr
 irritable bowel syndrome: ibs
-inflammatory bowel disease: ibd | crohn's disease | crohn disease | crohns | ulcerative colitis | uc | colitis
+inflammatory bowel disease: ibd | crohn's disease | crohn disease | crohns | ulcerative colitis | uc
 diverticulitis:
 diverticulosis: diverticular disease | diverticula | diverticuli | colonic diverticula
 # third round: common report and exam terms that had no entry
@@ -121,6 +121,7 @@ cardiac tamponade: tamponade | pericardial tamponade
 arteriovenous malformation: avm | avms | arteriovenous malformations
 pneumoperitoneum: free air | free intraperitoneal air | free intra-abdominal air | free intraabdominal air
 premature ventricular contractions: pvc | pvcs | premature ventricular contraction | premature ventricular beats | ventricular premature beats
+altered mental status: ams | mental status changes | mental status change | change in mental status | altered mentation
 deconditioning: deconditioned | decondition | physical deconditioning | debility
 hemorrhoidal skin tags: hemorrhoidal tags | anal skin tags | anal tags | perianal skin tags
 difficulty concentrating: trouble concentrating | poor concentration | inability to concentrate | difficulty focusing | trouble focusing | decreased concentration
@@ -142,7 +143,9 @@ kidney transplant: kidney transplantation | renal transplant | renal transplanta
 lung transplant: lung transplantation
 colon polyps: colon polyp | colonic polyps | polyp | polyps | adenomatous polyp
 colon cancer: colorectal cancer | colon carcinoma | rectal cancer | adenocarcinoma of the colon
-hepatitis: hepatitis c | hepatitis b | hcv | hbv | hep c
+hepatitis:
+hepatitis c: hcv | hep c | chronic hepatitis c
+hepatitis b: hbv | hep b | chronic hepatitis b
 cirrhosis: liver cirrhosis | end-stage liver disease | esld | fatty liver | hepatic steatosis | nafld
 pancreatitis: acute pancreatitis | chronic pancreatitis
 cholecystitis: cholelithiasis | gallstones | biliary colic | choledocholithiasis
@@ -204,13 +207,15 @@ dermatitis: eczema | atopic dermatitis | contact dermatitis | seborrheic dermati
 psoriasis: plaque psoriasis
 cellulitis: skin infection | abscess
 acne: acne vulgaris
-skin lesion: lesion | lesions | skin lesions | mole | nevus | nevi | atypical nevus
+skin lesion: skin lesions | mole | nevus | nevi | atypical nevus
+lesion: lesions
 melanoma: malignant melanoma
 basal cell carcinoma: bcc
 squamous cell carcinoma: scc
 actinic keratosis: actinic keratoses | seborrheic keratosis
 pruritus: itching | itchy
-wound: ulcer | decubitus ulcer | pressure ulcer | diabetic foot ulcer | laceration | wound infection
+wound: decubitus ulcer | pressure ulcer | diabetic foot ulcer | laceration | wound infection
+ulcer: ulcers | ulceration
 sepsis: septic | septicemia | bacteremia | septic shock
 infection: infections
 cancer: carcinoma | malignancy
@@ -218,6 +223,9 @@ metastatic disease: metastases | metastasis | metastatic cancer
 neoplasm: tumor | tumour | neoplasms
 lymphoma: non-hodgkin lymphoma | hodgkin lymphoma
 leukemia:
+chronic lymphocytic leukemia: cll
+congenital heart disease: congenital heart defect | congenital heart defects
+obstructive jaundice:
 hiv: human immunodeficiency virus | aids
 cataract: cataracts
 glaucoma:
@@ -705,7 +713,7 @@ diarrhea: loose stools | loose stool | watery stools | watery stool | loose bowe
 dyspnea: breathless | out of breath | trouble breathing | difficulty breathing | difficulty in breathing | hard to breathe | air hunger | winded
 hypoxemia: hypoxia | hypoxic | low oxygen | low oxygen saturation | oxygen desaturation | desaturation | desaturations
 night sweats: sweating at night | night sweat
-confusion: disoriented | disorientation | altered mental status | ams | mental status changes | mental status change | change in mental status
+confusion: disoriented | disorientation
 dizziness: woozy | giddy | room spinning
 palpitations: heart racing | racing heart | heart pounding | pounding heart | fluttering in chest | skipped beats
 muscle cramp: leg cramp | leg cramps | muscle cramps | cramping | charley horse
@@ -759,6 +767,12 @@ CODES: dict[str, tuple[str, str, str]] = {
     "numbness": ("ICD-10-CM", "R20.0", "Anesthesia of skin"),
     "diverticulosis": ("ICD-10-CM", "K57.90",
                        "Diverticulosis of intestine, part unspecified, without perforation or abscess without bleeding"),
+    "hepatitis c": ("ICD-10-CM", "B19.20", "Unspecified viral hepatitis C without hepatic coma"),
+    "hepatitis b": ("ICD-10-CM", "B19.10", "Unspecified viral hepatitis B without hepatic coma"),
+    "chronic lymphocytic leukemia": ("ICD-10-CM", "C91.10",
+                                    "Chronic lymphocytic leukemia of B-cell type not having achieved remission"),
+    "congenital heart disease": ("ICD-10-CM", "Q24.9", "Congenital malformation of heart, unspecified"),
+    "obstructive jaundice": ("ICD-10-CM", "K83.1", "Obstruction of bile duct"),
     "sickle cell crisis": ("ICD-10-CM", "D57.00", "Hb-SS disease with crisis, unspecified"),
     "sputum production": ("ICD-10-CM", "R09.3", "Abnormal sputum"),
     "viral syndrome": ("ICD-10-CM", "B34.9", "Viral infection, unspecified"),

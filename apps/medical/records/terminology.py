@@ -239,7 +239,7 @@ _UNSPEC_WHAT = re.compile(r"(?:,\s*|\bof\s+)unspecified\s+([a-z]+)", re.IGNORECA
 #: that code's concept. Read off the words ICD-10-CM itself puts after "unspecified".
 GENERIC_UNSPECIFIED = frozenset(
     """site part parts degree trimester side type duration severity depth organism cause etiology
-    episode stage kind whether as with multiple single""".split()  # noqa: SIM905
+    episode stage kind whether as with multiple single not in""".split()  # noqa: SIM905
 )
 
 
@@ -268,13 +268,27 @@ def _residual(text: str, form: str) -> bool:
     return bool(re.match(r"other\b", text, re.IGNORECASE) and not re.match(r"other\b", form, re.IGNORECASE))
 
 
-def _rank(derivation: int, system: int, leaf: int, length: int, residual: bool = False) -> tuple[int, ...]:
-    """Smaller is better: a form that dropped a leading "Other" last; then ICD-10-CM before HPO;
+_STATE = re.compile(r"\bin (?:remission|relapse)\b", re.IGNORECASE)
+
+
+def _state_dropped(text: str, form: str) -> bool:
+    """Whether ``form`` dropped a state its code is for ("Leukemia, unspecified, in remission"
+    gives "leukemia", which is the code "not having achieved remission", not this one)."""
+    return bool(_STATE.search(text) and not _STATE.search(form))
+
+
+def _rank(derivation: int, system: int, leaf: int, length: int, residual: bool = False,
+          state: bool = False) -> tuple[int, ...]:
+    """Smaller is better: a form that dropped a leading "Other" last; then a form that dropped the
+    state its code is for ("in remission"); then ICD-10-CM before HPO;
     then the description before a derived form before an inclusion term (2) before a form derived
     from an inclusion term (3); a billable code; the shorter code. (Residual used to be read off
     derivation >= 3, which also dropped every one-word form derived from an inclusion term:
     "varicella" from "Varicella NOS".)"""
-    return (int(residual), system, derivation, leaf, length)
+    return (int(residual), int(state), system, derivation, leaf, length)
+
+
+_RANK_DERIVATION = 3  # where ``_rank`` puts the derivation (``TermIndex.lookup(exact=True)`` reads it)
 
 
 def _keep(toks: tuple[str, ...]) -> bool:
@@ -314,7 +328,7 @@ def icd10cm_terms() -> Iterator[CodedTerm]:
                 # gathers: ranked as residual, so the lone word ("wound", "fracture") stays uncoded
                 residual = _residual(desc, form) if origin and form != text else _residual(text, form)
                 yield CodedTerm(toks, ICD10CM, code, name, _rank(_derivation(text, form) + origin, 0, leaf, len(code),
-                                                                 residual))
+                                                                 residual, _state_dropped(desc, form)))
 
 
 def hpo_terms() -> Iterator[CodedTerm]:
@@ -368,7 +382,7 @@ class TermIndex:
         """(code system, code, preferred name) of a whole written form, or None; ``exact`` only
         when the form is the code's own description or name (not a derived form)."""
         key = words(text)
-        if exact and key in self.ranks_ and self.ranks_[key][2] != 0:
+        if exact and key in self.ranks_ and self.ranks_[key][_RANK_DERIVATION] != 0:
             return None
         hit = self.terms_.get(key)
         return hit if hit is not None and hit[1] else None  # a matched but uncoded form has no code to give
