@@ -90,7 +90,10 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
     from trillium.medical.imaging import analyzer as analyzer_module
     from trillium.medical.imaging import candidates as candidates_module
 
-    analyzer.backend = "torch" if path in ("torch", "before-torch") else "scipy"
+    analyzer.backend = "torch" if path in ("torch", "before-torch", "torch-serial") else "scipy"
+    workers = os.environ.get("TRILLIUM_CT_WORKERS")
+    if path == "torch-serial":  # the torch path with every measurement in this process (parallel.py)
+        os.environ["TRILLIUM_CT_WORKERS"] = "1"
     analyzer.device = device
     current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
                candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches)
@@ -121,6 +124,10 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
             log(f"{path} run {r}: {result.timings['total']:.2f}s {stages}, "
                 f"{len(result.findings)} findings, {result.n_candidates} candidates")
     finally:
+        if workers is None:
+            os.environ.pop("TRILLIUM_CT_WORKERS", None)
+        else:
+            os.environ["TRILLIUM_CT_WORKERS"] = workers
         (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
          candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches) = current
     return runs, result
@@ -183,7 +190,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--paths", default="main,scipy,torch",
                     help="comma list of main (before issue 22), before (the last release's SciPy path), "
-                         "before-torch (the last release's torch path), scipy, torch")
+                         "before-torch (the last release's torch path), scipy, torch, torch-serial (torch with the "
+                         "measurements in one process: TRILLIUM_CT_WORKERS=1)")
     ap.add_argument("--device", default=None, help="torch device for the torch path (default: CUDA when present)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine has 2 cores)")
     ap.add_argument("--in-flight", type=int, default=0, help="studies at once for the throughput figure (0: skip)")
@@ -236,7 +244,7 @@ def main() -> None:
         log("no registered chest-CT model: training one on phantoms")
         train_nodule_model()
         analyzer = StudyAnalyzer.from_registry()
-    if {"torch", "before-torch"} & set(args.paths.split(",")):
+    if {"torch", "before-torch", "torch-serial"} & set(args.paths.split(",")):
         run_path(analyzer, folder, "torch", args.device, 1)  # warm-up: CUDA context, kernels, allocator
     def save() -> None:  # after every phase: a run cut short still leaves its figures
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

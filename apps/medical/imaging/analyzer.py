@@ -33,6 +33,7 @@ from trillium.medical.imaging.classifier import (
 from trillium.medical.imaging.dicom_io import CTVolume, load_ct
 from trillium.medical.imaging.lungs import segment_lungs
 from trillium.medical.imaging.measure import Measurement, finding_category, lesion_kind, measure_consistent
+from trillium.medical.imaging.parallel import measure_all, recentre_all
 
 log = logging.getLogger(__name__)
 
@@ -159,16 +160,14 @@ class StudyAnalyzer(Predictor):
         monitoring = study_statistics(volume, lungs, len(cands), pred.nodule_probability)
         timings["monitor"] = time.perf_counter() - t
         t = time.perf_counter()
-        order = np.argsort(-pred.nodule_probability)
+        order = [int(n) for n in np.argsort(-pred.nodule_probability) if pred.nodule_probability[n] >= self.threshold]
+        above = [cand_measurements[n] for n in order]
+        if self.recentre:  # every candidate above the threshold, on the host's cores (``parallel``)
+            above = recentre_all(volume.hu, above, spacing, lungs, cache=cache)
         findings: list[dict[str, Any]] = []
         measurements: list[Measurement] = []
         kept_patches: list[int] = []
-        for n in order:
-            if pred.nodule_probability[n] < self.threshold:
-                break
-            m = cand_measurements[n]
-            if self.recentre:
-                m = recentre_measurement(volume.hu, m, spacing, lungs, cache=cache)
+        for n, m in zip(order, above, strict=True):
             if m is None or m.diameter_mm < self.min_diameter_mm:
                 continue
             pos = np.array(m.center_kji) * np.array(spacing)
@@ -254,8 +253,8 @@ def detect_candidates(volume: CTVolume, timings: dict[str, float] | None = None,
     cands = find_candidates(volume.hu, lungs, spacing, backend=backend, device=device) if lungs.any() else []
     timings["candidates"] = time.perf_counter() - t
     t = time.perf_counter()
-    measurements = [measure_consistent(volume.hu, c.center_kji, c.radius_mm, spacing, lungs, cache=cache)
-                    for c in cands]
+    measurements = measure_all(volume.hu, [c.center_kji for c in cands], [c.radius_mm for c in cands], spacing,
+                               lungs, cache=cache)
     timings["measure"] = time.perf_counter() - t
     return cands, measurements, lungs
 
