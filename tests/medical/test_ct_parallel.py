@@ -89,3 +89,16 @@ def test_worker_count(monkeypatch) -> None:
     finally:
         done.set()
         other.join()
+
+
+def test_the_lung_mask_on_slabs_of_several_threads_equals_one_thread(study, monkeypatch) -> None:
+    from trillium.medical.imaging.lungs import by_slabs, segment_lungs
+
+    volume = study[0]
+    monkeypatch.setenv("TRILLIUM_CT_THREADS", "1")
+    one = segment_lungs(volume.hu, volume.spacing)
+    for threads in ("3", "7"):  # slabs of uneven size, and one boundary inside the juxtapleural nodules' slices
+        monkeypatch.setenv("TRILLIUM_CT_THREADS", threads)
+        assert np.array_equal(segment_lungs(volume.hu, volume.spacing), one), threads
+    seen = by_slabs(lambda sl: np.arange(sl.start, sl.stop), 10, 4)
+    assert [len(s) for s in seen] == [2, 3, 2, 3] and np.array_equal(np.concatenate(seen), np.arange(10))

@@ -14,31 +14,20 @@ Everything runs on a grid of about 1.2-1.5 mm: small nodules stay visible and th
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from trillium.medical.imaging.lungs import block_mean, downsample_factors
+from trillium.medical.imaging.lungs import block_mean, ct_threads, downsample_factors
 
 #: LoG scales (mm); a sphere of diameter d answers best at sigma = d / (2 sqrt 3).
 SCALES_MM = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 9.0)
 LUNG_FILL_HU = -860.0
 
 
-def _filter_threads() -> int:
-    """Threads of the SciPy path's filters, one scale each: ``TRILLIUM_CT_THREADS`` (1: none), else
-    min(4, cores)."""
-    raw = os.environ.get("TRILLIUM_CT_THREADS", "").strip()
-    if not raw:
-        return min(4, os.cpu_count() or 1)
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"TRILLIUM_CT_THREADS must be a whole number of threads, 1 or more; got {raw!r}")
-    return int(raw)
-
-
+_filter_threads = ct_threads  # threads of the SciPy path's filters, one scale each
 FILTER_THREADS = _filter_threads()
 
 

@@ -10,6 +10,11 @@ that touch the pleura.
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -20,6 +25,33 @@ MIN_LUNG_SHARE = 0.08
 MIN_LUNG_ML = 50.0
 #: Radius (mm) of the rolling ball that takes nodules against the pleura into the lung mask.
 JUXTA_MM = 15.0
+
+
+def ct_threads() -> int:
+    """Threads of the chest-CT filters (the candidate scales, the lung mask's slabs):
+    ``TRILLIUM_CT_THREADS`` (1: none), else min(4, cores)."""
+    raw = os.environ.get("TRILLIUM_CT_THREADS", "").strip()
+    if not raw:
+        return min(4, os.cpu_count() or 1)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"TRILLIUM_CT_THREADS must be a whole number of threads, 1 or more; got {raw!r}")
+    return int(raw)
+
+
+def by_slabs(fn: Callable[[slice], np.ndarray | None], n: int, workers: int) -> list[np.ndarray | None]:
+    """``fn`` of contiguous slabs of ``n`` slices, on up to ``workers`` threads, in slab order.
+
+    For the lung mask's in-plane steps (labels of one slice, the disc closing, hole filling,
+    the rolling ball): no voxel of one slice reads another slice, so slabs give the whole
+    volume's answer exactly, and SciPy's morphology releases the interpreter lock (measured on
+    2 cores: hole filling 1.5x, in-plane labels 1.2x on 2 slabs)."""
+    k = max(1, min(workers, n))
+    edges = np.linspace(0, n, k + 1).astype(int)
+    slabs = [slice(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
+    if len(slabs) <= 1:
+        return [fn(slice(0, n))]
+    with ThreadPoolExecutor(max_workers=len(slabs), thread_name_prefix="ct-lungs") as pool:
+        return list(pool.map(fn, slabs))
 
 
 def downsample_factors(spacing: tuple[float, float, float], target_mm: float = 1.2) -> tuple[int, int, int]:
@@ -67,12 +99,18 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], *, close_
     air = small < AIR_THRESHOLD_HU
     inplane = np.zeros((3, 3, 3), dtype=bool)
     inplane[1] = ndimage.generate_binary_structure(2, 1)
-    labels, _ = ndimage.label(air, structure=inplane)
-    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
-                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-    outside = np.zeros(labels.max() + 1, dtype=bool)  # a lookup by label: np.isin's answer, faster
-    outside[border[border > 0]] = True
-    inside = air & ~outside[labels]
+    workers = ct_threads()
+
+    def inside_air(sl: slice) -> np.ndarray:
+        """Air not connected, within its slice, to the image border."""
+        labels, _ = ndimage.label(air[sl], structure=inplane)
+        border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
+                                           labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+        outside = np.zeros(labels.max() + 1, dtype=bool)  # a lookup by label: np.isin's answer, faster
+        outside[border[border > 0]] = True
+        return air[sl] & ~outside[labels]
+
+    inside = np.concatenate(by_slabs(inside_air, air.shape[0], workers), axis=0)
     labels, n = ndimage.label(inside)
     if n == 0:
         return np.zeros(hu.shape, dtype=bool)
@@ -93,20 +131,27 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], *, close_
     ys = slice(max(0, rows[0] - r - 1), min(lungs.shape[1], rows[-1] + r + 2))
     xs = slice(max(0, cols[0] - r - 1), min(lungs.shape[2], cols[-1] + r + 2))
     part = lungs[:, ys, xs]
+    disc = None
     if r:
         yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
         disc = np.zeros((1, 2 * r + 1, 2 * r + 1), dtype=bool)
         disc[0] = yy ** 2 + xx ** 2 <= r * r
-        part = ndimage.binary_closing(np.pad(part, ((0, 0), (r, r), (r, r))), structure=disc)[:, r:-r, r:-r]
+
+    def close_and_fill(sl: slice) -> np.ndarray:
+        p = part[sl]
+        if disc is not None:
+            p = ndimage.binary_closing(np.pad(p, ((0, 0), (r, r), (r, r))), structure=disc)[:, r:-r, r:-r]
+        return ndimage.binary_fill_holes(p, structure=inplane)
+
     lungs = np.zeros_like(lungs)
-    lungs[:, ys, xs] = ndimage.binary_fill_holes(part, structure=inplane)
+    lungs[:, ys, xs] = np.concatenate(by_slabs(close_and_fill, part.shape[0], workers), axis=0)
     if juxta_mm > 0:
-        lungs = take_in_juxtapleural(lungs, small > AIR_THRESHOLD_HU, sp, juxta_mm)
+        lungs = take_in_juxtapleural(lungs, small > AIR_THRESHOLD_HU, sp, juxta_mm, workers=workers)
     return upsample_mask(lungs, factors, hu.shape)
 
 
 def take_in_juxtapleural(lungs: np.ndarray, dense: np.ndarray, sp: tuple[float, float, float],
-                         radius_mm: float, step_mm: float = 0.0) -> np.ndarray:
+                         radius_mm: float, step_mm: float = 0.0, *, workers: int = 1) -> np.ndarray:
     """Slice by slice and lung by lung, a rolling ball of ``radius_mm`` along the lung's outline
     takes in the dense bumps that press into it: a nodule against the chest wall or the
     mediastinum is not air, so the air mask leaves a bay where it sits, and the detector (which
@@ -116,12 +161,20 @@ def take_in_juxtapleural(lungs: np.ndarray, dense: np.ndarray, sp: tuple[float, 
     ``step_mm`` > 0 rolls the ball on a coarser grid of about that pitch: 3 mm took the added
     lungs time of a 512 x 512 x 300 study from about 2.5 s to 0.3 s on this 2-core CPU but found
     fewer pleural nodules (0.17 against 0.26 of 47, ``benchmarks/results/ct_juxtapleural*.json``),
-    so the default keeps the mask's own grid."""
+    so the default keeps the mask's own grid. ``workers``: threads, each on its own slabs
+    (``by_slabs``; each writes only its own slices)."""
     f = max(1, int(step_mm // min(sp[1], sp[2])))
     r = max(1, round(radius_mm / (min(sp[1], sp[2]) * f)))
     out = lungs.copy()
+    by_slabs(lambda sl: _roll_ball(lungs, dense, out, sl, sp, radius_mm, f, r), lungs.shape[0], workers)
+    return out
+
+
+def _roll_ball(lungs: np.ndarray, dense: np.ndarray, out: np.ndarray, slab: slice, sp: tuple[float, float, float],
+               radius_mm: float, f: int, r: int) -> None:
+    """``take_in_juxtapleural``'s work on the slices of ``slab``, written into ``out``."""
     ny, nx = lungs.shape[1:]
-    for k in range(lungs.shape[0]):
+    for k in range(slab.start, slab.stop):
         coarse = lungs[k] if f == 1 else lungs[k][: ny // f * f, : nx // f * f].reshape(ny // f, f, nx // f, f).any(
             axis=(1, 3))
         labels, n = ndimage.label(coarse)
@@ -141,7 +194,6 @@ def take_in_juxtapleural(lungs: np.ndarray, dense: np.ndarray, sp: tuple[float, 
             ya, xa = max(0, y0), max(0, x0)
             yb, xb = min(ny, y0 + full.shape[0]), min(nx, x0 + full.shape[1])
             out[k, ya:yb, xa:xb] |= full[ya - y0:yb - y0, xa - x0:xb - x0] & dense[k, ya:yb, xa:xb]
-    return out
 
 
 def closing_by_disc(mask: np.ndarray, r: int) -> np.ndarray:
