@@ -90,10 +90,11 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
     from trillium.medical.imaging import analyzer as analyzer_module
     from trillium.medical.imaging import candidates as candidates_module
 
-    analyzer.backend = "torch" if path in ("torch", "before-torch", "torch-serial") else "scipy"
-    workers = os.environ.get("TRILLIUM_CT_WORKERS")
-    if path == "torch-serial":  # the torch path with every measurement in this process (parallel.py)
+    label, workers = path, os.environ.get("TRILLIUM_CT_WORKERS")
+    if path.endswith("-serial"):  # the same path with every measurement in this process (parallel.py)
         os.environ["TRILLIUM_CT_WORKERS"] = "1"
+        path = path.removesuffix("-serial")
+    analyzer.backend = "torch" if path in ("torch", "before-torch") else "scipy"
     analyzer.device = device
     current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
                candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches)
@@ -121,7 +122,7 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
             result = analyzer.analyze(folder)
             runs.append({k: round(v, 4) for k, v in result.timings.items()})
             stages = {k: round(v, 2) for k, v in result.timings.items()}
-            log(f"{path} run {r}: {result.timings['total']:.2f}s {stages}, "
+            log(f"{label} run {r}: {result.timings['total']:.2f}s {stages}, "
                 f"{len(result.findings)} findings, {result.n_candidates} candidates")
     finally:
         if workers is None:
@@ -190,8 +191,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--paths", default="main,scipy,torch",
                     help="comma list of main (before issue 22), before (the last release's SciPy path), "
-                         "before-torch (the last release's torch path), scipy, torch, torch-serial (torch with the "
-                         "measurements in one process: TRILLIUM_CT_WORKERS=1)")
+                         "before-torch (the last release's torch path), scipy, torch; a path ending in -serial "
+                         "(scipy-serial, torch-serial) with the measurements in one process: TRILLIUM_CT_WORKERS=1")
     ap.add_argument("--device", default=None, help="torch device for the torch path (default: CUDA when present)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine has 2 cores)")
     ap.add_argument("--in-flight", type=int, default=0, help="studies at once for the throughput figure (0: skip)")
