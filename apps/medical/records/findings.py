@@ -301,13 +301,14 @@ class FindingMatcher:
             if n in absorbed:
                 continue
             also: list[str] = []
+            chain: list[int] = []
             end = last
             for m in range(n + 1, len(structures)):  # "esophagus and gastroesophageal junction were normal"
                 nxt_first, nxt_last, nxt_canonical = structures[m]
                 gap = low[end + 1:nxt_first]
                 if not gap or len(gap) > 3 or any(g not in CONNECTORS for g in gap):
                     break
-                absorbed.add(m)
+                chain.append(m)
                 if nxt_canonical != canonical and nxt_canonical not in also:
                     also.append(nxt_canonical)
                 end = nxt_last
@@ -321,7 +322,7 @@ class FindingMatcher:
             b = first - 1
             while b >= 0 and low[b] in LINKS - {",", "and", "is", "are", "was", "were"}:
                 b -= 1
-            size = next((n for n in (1, 2, 3) if b - n + 1 >= 0 and qualifier_length(low, b - n + 1) == n), 0)
+            size = next((w for w in (1, 2, 3) if b - w + 1 >= 0 and qualifier_length(low, b - w + 1) == w), 0)
             if size:  # "thickened aortic valve", "5/5 motor strength"
                 quals.insert(0, read_qualifiers(low, b - size + 1)[0][0])
                 start = b - size + 1
@@ -341,7 +342,8 @@ class FindingMatcher:
                     quals.append(low[a - 1])
                     while end + 1 < len(low) and low[end + 1] in ATTRIBUTES and end - last < 2:
                         end += 1  # "... of the gallbladder wall"
-            if quals:
+            if quals:  # the structures it joined are described with it; else each is read on its own
+                absorbed.update(chain)
                 values: dict = {"structure": canonical, "qualifiers": quals}
                 if also:
                     values["also"] = also
