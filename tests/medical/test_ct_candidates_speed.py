@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from tests.conftest import SHARED_DATA, require_shared
 from trillium.medical.imaging import candidates as cand
-from trillium.medical.imaging.lungs import closing_by_disc, downsample_factors, segment_lungs
+from trillium.medical.imaging.lungs import closing_by_disc, ct_threads, downsample_factors, segment_lungs
 from trillium.medical.imaging.phantom import make_phantom
 
 
@@ -123,10 +123,10 @@ def test_the_lung_mask_is_the_same_on_real_series(kernel) -> None:
 
 def test_the_filter_threads_setting_is_read_or_refused_by_name(monkeypatch) -> None:
     monkeypatch.setenv("TRILLIUM_CT_THREADS", "3")
-    assert cand._filter_threads() == 3
+    assert ct_threads() == 3
     for bad in ("two", "0", "-1"):
         monkeypatch.setenv("TRILLIUM_CT_THREADS", bad)
         with pytest.raises(ValueError, match="TRILLIUM_CT_THREADS"):
-            cand._filter_threads()
+            ct_threads()
     monkeypatch.delenv("TRILLIUM_CT_THREADS")
-    assert 1 <= cand._filter_threads() <= 4
+    assert 1 <= ct_threads() <= 4

@@ -27,10 +27,6 @@ SCALES_MM = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 9.0)
 LUNG_FILL_HU = -860.0
 
 
-_filter_threads = ct_threads  # threads of the SciPy path's filters, one scale each
-FILTER_THREADS = _filter_threads()
-
-
 @dataclass
 class Candidate:
     center_kji: np.ndarray  # full-resolution array indices
@@ -182,7 +178,7 @@ def _peaks_scipy(hu: np.ndarray, lungs: np.ndarray, factors: tuple[int, int, int
 
     # the scales are independent and SciPy's filters release the GIL: on 2 cores two threads took
     # the stage from 3.2 to about 2 s (docs/medical-imaging.md); the peaks keep the scales' order
-    workers = min(FILTER_THREADS, len(scales_mm))
+    workers = min(ct_threads(), len(scales_mm))  # one scale a thread
     if workers <= 1:
         return [p for sigma in scales_mm for p in one_scale(sigma)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ct-log") as pool:
