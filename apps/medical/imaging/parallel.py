@@ -16,9 +16,9 @@ so the measurements equal the serial loop's field for field
 
 ``TRILLIUM_CT_WORKERS``: the number of processes (1: the serial loop in this process). The
 default is one per core (at most 16) in a process with a single Python thread (the CLI, a batch
-script): measured on the 2-core CPU, two processes took the measurements of a 512 x 512 x 300
-phantom's 64 candidates from 0.66 to 0.46 s and their re-centring from 3.0 to 2.1 s (p50 of 3
-alternating runs). In a process with other Python threads (the HTTP service, a Ray worker, studies
+script): measured on the 2-core CPU (``benchmarks/ct_parallel.py``, a 512 x 512 x 300 phantom,
+alternating rounds), two processes took the findings stage from 1.70 to 1.21 s and the study
+from 5.35 to 4.84 s. In a process with other Python threads (the HTTP service, a Ray worker, studies
 analysed on threads) the default is 1: a fork copies every thread's locks but only the calling
 thread, so a child could wait on a lock that no thread of its own will release; set
 ``TRILLIUM_CT_WORKERS`` there to choose otherwise.
