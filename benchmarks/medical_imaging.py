@@ -16,11 +16,11 @@ H100 end to end. Measured on a phantom (``trillium medical phantom``) of 300 sli
    phantoms first if none is registered), per stage p50 over the repeats, for each path of
    ``--paths``: ``main`` (SciPy candidates and main's measurement: ``tests/medical/ct_measure_reference.py``
    with the opening on the whole ROI, i.e. the path before issue 22), ``scipy`` (SciPy candidates,
-   the current measurement) and ``torch`` (candidates on torch, ``--device``). Ratios are main's stage time over each path's, and each
+   the current measurement) and ``torch`` (lung mask and candidates on torch, ``--device``). Ratios are main's stage time over each path's, and each
    path's findings are compared with main's (same count, centres within 0.01 mm, same diameters).
 3. With ``--in-flight N``: N studies analysed at once (threads sharing the device), studies per
-   minute, and the GPU memory peak; ``--big-slices 600`` also runs the torch candidates on a
-   512 x 512 x 600 volume and reports its memory peak.
+   minute, and the GPU memory peak; ``--big-slices 600`` also runs the torch lung mask and
+   candidates on a 512 x 512 x 600 volume and reports their memory peak.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
     analyzer.backend = "torch" if path in ("torch", "before-torch") else "scipy"
     analyzer.device = device
     current = (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
-               candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches)
+               candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches,
+               analyzer_module.segment_lungs_torch)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "medical"))
     if path in ("main", "before", "before-torch"):
         # the CPU path before this release's speed-ups: candidate filters on the whole grid, lung
@@ -107,6 +108,8 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
 
         candidates_module._peaks_scipy = before.peaks_scipy
         analyzer_module.segment_lungs = before.segment_lungs
+        # the lung mask ran on SciPy whatever the backend before lungs_torch
+        analyzer_module.segment_lungs_torch = lambda hu, spacing, device=None: before.segment_lungs(hu, spacing)
         analyzer_module.extract_patches = lambda hu, centers, spacing: before.extract_patches(hu, centers, spacing)
     if path == "main":
         # main's measurement: the reference copy (tests/medical/ct_measure_reference.py, the code
@@ -130,7 +133,8 @@ def run_path(analyzer, folder: Path, path: str, device: str | None, repeats: int
         else:
             os.environ["TRILLIUM_CT_WORKERS"] = workers
         (analyzer_module.measure_consistent, analyzer_module.recentre_measurement,
-         candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches) = current
+         candidates_module._peaks_scipy, analyzer_module.segment_lungs, analyzer_module.extract_patches,
+         analyzer_module.segment_lungs_torch) = current
     return runs, result
 
 
@@ -166,6 +170,7 @@ def big_study(slices: int, size: int, device: str | None) -> dict:
 
     from trillium.medical.imaging.candidates import find_candidates
     from trillium.medical.imaging.lungs import segment_lungs
+    from trillium.medical.imaging.lungs_torch import segment_lungs_torch
     from trillium.medical.imaging.phantom import make_phantom
 
     hu, _ = make_phantom(8, 600, shape=(slices, size, size), spacing=(0.5, 0.7, 0.7))
@@ -174,9 +179,13 @@ def big_study(slices: int, size: int, device: str | None) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
+    same_lungs = bool(np.array_equal(segment_lungs_torch(hu, (0.5, 0.7, 0.7), device=device), lungs))
+    lungs_s = time.perf_counter() - t
+    t = time.perf_counter()
     cands = find_candidates(hu, lungs, (0.5, 0.7, 0.7), backend="torch", device=device)
     out = {"shape": [slices, size, size], "spacing_mm": [0.5, 0.7, 0.7], "candidates": len(cands),
-           "torch_candidates_s": round(time.perf_counter() - t, 3)}
+           "torch_candidates_s": round(time.perf_counter() - t, 3), "torch_lungs_s": round(lungs_s, 3),
+           "torch_lungs_equal_scipy": same_lungs}
     if torch.cuda.is_available():
         out["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out

@@ -1,9 +1,10 @@
-"""Chest CT: the torch candidate path against the SciPy one on real series and a phantom (equality, not speed).
+"""Chest CT: the torch lung mask and candidate path against the SciPy ones on real series and a phantom (equality, not speed).
 
     .venv/bin/python benchmarks/medical_imaging_equality.py --json benchmarks/results/medical_imaging_equality_cpu.json
 
 For every series (default: the real ones staged under ../shared/data/medical-imaging, LIDC-IDRI-0003
-and Lung-PET-CT-Dx A0002, and a generated 8-nodule phantom) the lungs are segmented once, candidates
+and Lung-PET-CT-Dx A0002, and a generated 8-nodule phantom) the lungs are segmented with SciPy and
+with torch (``lungs_torch``; the report says whether the masks are the same, voxel for voxel), candidates
 are found with ``backend="scipy"`` and ``backend="torch"``, and the report says whether the lists
 are the same: count, centres and radii exactly, the LoG response and blobness within the stated
 tolerance (relative 1e-3, absolute 1e-3). The measurements start from the candidates, so equal
@@ -32,12 +33,21 @@ def series_folders(root: Path) -> list[Path]:
 def compare(vol, device: str | None) -> dict:
     from trillium.medical.imaging.candidates import find_candidates
     from trillium.medical.imaging.lungs import segment_lungs
+    from trillium.medical.imaging.lungs_torch import segment_lungs_torch
 
+    t = time.perf_counter()
     lungs = segment_lungs(vol.hu, vol.spacing)
+    scipy_lungs_s = time.perf_counter() - t
+    segment_lungs_torch(vol.hu, vol.spacing, device=device)  # a first call pays the device's start-up
+    t = time.perf_counter()
+    torch_lungs = segment_lungs_torch(vol.hu, vol.spacing, device=device)
     out: dict = {"shape": list(vol.shape), "spacing_mm": [round(s, 4) for s in vol.spacing],
-                 "lung_ml": round(float(lungs.sum() * np.prod(vol.spacing) / 1000), 1)}
+                 "lung_ml": round(float(lungs.sum() * np.prod(vol.spacing) / 1000), 1),
+                 "lungs_scipy_s": round(scipy_lungs_s, 3), "lungs_torch_s": round(time.perf_counter() - t, 3),
+                 "lungs_equal": bool(np.array_equal(lungs, torch_lungs)),
+                 "lungs_voxels_differing": int((lungs ^ torch_lungs).sum())}
     if not lungs.any():
-        out["equal"] = None
+        out["equal"] = out["lungs_equal"]
         out["note"] = "no lungs found (not a chest series)"
         return out
     t = time.perf_counter()
@@ -55,9 +65,9 @@ def compare(vol, device: str | None) -> dict:
         blob = max(abs(a.blobness - b.blobness) for a, b in zip(ours, ref, strict=True))
         peak = max(abs(a.peak_hu - b.peak_hu) for a, b in zip(ours, ref, strict=True))
         out["max_rel_response_diff"], out["max_blobness_diff"], out["max_peak_hu_diff"] = resp, blob, peak
-        out["equal"] = bool(centres and resp <= RTOL and blob <= RTOL and peak <= 1e-2)
+        out["equal"] = bool(centres and resp <= RTOL and blob <= RTOL and peak <= 1e-2 and out["lungs_equal"])
     else:
-        out["equal"] = bool(same_len and centres)
+        out["equal"] = bool(same_len and centres and out["lungs_equal"])
     return out
 
 
