@@ -117,7 +117,7 @@ PSEUDO = _triggers(Category.PSEUDO, F, """
     no increase|no increased|no suspicious change|no significant change|no change|no interval change|
     no definite change|no appreciable change|not extend|not cause|not drain|not certain if|not certain whether|
     gram negative|gram-negative|without difficulty|not necessarily|not only|no further change|without any change|
-    not been ruled out|not ruled out|not be ruled out|cannot be ruled out|can not be ruled out|rule out|
+    not been ruled out|not ruled out|not be ruled out|cannot be ruled out|can not be ruled out|
     not excluded|cannot be excluded|cannot exclude|unremarkable except|negative except|no other than|
     history and physical|history and examination|history of present illness|family history of present illness|
     past history|social history|medical history|history taking|sudden onset of|no improvement|not improved|
@@ -127,9 +127,19 @@ PSEUDO = _triggers(Category.PSEUDO, F, """
     whether or not|if not|and/or|with or without|not only|not just|not all|not always|no obvious change|
     no sign of change|negative for change|possible change
 """)
-TERMINATION = [Trigger(p.strip(), Category.TERMINATE, F) for p in ["\n    but", "however", "although", "though", "aside from", "apart from", "except", "except for", "yet", "which", "who", "whose", "\n    cause of", "cause for", "causes of", "causes for", "source of", "sources of", "reason of", "reason for", "reasons of", "reasons for", "\n    etiology of", "etiology for", "origin of", "origins of", "secondary to", "due to", "presenting", "presents", "presented", "\n    patient", "pt", "trigger event for", "still", "nevertheless", "nonetheless", "otherwise", "other than", "remains", "remained", "\n    with the exception of", "complains of", "complaining of", "c/o", "reports", "reported", "reporting", "notes", "noted", "states", "stated", "\n    admits", "admitted", "positive for", "significant for", "consistent with", "revealed", "reveals", "shows", "showed", "demonstrated", "\n    demonstrates", "are present", "is present", "was present", "were present", "has", "have", "had", "\n    now", "today", "currently", "recently", "since", "after", "given", "treated with", "treatment of", "on", "started on\n"] if p.strip()]
+# Tumour markers read "HER2 negative", "ER-positive": the negative belongs to the marker, not to the
+# cancer named before it ("invasive ductal carcinoma, HER2 negative"). Written from oncology
+# reporting (receptor, driver-mutation and viral markers), not from any evaluation set.
+_MARKERS = ("er", "pr", "er/pr", "her2", "her2/neu", "her-2", "egfr", "alk", "ros1", "kras", "braf", "pd-l1",
+            "brca", "brca1", "brca2", "msi", "mmr", "p16", "hpv", "psa", "cd20", "cd30", "kit", "triple",
+            "hormone receptor", "estrogen receptor", "progesterone receptor")
+PSEUDO += [Trigger(f"{m}{sep}{word}", Category.PSEUDO, F)
+           for m in _MARKERS for sep in (" ", "-") for word in ("negative", "positive")]
+TERMINATION = [Trigger(p.strip(), Category.TERMINATE, F) for p in ["\n    but", "however", "although", "though", "aside from", "apart from", "except", "except for", "yet", "which", "who", "whose", "\n    cause of", "cause for", "causes of", "causes for", "source of", "sources of", "reason of", "reason for", "reasons of", "reasons for", "\n    etiology of", "etiology for", "origin of", "origins of", "secondary to", "due to", "presenting", "presents", "presented", "\n    patient", "pt", "trigger event for", "still", "nevertheless", "nonetheless", "otherwise", "other than", "remains", "remained", "\n    with the exception of", "complains of", "complaining of", "c/o", "reports", "reported", "reporting", "notes", "noted", "states", "stated", "\n    admits", "admitted", "positive for", "positive", "significant for", "consistent with", "revealed", "reveals", "shows", "showed", "demonstrated", "\n    demonstrates", "are present", "is present", "was present", "were present", "has", "have", "had", "\n    now", "today", "currently", "recently", "since", "after", "given", "treated with", "treatment of", "on", "started on\n"] if p.strip()]
 """Terms that end a trigger's scope. Affirming verbs ("reports", "has", "positive for") and
-clause starters are included because in clinical text they begin a new assertion."""
+clause starters are included because in clinical text they begin a new assertion. "positive"
+alone too: in "invasive ductal carcinoma, ER positive, HER2 negative" the backward "negative"
+belongs to HER2, and its scope ran back over the carcinoma."""
 
 _DURATION_RE = re.compile(
     r"(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|several|few|many)[- ]?"

@@ -60,7 +60,7 @@ wheezing: wheeze | wheezes
 pleural effusion: effusion | effusions | pleural effusions
 pneumothorax: ptx
 lung cancer: lung carcinoma | non-small cell lung cancer | nsclc | small cell lung cancer | bronchogenic carcinoma
-pulmonary nodule: lung nodule | pulmonary nodules | lung nodules | lung mass | pulmonary mass | ground-glass opacity | ground glass opacity | ggo
+pulmonary nodule: lung nodule | pulmonary nodules | lung nodules | lung mass | pulmonary mass | ground-glass opacity | ground glass opacity | ggo | ground-glass nodule | ground glass nodule | part-solid nodule | subsolid nodule
 obstructive sleep apnea: osa | sleep apnea
 tuberculosis: tb
 sarcoidosis: sarcoid
@@ -486,8 +486,10 @@ cesarean section: c-section | cesarean delivery | c section | lower transverse c
 vaginal delivery: normal spontaneous vaginal delivery | nsvd | svd
 dilation and curettage: d&c | d and c
 tubal ligation: btl | bilateral tubal ligation
-laparoscopy: diagnostic laparoscopy | laparotomy | exploratory laparotomy
-mastectomy: lumpectomy | partial mastectomy
+laparoscopy: diagnostic laparoscopy
+laparotomy: exploratory laparotomy | ex lap
+mastectomy: total mastectomy | radical mastectomy | modified radical mastectomy
+lumpectomy: partial mastectomy | breast-conserving surgery | breast conserving surgery
 mammogram: mammography | screening mammogram
 pap smear: pap | pap test
 cystoscopy:
@@ -517,7 +519,7 @@ craniotomy:
 carotid endarterectomy: cea
 thyroidectomy:
 dialysis: hemodialysis | hd | peritoneal dialysis
-intubation: mechanical ventilation | endotracheal intubation
+intubation: mechanical ventilation | endotracheal intubation | intubated
 blood transfusion: transfusion | prbc | packed red blood cells
 chemotherapy: chemo
 radiation therapy: radiation | radiotherapy | xrt
@@ -669,6 +671,12 @@ lower extremity edema: pitting edema | trace edema | leg edema
 thrill:
 heave: parasternal heave | lift
 distended abdomen: abdominal distension | abdominal distention | distension | distention
+# imaging-report findings with no entry before (written from general radiology and echo reporting)
+nodule: nodules
+free fluid: free intraperitoneal fluid | free pelvic fluid
+mass effect:
+midline shift:
+wall motion abnormality: wall motion abnormalities | hypokinesis | hypokinetic | akinesis | akinetic | dyskinesis | dyskinetic
 """)
 
 LAY_TERMS = _parse("""
@@ -677,6 +685,7 @@ LAY_TERMS = _parse("""
 # concepts lumped, unlike some entries above). Written from general clinical knowledge of
 # patient language (consumer health vocabularies), not from any evaluation set.
 rhinorrhea: runny nose | running nose | nose running | nasal discharge
+blurred vision: blurry vision | vision is blurry | vision blurry | blurriness of vision
 nasal congestion: stuffy nose | blocked nose | congested nose | nose blocked | stuffed up nose
 fatigue: tired | feeling tired | tiredness | exhausted | exhaustion | worn out | low energy | lack of energy | no energy
 insomnia: trouble sleeping | difficulty sleeping | can't sleep | cannot sleep | unable to sleep | sleeplessness | poor sleep

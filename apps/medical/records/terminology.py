@@ -143,6 +143,21 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(normalize_token(w) for w in _WORD_RE.findall(text) if w[0].isalnum())
 
 
+def _bracket_name(text: str) -> str | None:
+    """The final bracket of ``text`` when it names the whole concept ("Acute nasopharyngitis
+    [common cold]"), else None: not an abbreviation, eponym or qualifier (see ``variants``), and
+    not a bracket after an "of", which names the object of the "of" only: "Deficiency of factor
+    VII [stable]" gave "stable" (and "[labile]", "[prothrombin]", "[fibrinogen]" their own
+    words) the code of a clotting-factor deficiency, "Fracture of lunate [semilunar]" a bone's
+    other name, "Adverse effect of ... [hallucinogens]" a drug class."""
+    m = _FINAL_BRACKET.fullmatch(text)
+    if not m or not m.group(1).islower() or _BRACKET_QUALIFIER.search(m.group(1)):
+        return None
+    if re.search(r"\bof\b", text[: text.rindex("[")], re.IGNORECASE):
+        return None
+    return m.group(1).strip()
+
+
 def variants(description: str, *, split_and: bool = True) -> Iterator[str]:
     """The forms a clinician writes for a coder's description (see the module docstring).
     ``split_and``: "X and Y" of two words also gives X and Y alone (for a code's description,
@@ -157,9 +172,9 @@ def variants(description: str, *, split_and: bool = True) -> Iterator[str]:
         # qualifier ("[any part]", "[i.e., ...]")
         bare = _BRACKET.sub("", base).strip()
         forms.add(bare)
-        m = _FINAL_BRACKET.fullmatch(base)
-        if m and m.group(1).islower() and not _BRACKET_QUALIFIER.search(m.group(1)):
-            forms.add(m.group(1).strip())
+        m = _bracket_name(base)
+        if m:
+            forms.add(m)
         base = bare
         forms.discard(_NOS.sub("", description).strip())
     if "(" in base:
@@ -258,8 +273,7 @@ def _derivation(text: str, form: str) -> int:
     nasopharyngitis [common cold]" is a name of the code), 1 a form derived from it."""
     if form == text:
         return 0
-    m = _FINAL_BRACKET.fullmatch(_NOS.sub("", text).strip())
-    return 0 if m and form == m.group(1).strip() else 1
+    return 0 if form == _bracket_name(_NOS.sub("", text).strip()) else 1
 
 
 def _residual(text: str, form: str) -> bool:
