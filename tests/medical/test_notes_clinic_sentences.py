@@ -78,6 +78,8 @@ def test_a_tumour_markers_negative_belongs_to_the_marker(structurer, sentence, t
     ("Healed midline laparotomy scar.", "laparotomy", "laparotomy", False),
     ("She underwent lumpectomy and sentinel lymph node biopsy.", "lumpectomy", "lumpectomy", False),
     ("The patient was intubated for airway protection.", "intubated", "intubation", False),
+    ("MR brain without contrast shows no acute infarct.", "MR brain", "mri", False),
+    ("MR brain without contrast shows no acute infarct.", "infarct", "infarct", True),
 ])
 def test_report_and_procedure_terms(structurer, sentence, text, normalized, negated) -> None:
     e = _entities(structurer, sentence)[text]
@@ -90,3 +92,17 @@ def test_blurry_vision_takes_the_code_of_blurred_vision(structurer) -> None:
     assert blurry.normalized == "blurred vision" and (blurry.code_system, blurry.code) == (blurred.code_system,
                                                                                           blurred.code)
     assert blurry.code
+
+
+@pytest.mark.parametrize("sentence, text, code", [
+    # kinds once lumped under the bare concept's code take their own
+    ("Aspiration pneumonia was treated with ampicillin-sulbactam.", "Aspiration pneumonia", "J69.0"),
+    ("Lobar pneumonia of the right lower lobe.", "Lobar pneumonia", "J18.1"),
+    ("Community-acquired pneumonia.", "Community-acquired pneumonia", "J18.9"),
+    ("Small hiatal hernia.", "hiatal hernia", "K44.9"),
+    ("He has a right inguinal hernia.", "inguinal hernia", "K40"),
+    # MR followed by what is imaged is the scan; alone on an echo it is still mitral regurgitation
+    ("Moderate MR and mild TR on echo.", "MR", "HP:0001653"),
+])
+def test_kinds_take_their_own_codes(structurer, sentence, text, code) -> None:
+    assert _entities(structurer, sentence)[text].code == code

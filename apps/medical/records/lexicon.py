@@ -52,7 +52,11 @@ mitral regurgitation: mr | mitral valve regurgitation
 heart murmur: murmur | murmurs
 copd: chronic obstructive pulmonary disease | emphysema | chronic bronchitis | chronic airway obstruction
 asthma: reactive airway disease | rad | bronchospasm
-pneumonia: pna | cap | community acquired pneumonia | aspiration pneumonia | lobar pneumonia | bronchopneumonia | infiltrate | infiltrates | consolidation
+pneumonia: pna | cap | community acquired pneumonia | infiltrate | infiltrates | consolidation
+# kinds of pneumonia with codes of their own (J69.0, J18.1, J18.0), once lumped above under J18.9
+aspiration pneumonia:
+lobar pneumonia:
+bronchopneumonia:
 bronchitis: acute bronchitis
 upper respiratory infection: uri | upper respiratory tract infection | common cold | head cold | cold symptoms
 cough: coughing | productive cough | dry cough | hemoptysis
@@ -150,7 +154,13 @@ cirrhosis: liver cirrhosis | end-stage liver disease | esld | fatty liver | hepa
 pancreatitis: acute pancreatitis | chronic pancreatitis
 cholecystitis: cholelithiasis | gallstones | biliary colic | choledocholithiasis
 appendicitis:
-hernia: inguinal hernia | umbilical hernia | hiatal hernia | ventral hernia | incisional hernia
+hernia:
+# kinds of hernia with codes of their own, once lumped above under the bare hernia
+inguinal hernia:
+umbilical hernia:
+ventral hernia:
+incisional hernia:
+hiatal hernia: hiatus hernia
 bowel obstruction: small bowel obstruction | sbo | ileus
 jaundice: icterus | hyperbilirubinemia
 anemia: iron deficiency anemia | low hemoglobin | anaemia
@@ -460,7 +470,7 @@ cardioversion:
 ablation: catheter ablation
 chest x-ray: cxr | chest radiograph | chest film
 ct scan: ct | computed tomography | cat scan | ct of the chest | ct chest | ct of the abdomen | ct abdomen and pelvis | ct of the head | head ct | ct angiogram | cta
-mri: magnetic resonance imaging | mri of the brain | mri brain | mri of the lumbar spine | mri of the knee | mri of the cervical spine | mri of the shoulder
+mri: magnetic resonance imaging | mri of the brain | mri brain | mri of the lumbar spine | mri of the knee | mri of the cervical spine | mri of the shoulder | mr brain | mr head | mr of the brain | mr spine | mr angiogram | mr angiography | mra | mr venogram | mrcp
 ultrasound: sonogram | us | ultrasonography | doppler | duplex ultrasound | pelvic ultrasound | transvaginal ultrasound | renal ultrasound | abdominal ultrasound
 x-ray: x-rays | radiograph | radiographs | plain films
 pulmonary function tests: pft | pfts | spirometry
@@ -674,6 +684,7 @@ distended abdomen: abdominal distension | abdominal distention | distension | di
 # imaging-report findings with no entry before (written from general radiology and echo reporting)
 nodule: nodules
 free fluid: free intraperitoneal fluid | free pelvic fluid
+infarct: infarcts | infarction | lacunar infarct | lacunar infarcts
 mass effect:
 midline shift:
 wall motion abnormality: wall motion abnormalities | hypokinesis | hypokinetic | akinesis | akinetic | dyskinesis | dyskinetic
@@ -771,6 +782,9 @@ CODES: dict[str, tuple[str, str, str]] = {
     "urinary frequency": ("ICD-10-CM", "R35.0", "Frequency of micturition"),
     "hearing loss": ("ICD-10-CM", "H91.90", "Unspecified hearing loss, unspecified ear"),
     "muscle cramp": ("ICD-10-CM", "R25.2", "Cramp and spasm"),
+    # ICD-10-CM files the hiatal (hiatus) hernia under K44.9, worded "Diaphragmatic hernia without
+    # obstruction or gangrene"; HPO's "Hiatus hernia" is the broader code the index would give
+    "hiatal hernia": ("ICD-10-CM", "K44.9", "Diaphragmatic hernia without obstruction or gangrene"),
     "weakness": ("ICD-10-CM", "R53.1", "Weakness"),
     "herpes simplex labialis": ("ICD-10-CM", "B00.1", "Herpesviral vesicular dermatitis"),
     "numbness": ("ICD-10-CM", "R20.0", "Anesthesia of skin"),
