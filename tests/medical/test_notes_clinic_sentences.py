@@ -106,3 +106,19 @@ def test_blurry_vision_takes_the_code_of_blurred_vision(structurer) -> None:
 ])
 def test_kinds_take_their_own_codes(structurer, sentence, text, code) -> None:
     assert _entities(structurer, sentence)[text].code == code
+
+
+def test_a_known_header_alone_on_its_line_is_a_header(structurer) -> None:
+    """Templates put headers on their own line without a colon: the header's words ("illness") are
+    not the patient's problems, and the section it opens sets the context (past history)."""
+    note = structurer.structure("HISTORY OF PRESENT ILLNESS\nThe patient is a 45-year-old man with chest pain.\n"
+                                "PAST MEDICAL HISTORY\nHypertension and diabetes.\nMedications\nMetformin.\n",
+                                note_id="t")
+    by = {e.text: e for e in note.entities}
+    assert "ILLNESS" not in by and set(by) == {"chest pain", "Hypertension", "diabetes", "Metformin"}
+    assert by["chest pain"].section == "history_present_illness" and not by["chest pain"].historical
+    assert by["Hypertension"].historical and by["diabetes"].section == "past_medical_history"
+    assert by["Metformin"].section == "medications"
+    # an ordinary capitalised sentence is not a header, and "illness" in a sentence is still read
+    other = structurer.structure("NO ACUTE DISEASE\nAcute illness.\n", note_id="t")
+    assert [(e.text, e.section) for e in other.entities] == [("ACUTE DISEASE", "preamble"), ("illness", "preamble")]

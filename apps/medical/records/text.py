@@ -111,6 +111,7 @@ MEDICATION_SECTIONS = frozenset({"medications", "discharge_medications"})
 
 _HEADER_TO_SECTION = {h: name for name, hs in SECTION_SYNONYMS.items() for h in hs}
 _LINE_HEADER_RE = re.compile(r"^[ \t]*(?P<h>[A-Za-z][A-Za-z /&,()\-]{0,60}?)[ \t]*:(?!\d)", re.MULTILINE)
+_BARE_HEADER_LINE_RE = re.compile(r"^[ \t]*(?P<h>[A-Za-z][A-Za-z /&,()\-]{1,60}?)[ \t]*$", re.MULTILINE)
 _INLINE_HEADER_RE = re.compile(r"(?:(?<=[.,;]\s)|(?<=[.,;]\s\s))(?P<h>[A-Z][A-Z /&\-]{1,50}[A-Z])[ \t]*:(?!\d)")
 
 
@@ -123,7 +124,8 @@ def find_sections(text: str) -> list[Section]:
     """Sections in reading order; text before the first header is a section named ``preamble``.
 
     A header is "Words:" at a line start that is a known section name or written in capitals
-    ("SOCIAL HISTORY:", "HPI:"), or a known capitalised header inside a line after a sentence
+    ("SOCIAL HISTORY:", "HPI:"), a known section name alone on its line without the colon
+    ("HISTORY OF PRESENT ILLNESS"), or a known capitalised header inside a line after a sentence
     end, which is how the MTSamples transcriptions run their sections together. Unknown
     capitalised headers become section ``other`` so their body is not mistaken for the
     previous section.
@@ -139,6 +141,13 @@ def find_sections(text: str) -> list[Section]:
                 and header.lower() in ("general", "history", "back", "head", "neck", "skin"):
             continue  # "General: well appearing" is an exam line inside the exam section, not a new one
         found[m.start("h")] = (name or "other", header, m.end())
+    for m in _BARE_HEADER_LINE_RE.finditer(text):
+        # a known header alone on its line, without a colon ("HISTORY OF PRESENT ILLNESS" above its
+        # paragraph), as many notes and templates write them: its words are not the note's content
+        # ("illness" is not a problem of the patient)
+        name = _canonical_header(m.group("h"))
+        if name is not None and m.start("h") not in found:
+            found[m.start("h")] = (name, m.group("h"), m.end())
     for m in _INLINE_HEADER_RE.finditer(text):
         header = m.group("h")
         name = _canonical_header(header)
