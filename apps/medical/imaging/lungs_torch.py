@@ -47,6 +47,7 @@ from trillium.medical.imaging.lungs import (
 
 __all__ = ["components", "segment_lungs_torch"]
 
+
 def _run_min(labels: torch.Tensor, mask: torch.Tensor, axis: int, big: int) -> torch.Tensor:
     """Each voxel of ``mask`` gets the smallest label of its run: the contiguous stretch of mask
     voxels along ``axis`` it lies in (labels elsewhere are ``big``).
