@@ -122,3 +122,12 @@ def test_a_known_header_alone_on_its_line_is_a_header(structurer) -> None:
     # an ordinary capitalised sentence is not a header, and "illness" in a sentence is still read
     other = structurer.structure("NO ACUTE DISEASE\nAcute illness.\n", note_id="t")
     assert [(e.text, e.section) for e in other.entities] == [("ACUTE DISEASE", "preamble"), ("illness", "preamble")]
+
+
+def test_an_exam_line_word_alone_on_its_line_stays_in_the_exam() -> None:
+    """"Skin" or "General" alone on a line inside the exam is the exam's line, as "Skin: ..." is,
+    not a new section; the capitalised "HISTORY" alone on its line is a header."""
+    from trillium.medical.records.text import find_sections
+
+    sections = find_sections("Physical exam\nSkin\nwarm and dry.\nGeneral\nno distress.\nHISTORY\nHypertension.\n")
+    assert [(s.name, s.header) for s in sections] == [("physical_exam", "Physical exam"), ("subjective", "HISTORY")]

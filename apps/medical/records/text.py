@@ -120,6 +120,13 @@ def _canonical_header(header: str) -> str | None:
     return _HEADER_TO_SECTION.get(key)
 
 
+def _exam_line_word(name: str | None, header: str) -> bool:
+    """One lower-case word that names both a section and a body part or exam line ("General",
+    "History", "Neck", "Skin"): inside an exam it starts a line of the exam, not a new section."""
+    return (name in ("physical_exam", "subjective") and not header.isupper() and len(header.split()) == 1
+            and header.lower() in ("general", "history", "back", "head", "neck", "skin"))
+
+
 def find_sections(text: str) -> list[Section]:
     """Sections in reading order; text before the first header is a section named ``preamble``.
 
@@ -137,17 +144,17 @@ def find_sections(text: str) -> list[Section]:
         words = header.split()
         if name is None and not (header.isupper() and len(header) >= 3 and len(words) <= 6):
             continue
-        if name in ("physical_exam", "subjective") and not header.isupper() and len(words) == 1 \
-                and header.lower() in ("general", "history", "back", "head", "neck", "skin"):
+        if _exam_line_word(name, header):
             continue  # "General: well appearing" is an exam line inside the exam section, not a new one
         found[m.start("h")] = (name or "other", header, m.end())
     for m in _BARE_HEADER_LINE_RE.finditer(text):
         # a known header alone on its line, without a colon ("HISTORY OF PRESENT ILLNESS" above its
         # paragraph), as many notes and templates write them: its words are not the note's content
         # ("illness" is not a problem of the patient)
-        name = _canonical_header(m.group("h"))
-        if name is not None and m.start("h") not in found:
-            found[m.start("h")] = (name, m.group("h"), m.end())
+        header = m.group("h")
+        name = _canonical_header(header)
+        if name is not None and m.start("h") not in found and not _exam_line_word(name, header):
+            found[m.start("h")] = (name, header, m.end())
     for m in _INLINE_HEADER_RE.finditer(text):
         header = m.group("h")
         name = _canonical_header(header)
